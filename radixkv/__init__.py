@@ -1,0 +1,26 @@
+"""radixkv: a hierarchical radix KV cache for LLM serving (device, host and remote tiers).
+
+Importing radixkv loads the cache only; the serving engine is imported on first use.
+"""
+
+from radixkv.config import CacheConfig
+from radixkv.eviction import DEVICE, HOST, REMOTE, make_policy
+from radixkv.hicache import HiRadixCache, MatchResult
+from radixkv.integrity import IntegrityError
+from radixkv.namespace import CacheNamespace
+from radixkv.prefetch import Prefetch
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEVICE",
+    "HOST",
+    "REMOTE",
+    "CacheConfig",
+    "CacheNamespace",
+    "HiRadixCache",
+    "IntegrityError",
+    "MatchResult",
+    "Prefetch",
+    "make_policy",
+]

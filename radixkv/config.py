@@ -1,0 +1,51 @@
+"""Cache configuration: a frozen, validated dataclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """Capacities are in pages of the layout's `page_size`; 0 disables the host or remote tier.
+
+    - `policy`: eviction priority, one of lru, lfu, slru, workload (default).
+    - `write_policy`: write_through copies every new page down a tier at once;
+      write_through_selective only once a node has been hit `selective_threshold` times;
+      write_back copies on demotion. Device -> host and host -> remote follow the same rule.
+    - `remote_pages`: how many remote pages the tree keeps track of (the store's own cap bounds
+      what it actually holds); needs a store.
+    """
+
+    device_pages: int
+    host_pages: int = 0
+    remote_pages: int = 0
+    policy: str = "workload"
+    write_policy: str = "write_through"
+    selective_threshold: int = 2
+    remote_timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in ("device_pages", "host_pages", "remote_pages"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"CacheConfig.{name} must be an integer >= 0, got {v!r}")
+        if self.device_pages == 0:
+            raise ValueError("CacheConfig.device_pages must be > 0: requests run from device pages")
+        if self.write_policy not in WRITE_POLICIES:
+            raise ValueError(
+                f"CacheConfig.write_policy must be one of {', '.join(WRITE_POLICIES)}, got {self.write_policy!r}"
+            )
+        if not isinstance(self.selective_threshold, int) or self.selective_threshold < 1:
+            raise ValueError(
+                f"CacheConfig.selective_threshold must be an integer >= 1, got {self.selective_threshold!r}"
+            )
+        if not self.remote_timeout_s > 0:
+            raise ValueError(
+                f"CacheConfig.remote_timeout_s must be > 0, got {self.remote_timeout_s!r}"
+            )
+        from radixkv.eviction import make_policy
+
+        make_policy(self.policy)  # raises ValueError naming the choices

@@ -1,0 +1,201 @@
+"""The cache controller: the data plane that moves page bytes between tiers.
+
+Device <-> host copies run in the caller's thread (synchronous on this portable path). Remote
+I/O runs on an asyncio loop in a background thread, so it never blocks the caller: every
+remote call returns at once with a future, and completed futures are handed back by
+`completed()` for the owner of the tree to apply. The I/O thread only reads host pages pinned
+for it and writes host pages reserved for it; it never touches the tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from storage import (
+    DevicePool,
+    HostPool,
+    RemoteStore,
+    copy_device_to_host,
+    copy_host_to_device,
+    encode_page,
+)
+from storage.remote import read_pages
+
+Callback = Callable[[concurrent.futures.Future], None]
+
+
+class CacheController:
+    def __init__(
+        self,
+        device_pool: DevicePool,
+        host_pool: HostPool,
+        store: RemoteStore | None,
+        namespace: bytes,
+        timeout_s: float = 10.0,
+    ) -> None:
+        self.device_pool = device_pool
+        self.host_pool = host_pool
+        self.store = store
+        self.namespace = namespace
+        self.timeout_s = timeout_s
+        self.moved = {
+            "device_to_host": 0,
+            "host_to_device": 0,
+            "host_to_remote": 0,
+            "remote_to_host": 0,
+        }
+        self._done: queue.SimpleQueue[tuple[concurrent.futures.Future, Callback]] = (
+            queue.SimpleQueue()
+        )
+        self._inflight = 0
+        # Blobs whose put is still in flight, by key: a get issued meanwhile is served from here.
+        self._writing: dict[str, bytes] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        if store is not None:
+            self._loop = asyncio.new_event_loop()
+            self._thread = threading.Thread(
+                target=self._loop.run_forever, name="radixkv-remote-io", daemon=True
+            )
+            self._thread.start()
+
+    # ---- device <-> host ---------------------------------------------------------------------
+    def device_to_host(self, device_pages: list[int], host_pages: list[int]) -> None:
+        copy_device_to_host(self.device_pool, device_pages, self.host_pool, host_pages)
+        self.moved["device_to_host"] += len(device_pages)
+
+    def host_to_device(self, host_pages: list[int], device_pages: list[int]) -> None:
+        copy_host_to_device(self.host_pool, host_pages, self.device_pool, device_pages)
+        self.moved["host_to_device"] += len(device_pages)
+
+    # ---- remote ------------------------------------------------------------------------------
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def encode(self, host_pages: list[int], keys: list[bytes]) -> list[tuple[str, bytes]]:
+        """Snapshot host pages as framed blobs (a copy: the pages may be freed afterwards)."""
+        layout = self.host_pool.layout
+        return [
+            (
+                key.hex(),
+                encode_page(
+                    self.host_pool.page_bytes_view(p),
+                    namespace=self.namespace,
+                    key=key,
+                    shape=layout.page_shape,
+                    dtype=layout.dtype,
+                ),
+            )
+            for p, key in zip(host_pages, keys, strict=True)
+        ]
+
+    def _submit(self, coro_fn: Callable[[], Any], on_done: Callback) -> None:
+        assert self._loop is not None, "no remote store configured"
+
+        async def guarded():
+            return await asyncio.wait_for(coro_fn(), self.timeout_s)
+
+        fut = asyncio.run_coroutine_threadsafe(guarded(), self._loop)
+        self._inflight += 1
+        fut.add_done_callback(lambda f: self._done.put((f, on_done)))
+
+    def put_blobs(self, items: list[tuple[str, bytes]], on_done: Callback) -> None:
+        """Store framed blobs; `on_done` gets a future of per-item success flags."""
+        for k, b in items:
+            self._writing[k] = b
+
+        async def run():
+            try:
+                return await self.store.put(items)
+            finally:
+                for k, b in items:
+                    if self._writing.get(k) is b:
+                        del self._writing[k]
+
+        self._submit(run, on_done)
+
+    def put_from_host(self, host_pages: list[int], keys: list[bytes], on_done: Callback) -> None:
+        """Encode pinned host pages on the I/O thread and store them."""
+
+        async def run():
+            items = self.encode(host_pages, keys)
+            self.moved["host_to_remote"] += len(items)
+            return await self.store.put(items)
+
+        self._submit(run, on_done)
+
+    def get_into_host(self, keys: list[bytes], host_pages: list[int], on_done: Callback) -> None:
+        """Read and verify pages into reserved host pages; the future gives per-page success."""
+        layout = self.host_pool.layout
+
+        async def run():
+            pending = [i for i, k in enumerate(keys) if k.hex() not in self._writing]
+            payloads: list = [None] * len(keys)
+            for i, k in enumerate(keys):
+                if k.hex() in self._writing:
+                    blob = self._writing.get(k.hex())
+                    payloads[i] = (
+                        memoryview(blob)[-layout.page_bytes :] if blob is not None else None
+                    )
+            if pending:
+                got = await read_pages(
+                    self.store,
+                    [keys[i] for i in pending],
+                    namespace=self.namespace,
+                    shape=layout.page_shape,
+                    dtype=layout.dtype,
+                )
+                for i, payload in zip(pending, got, strict=True):
+                    payloads[i] = payload
+            ok = []
+            for page, payload in zip(host_pages, payloads, strict=True):
+                if payload is not None:
+                    self.host_pool.write_page_bytes(page, payload)
+                ok.append(payload is not None)
+            self.moved["remote_to_host"] += sum(ok)
+            return ok
+
+        self._submit(run, on_done)
+
+    def exists(self, keys: list[bytes], on_done: Callback) -> None:
+        self._submit(lambda: self.store.exists([k.hex() for k in keys]), on_done)
+
+    def completed(self) -> list[tuple[concurrent.futures.Future, Callback]]:
+        """Finished remote operations, in completion order (non-blocking)."""
+        out = []
+        while True:
+            try:
+                out.append(self._done.get_nowait())
+            except queue.Empty:
+                break
+        self._inflight -= len(out)
+        return out
+
+    def wait_one(
+        self, timeout: float | None = None
+    ) -> tuple[concurrent.futures.Future, Callback] | None:
+        """Block until one remote operation finishes (for flushes, tests and the replay)."""
+        try:
+            item = self._done.get(timeout=timeout)
+        except queue.Empty:
+            return None
+        self._inflight -= 1
+        return item
+
+    def close(self) -> None:
+        if self._loop is None:
+            return
+        if self.store is not None:
+            asyncio.run_coroutine_threadsafe(self.store.close(), self._loop).result(
+                timeout=self.timeout_s
+            )
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._loop = None

@@ -1,0 +1,167 @@
+"""Eviction: which unlocked leaves each tier gives up first.
+
+Per tier, an `EvictionIndex` keeps the evictable leaves in a heap ordered by a policy's
+priority (smallest goes first). Entries are invalidated lazily: a node carries the id of its one
+live entry per tier, and any change to the node pushes a fresh entry, so an update and a pop cost
+O(log n). The heap is rebuilt from live entries only when stale ones outnumber them; that costs
+O(live) once per O(live) updates, so amortised O(1). No eviction ever scans all leaves.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+
+from radixkv.tree import TreeNode
+
+DEVICE, HOST, REMOTE = 0, 1, 2
+TIER_NAMES = ("device", "host", "remote")
+
+
+def device_evictable(n: TreeNode) -> bool:
+    """On device with no device child: evicting keeps device residency prefix-closed."""
+    return n.device is not None and n.device_children == 0 and n.lock_ref == 0 and n.io_ref == 0
+
+
+def host_evictable(n: TreeNode) -> bool:
+    """On host only (the device copy is gone) and a leaf of the whole tree."""
+    return (
+        n.host is not None
+        and n.device is None
+        and not n.children
+        and n.lock_ref == 0
+        and n.io_ref == 0
+    )
+
+
+def remote_evictable(n: TreeNode) -> bool:
+    """Known only to the remote tier and a leaf: forgetting it drops the node."""
+    return (
+        n.remote
+        and n.host is None
+        and n.device is None
+        and not n.children
+        and n.lock_ref == 0
+        and n.io_ref == 0
+    )
+
+
+EVICTABLE: tuple[Callable[[TreeNode], bool], ...] = (
+    device_evictable,
+    host_evictable,
+    remote_evictable,
+)
+
+
+# ---- policies: priority(node) -> comparable, smallest evicted first ------------------------------
+class EvictionPolicy:
+    name = "base"
+
+    def priority(self, node: TreeNode) -> object:
+        raise NotImplementedError
+
+    def on_evict(self, priority: object) -> None:  # noqa: B027 - optional hook
+        """Told the priority of each evicted node (for policies with an aging clock)."""
+
+
+class LRUPolicy(EvictionPolicy):
+    name = "lru"
+
+    def priority(self, node: TreeNode) -> object:
+        return node.last_access
+
+
+class LFUPolicy(EvictionPolicy):
+    name = "lfu"
+
+    def priority(self, node: TreeNode) -> object:
+        return (node.hits, node.last_access)
+
+
+class SLRUPolicy(EvictionPolicy):
+    """Segmented LRU: nodes reused at least `protect_after` times are evicted only after all
+    probationary ones; LRU inside each segment."""
+
+    name = "slru"
+
+    def __init__(self, protect_after: int = 1) -> None:
+        self.protect_after = protect_after
+
+    def priority(self, node: TreeNode) -> object:
+        return (node.hits >= self.protect_after, node.last_access)
+
+
+POLICIES: dict[str, Callable[[], EvictionPolicy]] = {
+    "lru": LRUPolicy,
+    "lfu": LFUPolicy,
+    "slru": SLRUPolicy,
+}
+
+
+def make_policy(name: str) -> EvictionPolicy:
+    """A policy by name: lru, lfu, slru, or workload (the default)."""
+    from radixkv.workload_policy import WorkloadAwarePolicy
+
+    factories = {**POLICIES, WorkloadAwarePolicy.name: WorkloadAwarePolicy}
+    if name not in factories:
+        raise ValueError(
+            f"unknown eviction policy {name!r} (choose from {', '.join(sorted(factories))})"
+        )
+    return factories[name]()
+
+
+class EvictionIndex:
+    """The evictable leaves of one tier, in policy order."""
+
+    def __init__(self, tier: int, policy: EvictionPolicy) -> None:
+        self.tier = tier
+        self.policy = policy
+        self.evictable = EVICTABLE[tier]
+        self._heap: list[tuple[object, int, TreeNode]] = []
+        self._seq = 0
+        self.live = 0
+
+    def __len__(self) -> int:
+        return self.live
+
+    def update(self, node: TreeNode) -> None:
+        """Re-file `node` after any change to its residency, references, children or stats."""
+        t = self.tier
+        if not self.evictable(node):
+            if node.heap_token[t] is not None:
+                node.heap_token[t] = None
+                self.live -= 1
+            return
+        prio = self.policy.priority(node)
+        if node.heap_token[t] is not None:
+            if node.heap_prio[t] == prio:
+                return
+        else:
+            self.live += 1
+        self._seq += 1
+        node.heap_token[t], node.heap_prio[t] = self._seq, prio
+        heapq.heappush(self._heap, (prio, self._seq, node))
+        if len(self._heap) > 2 * self.live + 1024:
+            self._compact()
+
+    def pop(self) -> TreeNode | None:
+        """Remove and return the lowest-priority evictable node, or None."""
+        t, heap = self.tier, self._heap
+        while heap:
+            prio, seq, node = heapq.heappop(heap)
+            if node.heap_token[t] == seq:
+                node.heap_token[t] = None
+                self.live -= 1
+                self.policy.on_evict(prio)
+                return node
+        return None
+
+    def discard(self, node: TreeNode) -> None:
+        if node.heap_token[self.tier] is not None:
+            node.heap_token[self.tier] = None
+            self.live -= 1
+
+    def _compact(self) -> None:
+        t = self.tier
+        self._heap = [e for e in self._heap if e[2].heap_token[t] == e[1]]
+        heapq.heapify(self._heap)

@@ -1,0 +1,179 @@
+"""Remote reads: discovering and prefetching remote pages into host, and applying completions.
+
+A mixin of `HiRadixCache` kept apart because it is the asynchronous half of the cache: every
+method here returns at once; results are applied to the tree by `poll()` in the owner's thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from radixkv.eviction import DEVICE, HOST, REMOTE
+from storage import OutOfPages
+
+if TYPE_CHECKING:
+    from radixkv.hicache import HiRadixCache
+    from radixkv.tree import TreeNode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prefetch:
+    """A prefetch in progress. `done` turns True in `poll()`; then `match()` sees the pages on host."""
+
+    done: bool = False
+    discovered_tokens: int = 0  # remote tokens found beyond what the tree knew
+    fetched_tokens: int = 0  # tokens brought into host
+    missed: bool = False  # a page the tree believed remote was absent or failed verification
+
+
+class RemoteReads:
+    def prefetch(self: HiRadixCache, tokens: Sequence[int], *, discover: bool = True) -> Prefetch:
+        """Start bringing the remote part of `tokens`' cached prefix into the host tier.
+
+        With `discover`, the store is also asked (by chained key) for pages beyond what this
+        tree knows: pages other processes wrote. Non-blocking; completes in `poll()`.
+        """
+        ticket = Prefetch()
+        if self.store is None or not self.config.host_pages:
+            ticket.done = True
+            return ticket
+        tokens = tuple(tokens[: self.tree.aligned(len(tokens))])
+        start = self.match(tokens, touch=False).last_node
+        if not discover or start.depth >= len(tokens):
+            self._fetch_remote_run(tokens, ticket)
+            return ticket
+        depth = start.depth
+        prev = None if start.is_root else self.page_keys(start)[-1]
+        keys = self.namespace.page_keys(
+            prev, tokens[depth:], (len(tokens) - depth) // self.page_size
+        )
+        self._pin(start)
+
+        def on_exists(fut) -> None:
+            self._unpin(start)
+            found = 0
+            if fut.exception() is None:
+                for present in fut.result():
+                    if not present:
+                        break
+                    found += 1
+            if found:
+                ticket.discovered_tokens = self._add_remote_nodes(tokens, depth, keys[:found])
+            self._fetch_remote_run(tokens, ticket)
+
+        self.controller.exists(keys, on_exists)
+        return ticket
+
+    def _add_remote_nodes(
+        self: HiRadixCache, tokens: tuple[int, ...], depth: int, keys: list[bytes]
+    ) -> int:
+        """Record that the store holds pages [depth, depth + len(keys) pages) of `tokens`."""
+        ps = self.page_size
+        end = depth + len(keys) * ps
+        path, pos = self.tree.walk(tokens[:end])
+        if pos >= end or pos < depth:
+            return 0  # already known, or the prefix it hangs from is gone meanwhile
+        parent = path[-1] if path else self.tree.root
+        node = self.tree.add_child(parent, tokens[pos:end])
+        node.page_keys = keys[(pos - depth) // ps :]
+        node.last_access = self.clock
+        self._set_remote(node, True)
+        self._refresh(parent)
+        return end - pos
+
+    def _fetch_remote_run(self: HiRadixCache, tokens: tuple[int, ...], ticket: Prefetch) -> None:
+        m = self.match(tokens, touch=False)
+        nodes: list[TreeNode] = []
+        n = m.last_node
+        while n is not m.last_device_node and n.parent is not None:
+            if n.host is None and n.device is None:
+                nodes.append(n)
+            n = n.parent
+        nodes.reverse()
+        need = sum(len(x.key) // self.page_size for x in nodes)
+        if need == 0:
+            ticket.done = True
+            return
+        anchor = m.last_node
+        self._pin(anchor)  # keeps the whole run from eviction on every tier while in flight
+        try:
+            self._make_room(HOST, need)
+        except OutOfPages:
+            self._unpin(anchor)
+            ticket.done = True
+            return
+        host = self.host_pool.allocator.alloc(need)
+        self.reserved_host.update(host)
+        keys = [k for x in nodes for k in self.page_keys(x)]
+
+        def on_read(fut) -> None:
+            if fut.exception() is not None:
+                log.warning("remote read of %d pages failed (%r); recomputing them", need, fut.exception())
+            ok = fut.result() if fut.exception() is None else [False] * need
+            self.reserved_host.difference_update(host)
+            pos, failed = 0, None
+            for x in nodes:
+                k = len(x.key) // self.page_size
+                part, flags = host[pos : pos + k], ok[pos : pos + k]
+                pos += k
+                if failed is None and all(flags) and x.host is None:
+                    x.host = part
+                    ticket.fetched_tokens += len(x.key)
+                    self._refresh(x)
+                else:
+                    self.host_pool.allocator.free(part)
+                    if failed is None and not all(flags):
+                        failed = x
+            self._unpin(anchor)
+            if failed is not None:
+                ticket.missed = True
+                self.counters.remote_read_misses += 1
+                self._set_remote(failed, False)
+                if not failed.resident_anywhere() and failed.lock_ref == 0 and failed.io_ref == 0:
+                    self._drop(failed)
+            ticket.done = True
+
+        self.controller.get_into_host(keys, host, on_read)
+
+    # ---- completion --------------------------------------------------------------------------
+    def poll(self: HiRadixCache) -> int:
+        """Apply finished remote operations to the tree; returns how many. Never blocks."""
+        done = self.controller.completed()
+        for fut, callback in done:
+            callback(fut)
+        return len(done)
+
+    def wait_idle(self: HiRadixCache, timeout_s: float | None = None) -> None:
+        """Block until every remote operation in flight has finished and been applied."""
+        while self.controller.inflight:
+            item = self.controller.wait_one(timeout_s)
+            if item is None:
+                raise TimeoutError(f"{self.controller.inflight} remote operations still in flight")
+            fut, callback = item
+            callback(fut)
+            self.poll()
+
+    def flush(self: HiRadixCache) -> int:
+        """Drop every cached page not held by a running request; returns nodes dropped.
+
+        Remote entries stay in the store (other processes may use them); the tree forgets them.
+        """
+        self.wait_idle()
+        before = self.tree.num_nodes
+        stack = [self.tree.root]
+        while stack:
+            node = stack.pop()
+            for child in list(node.children.values()):
+                if child.lock_ref == 0 and child.io_ref == 0:
+                    self._drop(child)
+                else:
+                    stack.append(child)
+        return before - self.tree.num_nodes
+
+
+__all__ = ["DEVICE", "HOST", "REMOTE", "Prefetch", "RemoteReads"]

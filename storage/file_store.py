@@ -1,0 +1,195 @@
+"""The embedded remote tier: one file per page in a local directory, shared by processes.
+
+- Writes are atomic: a temporary file in the same directory, then rename. A reader sees a whole
+  old entry, a whole new one, or none.
+- A size cap with least-recently-used eviction: reads refresh an entry's mtime; when the
+  directory outgrows the cap, the oldest entries go until it is at `low_watermark` of the cap.
+- Several processes may share the directory: the byte usage lives in a small counter file
+  updated under an flock, and eviction sweeps take the same lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import secrets
+import struct
+from pathlib import Path
+
+import aiofiles
+import aiofiles.os
+
+from storage.remote import RemoteStore
+
+_USAGE = struct.Struct("<q")
+
+
+class FileStore(RemoteStore):
+    def __init__(
+        self, root: str | os.PathLike, capacity_bytes: int | None = None, low_watermark: float = 0.9
+    ) -> None:
+        super().__init__()
+        if capacity_bytes is not None and capacity_bytes <= 0:
+            raise ValueError(f"capacity_bytes must be positive or None, got {capacity_bytes}")
+        if not 0.0 < low_watermark <= 1.0:
+            raise ValueError(f"low_watermark must be in (0, 1], got {low_watermark}")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.capacity_bytes = capacity_bytes
+        self.low_watermark = low_watermark
+        self._lock_path = self.root / ".lock"
+        self._usage_path = self.root / ".usage"
+        with self._locked():
+            if not self._usage_path.exists():
+                self._write_usage(self._scan_bytes())
+
+    def describe(self) -> str:
+        cap = (
+            "unbounded"
+            if self.capacity_bytes is None
+            else f"cap {self.capacity_bytes / 2**20:.1f} MiB"
+        )
+        return f"file store at {self.root} ({cap})"
+
+    # ---- paths and shared accounting -------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        if not key or not all(c in "0123456789abcdef" for c in key):
+            raise ValueError(f"file store keys are lowercase hex strings, got {key!r}")
+        return self.root / key[:2] / key
+
+    @contextlib.contextmanager
+    def _locked(self):
+        fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def _read_usage(self) -> int:
+        try:
+            data = self._usage_path.read_bytes()
+            return _USAGE.unpack(data)[0] if len(data) == _USAGE.size else self._scan_bytes()
+        except FileNotFoundError:
+            return self._scan_bytes()
+
+    def _write_usage(self, value: int) -> None:
+        tmp = self._usage_path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(_USAGE.pack(max(0, value)))
+        os.replace(tmp, self._usage_path)
+
+    def _entries(self) -> list[tuple[float, int, Path]]:
+        """(mtime, size, path) of every stored entry: a full scan, only for sweeps."""
+        out = []
+        for shard in os.scandir(self.root):
+            if not shard.is_dir() or len(shard.name) != 2:
+                continue
+            for entry in os.scandir(shard.path):
+                if entry.name.startswith(".tmp"):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    st = entry.stat()
+                    out.append((st.st_mtime, st.st_size, Path(entry.path)))
+        return out
+
+    def _scan_bytes(self) -> int:
+        return sum(size for _, size, _ in self._entries())
+
+    def usage_bytes(self) -> int:
+        """Bytes stored by all processes sharing the directory."""
+        with self._locked():
+            return self._read_usage()
+
+    def _account(self, delta: int) -> None:
+        """Add `delta` bytes to the shared usage; sweep if over the cap (under the lock)."""
+        with self._locked():
+            usage = self._read_usage() + delta
+            if self.capacity_bytes is not None and usage > self.capacity_bytes:
+                usage = self._sweep()
+            self._write_usage(usage)
+
+    def _sweep(self) -> int:
+        """Evict least recently used entries down to the low watermark; returns bytes kept."""
+        entries = sorted(self._entries())
+        usage = sum(size for _, size, _ in entries)
+        target = int(self.capacity_bytes * self.low_watermark)
+        evicted = 0
+        for _, size, path in entries:
+            if usage <= target:
+                break
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                usage -= size
+                evicted += 1
+        self.stats.add(evicted=evicted)
+        return usage
+
+    # ---- the store interface -----------------------------------------------------------------
+    async def exists(self, keys: list[str]) -> list[bool]:
+        return list(await asyncio.gather(*(aiofiles.os.path.isfile(self._path(k)) for k in keys)))
+
+    async def _get_one(self, key: str) -> bytes | None:
+        path = self._path(key)
+        try:
+            async with aiofiles.open(path, "rb") as f:
+                data = await f.read()
+        except FileNotFoundError:
+            return None
+        with contextlib.suppress(FileNotFoundError):
+            await asyncio.to_thread(os.utime, path)  # refresh recency for LRU eviction
+        return data
+
+    async def get(self, keys: list[str]) -> list[bytes | None]:
+        return list(await asyncio.gather(*(self._get_one(k) for k in keys)))
+
+    async def _put_one(self, key: str, blob: bytes) -> int:
+        """Write one entry atomically; returns the change in stored bytes."""
+        path = self._path(key)
+        await aiofiles.os.makedirs(path.parent, exist_ok=True)
+        tmp = path.parent / f".tmp-{os.getpid()}-{secrets.token_hex(6)}"
+        try:
+            old = (await aiofiles.os.stat(path)).st_size
+        except FileNotFoundError:
+            old = 0
+        try:
+            async with aiofiles.open(tmp, "wb") as f:
+                await f.write(blob)
+            await aiofiles.os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return len(blob) - old
+
+    async def put(self, items: list[tuple[str, bytes]]) -> list[bool]:
+        results = await asyncio.gather(
+            *(self._put_one(k, b) for k, b in items), return_exceptions=True
+        )
+        ok = [not isinstance(r, BaseException) for r in results]
+        delta = sum(r for r in results if not isinstance(r, BaseException))
+        self.stats.add(
+            puts=sum(ok),
+            put_failures=len(ok) - sum(ok),
+            bytes_written=sum(len(b) for (_, b), g in zip(items, ok, strict=True) if g),
+        )
+        await asyncio.to_thread(self._account, delta)
+        return ok
+
+    async def _delete_one(self, key: str) -> int:
+        path = self._path(key)
+        try:
+            size = (await aiofiles.os.stat(path)).st_size
+            await aiofiles.os.remove(path)
+            return size
+        except FileNotFoundError:
+            return -1
+
+    async def delete(self, keys: list[str]) -> int:
+        sizes = await asyncio.gather(*(self._delete_one(k) for k in keys))
+        removed = [s for s in sizes if s >= 0]
+        if removed:
+            await asyncio.to_thread(self._account, -sum(removed))
+        return len(removed)

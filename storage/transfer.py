@@ -1,0 +1,53 @@
+"""Copies of scattered pages between the device pool and the host pool.
+
+This is the portable path: one gather and one scatter per call, correct on CPU and GPU. The
+GPU fast path (a kernel reading pinned host memory directly) arrives with the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from storage.pools import DevicePool, HostPool
+
+
+def _index(pages: Sequence[int], device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(pages, dtype=torch.long, device=device)
+
+
+def copy_device_to_host(
+    device_pool: DevicePool,
+    device_pages: Sequence[int],
+    host_pool: HostPool,
+    host_pages: Sequence[int],
+) -> None:
+    """host[host_pages[i]] = device[device_pages[i]] for all layers."""
+    if len(device_pages) != len(host_pages):
+        raise ValueError(f"{len(device_pages)} device pages vs {len(host_pages)} host pages")
+    if not device_pages:
+        return
+    src = device_pool.data.index_select(
+        1, _index(device_pages, device_pool.device)
+    )  # [L, n, 2, ps, H, D]
+    src = src.transpose(0, 1).to(host_pool.device)  # [n, L, 2, ps, H, D]; syncs on GPU
+    host_pool.data.index_copy_(0, _index(host_pages, host_pool.device), src)
+
+
+def copy_host_to_device(
+    host_pool: HostPool,
+    host_pages: Sequence[int],
+    device_pool: DevicePool,
+    device_pages: Sequence[int],
+) -> None:
+    """device[device_pages[i]] = host[host_pages[i]] for all layers."""
+    if len(device_pages) != len(host_pages):
+        raise ValueError(f"{len(host_pages)} host pages vs {len(device_pages)} device pages")
+    if not device_pages:
+        return
+    src = host_pool.data.index_select(
+        0, _index(host_pages, host_pool.device)
+    )  # [n, L, 2, ps, H, D]
+    src = src.to(device_pool.device, non_blocking=True).transpose(0, 1)  # [L, n, ...]
+    device_pool.data.index_copy_(1, _index(device_pages, device_pool.device), src)
