@@ -1,0 +1,179 @@
+"""A hypothesis state machine drives the cache against a reference model.
+
+Random insert / match / lock / unlock / evict / flush / prefetch / corrupt sequences, with
+`check_integrity()` after every step. Page bytes are a pure function of their prefix, so any
+page served from any tier is checked bit for bit. In the lossless configuration (write-through
+into a remote tier big enough for everything) the cached length of every match must equal the
+reference exactly; otherwise it may only be shorter.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import hypothesis.strategies as st
+from hypothesis import HealthCheck, event, settings
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from tests.conftest import TINY, assert_pages_hold, write_pages
+
+from radixkv import DEVICE, HOST, CacheConfig, CacheNamespace, HiRadixCache
+from storage import FileStore, OutOfPages, encode_page
+
+PS = TINY.page_size
+FOREIGN = CacheNamespace("another-model", TINY)
+MAX_PAGES = 6
+SYSTEM = [7, 7, 7, 8]  # two pages every conversation shares
+
+
+def conversation(conv: int, branch: int, pages: int) -> list[int]:
+    """Turn-like sequences: a shared system prompt, then conv-specific pages; a branch diverges
+    from its conversation after two pages, so the tree splits and shares at many points."""
+    body = [conv * 100 + i for i in range(2 * PS)]
+    body += [conv * 100 + 50 + branch * 20 + i for i in range(MAX_PAGES * PS)]
+    return (SYSTEM + body)[: pages * PS]
+
+
+tokens_st = st.one_of(
+    st.builds(conversation, st.integers(0, 3), st.integers(0, 2), st.integers(1, MAX_PAGES)),
+    st.lists(st.integers(0, 2), min_size=PS, max_size=MAX_PAGES * PS),  # collisions on tiny pages
+)
+
+
+class CacheMachine(RuleBasedStateMachine):
+    @initialize(
+        device=st.integers(MAX_PAGES, 3 * MAX_PAGES),
+        host_factor=st.sampled_from([0, 2, 2, 4]),
+        write_policy=st.sampled_from(["write_through", "write_through_selective", "write_back"]),
+        remote=st.sampled_from([True, True, False]),
+        policy=st.sampled_from(["lru", "lfu", "slru", "workload"]),
+    )
+    def setup(self, device, host_factor, write_policy, remote, policy):
+        self.dir = tempfile.mkdtemp(prefix="radixkv-test-")
+        store = FileStore(self.dir) if remote and host_factor else None
+        config = CacheConfig(
+            device_pages=device,
+            host_pages=device * host_factor,
+            remote_pages=10_000 if store else 0,
+            policy=policy,
+            write_policy=write_policy,
+        )
+        self.cache = HiRadixCache(TINY, config, namespace=CacheNamespace("test-model", TINY), store=store)
+        self.lossless = store is not None and write_policy == "write_through"
+        self.inserted: set[tuple[int, ...]] = set()  # every page-aligned prefix ever inserted
+        self.held: list = []
+
+    def teardown(self):
+        self.cache.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def ref_len(self, tokens) -> int:
+        n = 0
+        while n + PS <= len(tokens) and tuple(tokens[: n + PS]) in self.inserted:
+            n += PS
+        return n
+
+    @rule(tokens=tokens_st)
+    def serve_request(self, tokens):
+        """What a scheduler does: match, lock, prefetch + load, verify, compute the rest, insert."""
+        cache = self.cache
+        ticket = cache.prefetch(tokens)
+        cache.wait_idle()
+        if ticket.fetched_tokens:
+            event("served pages fetched from the remote tier")
+        m = cache.match(tokens)
+        for tier, n in (("device", m.device_tokens), ("host", m.host_tokens), ("remote", m.remote_tokens)):
+            if n:
+                event(f"request hit on {tier}")
+        cache.lock(m.last_node)
+        try:
+            cache.load(m)
+            m2 = cache.match(tokens, touch=False)
+            assert_pages_hold(cache, tokens, m2.device_pages)  # bit-exact, whichever tier it came from
+            n_total = len(tokens) // PS
+            n_new = n_total - len(m2.device_pages)
+            try:
+                new = cache.alloc(n_new)
+            except OutOfPages:
+                return
+            write_pages(cache, tokens, new, first_page=len(m2.device_pages))
+            cache.insert(tokens, m2.device_pages + new)
+            for k in range(1, n_total + 1):
+                self.inserted.add(tuple(tokens[: k * PS]))
+        finally:
+            cache.unlock(m.last_node)
+            cache.wait_idle()
+
+    @rule(tokens=tokens_st)
+    def match_agrees_with_reference(self, tokens):
+        self.cache.prefetch(tokens)
+        self.cache.wait_idle()
+        m = self.cache.match(tokens)
+        ref = self.ref_len(tokens)
+        assert m.device_tokens + m.host_tokens + m.remote_tokens == m.cached_tokens
+        if self.lossless:
+            assert m.cached_tokens == ref, (m, ref)
+        else:
+            assert m.cached_tokens <= ref, (m, ref)
+        assert_pages_hold(self.cache, tokens, m.device_pages)
+
+    @precondition(lambda self: len(self.held) < 3)
+    @rule(tokens=tokens_st)
+    def lock(self, tokens):
+        m = self.cache.match(tokens, touch=False)
+        self.cache.lock(m.last_node)
+        self.held.append(m.last_node)
+
+    @precondition(lambda self: self.held)
+    @rule(i=st.integers(0, 2))
+    def unlock(self, i):
+        self.cache.unlock(self.held.pop(i % len(self.held)))
+
+    @rule(tier=st.sampled_from([DEVICE, HOST]), n=st.integers(1, 8))
+    def evict(self, tier, n):
+        self.cache.evict(tier, n)
+        self.cache.wait_idle()
+
+    @precondition(lambda self: not self.held)
+    @rule()
+    def flush(self):
+        self.cache.flush()  # the remote tier keeps its pages: "ever inserted" still bounds a match
+
+    @precondition(lambda self: self.cache.store is not None)
+    @rule(data=st.data(), kind=st.sampled_from(["flip", "truncate", "foreign"]))
+    def corrupt_remote_entry(self, data, kind):
+        files = sorted(p for p in Path(self.dir).glob("??/*") if not p.name.startswith("."))
+        if not files:
+            return
+        path = data.draw(st.sampled_from(files))
+        blob = bytearray(path.read_bytes())
+        if not blob:
+            return
+        if kind == "flip":
+            blob[data.draw(st.integers(0, len(blob) - 1))] ^= 1 << data.draw(st.integers(0, 7))
+        elif kind == "truncate":
+            blob = blob[: data.draw(st.integers(0, len(blob) - 1))]
+        else:  # a well-formed page of another model, stored under this key
+            payload = bytes(blob[-TINY.page_bytes :])
+            key = bytes.fromhex(path.name)
+            blob = encode_page(payload, namespace=FOREIGN.digest, key=key, shape=TINY.page_shape, dtype=TINY.dtype)
+        path.write_bytes(bytes(blob))
+        event(f"corrupted a remote entry ({kind})")
+        self.lossless = False  # a corrupt entry is a miss: the reference may now be longer
+
+    @invariant()
+    def corrupt_entries_are_caught(self):
+        if hasattr(self, "cache") and self.cache.store is not None and self.cache.store.stats.corrupt:
+            event("a corrupt remote entry was detected and rejected")
+
+    @invariant()
+    def integrity(self):
+        if hasattr(self, "cache"):
+            self.cache.check_integrity()
+
+
+CacheMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=80, deadline=None, suppress_health_check=list(HealthCheck)
+)
+TestCacheStateful = CacheMachine.TestCase
