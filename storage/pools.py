@@ -7,6 +7,8 @@ The host layout makes a page one contiguous block of bytes, which is what the re
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from storage.allocator import PageAllocator
