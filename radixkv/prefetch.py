@@ -113,7 +113,9 @@ class RemoteReads:
 
         def on_read(fut) -> None:
             if fut.exception() is not None:
-                log.warning("remote read of %d pages failed (%r); recomputing them", need, fut.exception())
+                log.warning(
+                    "remote read of %d pages failed (%r); recomputing them", need, fut.exception()
+                )
             ok = fut.result() if fut.exception() is None else [False] * need
             self.reserved_host.difference_update(host)
             pos, failed = 0, None
@@ -121,14 +123,20 @@ class RemoteReads:
                 k = len(x.key) // self.page_size
                 part, flags = host[pos : pos + k], ok[pos : pos + k]
                 pos += k
-                if failed is None and all(flags) and x.host is None:
-                    x.host = part
-                    ticket.fetched_tokens += len(x.key)
+                good = k if all(flags) else flags.index(False)
+                if failed is not None or x.host is not None:
+                    good = (
+                        0  # after a miss nothing is usable; a node may have been filled meanwhile
+                    )
+                elif good < k:
+                    failed = x  # keep the verified pages before the first bad one
+                if 0 < good < k:
+                    x = self.tree.split(x, good * self.page_size)
+                if good:
+                    x.host = part[:good]
+                    ticket.fetched_tokens += good * self.page_size
                     self._refresh(x)
-                else:
-                    self.host_pool.allocator.free(part)
-                    if failed is None and not all(flags):
-                        failed = x
+                self.host_pool.allocator.free(part[good:])
             self._unpin(anchor)
             if failed is not None:
                 ticket.missed = True

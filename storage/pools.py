@@ -7,8 +7,7 @@ The host layout makes a page one contiguous block of bytes, which is what the re
 
 from __future__ import annotations
 
-import warnings
-
+import numpy as np
 import torch
 
 from storage.allocator import PageAllocator
@@ -78,7 +77,5 @@ class HostPool(_PagePool):
             raise ValueError(
                 f"page payload is {len(payload)} bytes, expected {self.layout.page_bytes}"
             )
-        src = torch.frombuffer(
-            bytearray(payload) if isinstance(payload, bytes) else payload, dtype=torch.uint8
-        )
-        self.data[page].reshape(-1).view(torch.uint8).copy_(src)
+        dst = self.data[page].reshape(-1).view(torch.uint8).numpy()
+        np.copyto(dst, np.frombuffer(payload, dtype=np.uint8))

@@ -47,9 +47,9 @@ class RemoteStats:
 
     def as_dict(self) -> dict:
         with self._lock:
-            return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")} | {
-                "corrupt_reasons": dict(self.corrupt_reasons)
-            }
+            return {
+                f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")
+            } | {"corrupt_reasons": dict(self.corrupt_reasons)}
 
 
 class RemoteStore(abc.ABC):

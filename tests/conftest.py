@@ -15,7 +15,9 @@ TINY = KVLayout(num_layers=2, num_kv_heads=1, head_dim=2, page_size=2, dtype=tor
 
 def page_content(layout: KVLayout, prefix_tokens: tuple[int, ...]) -> torch.Tensor:
     """The KV a model would write for the last page of `prefix_tokens` (host layout)."""
-    seed = int.from_bytes(hashlib.blake2b(array("q", prefix_tokens).tobytes(), digest_size=4).digest(), "little")
+    seed = int.from_bytes(
+        hashlib.blake2b(array("q", prefix_tokens).tobytes(), digest_size=4).digest(), "little"
+    )
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(layout.page_shape, generator=gen).to(layout.dtype)
 
@@ -25,7 +27,9 @@ def write_pages(cache, tokens, pages, first_page: int = 0) -> None:
     ps = cache.page_size
     for i, p in enumerate(pages):
         end = (first_page + i + 1) * ps
-        cache.device_pool.data[:, p] = page_content(cache.layout, tuple(tokens[:end])).to(cache.device_pool.device)
+        cache.device_pool.data[:, p] = page_content(cache.layout, tuple(tokens[:end])).to(
+            cache.device_pool.device
+        )
 
 
 def assert_pages_hold(cache, tokens, pages) -> None:

@@ -16,10 +16,10 @@ from pathlib import Path
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, event, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from tests.conftest import TINY, assert_pages_hold, write_pages
 
 from radixkv import DEVICE, HOST, CacheConfig, CacheNamespace, HiRadixCache
 from storage import FileStore, OutOfPages, encode_page
+from tests.conftest import TINY, assert_pages_hold, write_pages
 
 PS = TINY.page_size
 FOREIGN = CacheNamespace("another-model", TINY)
@@ -59,7 +59,9 @@ class CacheMachine(RuleBasedStateMachine):
             policy=policy,
             write_policy=write_policy,
         )
-        self.cache = HiRadixCache(TINY, config, namespace=CacheNamespace("test-model", TINY), store=store)
+        self.cache = HiRadixCache(
+            TINY, config, namespace=CacheNamespace("test-model", TINY), store=store
+        )
         self.lossless = store is not None and write_policy == "write_through"
         self.inserted: set[tuple[int, ...]] = set()  # every page-aligned prefix ever inserted
         self.held: list = []
@@ -83,14 +85,20 @@ class CacheMachine(RuleBasedStateMachine):
         if ticket.fetched_tokens:
             event("served pages fetched from the remote tier")
         m = cache.match(tokens)
-        for tier, n in (("device", m.device_tokens), ("host", m.host_tokens), ("remote", m.remote_tokens)):
+        for tier, n in (
+            ("device", m.device_tokens),
+            ("host", m.host_tokens),
+            ("remote", m.remote_tokens),
+        ):
             if n:
                 event(f"request hit on {tier}")
         cache.lock(m.last_node)
         try:
             cache.load(m)
             m2 = cache.match(tokens, touch=False)
-            assert_pages_hold(cache, tokens, m2.device_pages)  # bit-exact, whichever tier it came from
+            assert_pages_hold(
+                cache, tokens, m2.device_pages
+            )  # bit-exact, whichever tier it came from
             n_total = len(tokens) // PS
             n_new = n_total - len(m2.device_pages)
             try:
@@ -157,14 +165,20 @@ class CacheMachine(RuleBasedStateMachine):
         else:  # a well-formed page of another model, stored under this key
             payload = bytes(blob[-TINY.page_bytes :])
             key = bytes.fromhex(path.name)
-            blob = encode_page(payload, namespace=FOREIGN.digest, key=key, shape=TINY.page_shape, dtype=TINY.dtype)
+            blob = encode_page(
+                payload, namespace=FOREIGN.digest, key=key, shape=TINY.page_shape, dtype=TINY.dtype
+            )
         path.write_bytes(bytes(blob))
         event(f"corrupted a remote entry ({kind})")
         self.lossless = False  # a corrupt entry is a miss: the reference may now be longer
 
     @invariant()
     def corrupt_entries_are_caught(self):
-        if hasattr(self, "cache") and self.cache.store is not None and self.cache.store.stats.corrupt:
+        if (
+            hasattr(self, "cache")
+            and self.cache.store is not None
+            and self.cache.store.stats.corrupt
+        ):
             event("a corrupt remote entry was detected and rejected")
 
     @invariant()

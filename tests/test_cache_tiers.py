@@ -1,0 +1,255 @@
+"""Scenarios through the whole cache: tier round trips, faults, isolation, locks, policies."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from radixkv import DEVICE, HOST, CacheConfig, CacheNamespace, HiRadixCache
+from storage import FileStore, OutOfPages, encode_page
+from tests.conftest import TINY, assert_pages_hold, write_pages
+
+PS = TINY.page_size
+NS = CacheNamespace("model-a", TINY)
+
+
+def make(
+    tmp_path,
+    *,
+    device=8,
+    host=32,
+    remote=True,
+    write_policy="write_through",
+    ns=NS,
+    store=None,
+    **kw,
+):
+    if remote and store is None:
+        store = FileStore(tmp_path / "remote")
+    config = CacheConfig(
+        device_pages=device,
+        host_pages=host,
+        remote_pages=1000 if remote else 0,
+        write_policy=write_policy,
+        **kw,
+    )
+    return HiRadixCache(TINY, config, namespace=ns, store=store)
+
+
+def serve(cache: HiRadixCache, tokens: list[int], prefetch: bool = True):
+    """One request the way a scheduler runs it; returns the match it started from."""
+    if prefetch:
+        cache.prefetch(tokens)
+        cache.wait_idle()
+    m = cache.match(tokens)
+    cache.lock(m.last_node)
+    cache.load(m)
+    m2 = cache.match(tokens, touch=False)
+    assert_pages_hold(cache, tokens, m2.device_pages)
+    new = cache.alloc(len(tokens) // PS - len(m2.device_pages))
+    write_pages(cache, tokens, new, first_page=len(m2.device_pages))
+    cache.insert(tokens, m2.device_pages + new)
+    cache.unlock(m.last_node)
+    cache.wait_idle()
+    cache.check_integrity()
+    return m
+
+
+SEQ = list(range(100, 116))  # 8 pages
+
+
+@pytest.mark.parametrize("write_policy", ["write_through", "write_back"])
+def test_pages_survive_device_host_remote_host_device_bit_exactly(tmp_path, write_policy):
+    cache = make(tmp_path, write_policy=write_policy)
+    serve(cache, SEQ)
+    cache.evict(DEVICE, 8)  # device -> host (write-back demotes here)
+    assert cache.match(SEQ).host_tokens == len(SEQ)
+    cache.evict(HOST, 32)  # host -> remote (write-back demotes here)
+    cache.wait_idle()
+    m = cache.match(SEQ)
+    assert (m.device_tokens, m.host_tokens, m.remote_tokens) == (0, 0, len(SEQ))
+    ticket = cache.prefetch(SEQ)
+    cache.wait_idle()
+    assert ticket.done and ticket.fetched_tokens == len(SEQ) and not ticket.missed
+    m = cache.match(SEQ)
+    assert m.host_tokens == len(SEQ)
+    cache.lock(m.last_node)
+    assert cache.load(m) == len(SEQ)
+    cache.unlock(m.last_node)
+    m = cache.match(SEQ)
+    assert m.device_tokens == len(SEQ)
+    assert_pages_hold(cache, SEQ, m.device_pages)
+    assert cache.controller.moved["remote_to_host"] == 8
+    cache.check_integrity()
+    cache.close()
+
+
+def test_a_fresh_cache_discovers_pages_another_process_wrote(tmp_path):
+    a = make(tmp_path)
+    serve(a, SEQ)
+    a.close()
+    b = make(tmp_path, device=16)  # same namespace, same directory, empty tree
+    ticket = b.prefetch(SEQ + [1, 2])
+    b.wait_idle()
+    assert ticket.discovered_tokens == len(SEQ) and ticket.fetched_tokens == len(SEQ)
+    m = serve(b, SEQ + [1, 2], prefetch=False)
+    assert m.host_tokens == len(SEQ)
+    b.close()
+
+
+@pytest.mark.parametrize("salt, model", [("tenant-b", "model-a"), ("", "model-b")])
+def test_other_tenants_and_models_cannot_read_each_others_pages(tmp_path, salt, model):
+    a = make(tmp_path)
+    serve(a, SEQ)
+    a.close()
+    other = make(tmp_path, ns=CacheNamespace(model, TINY, tenant_salt=salt))
+    ticket = other.prefetch(SEQ)
+    other.wait_idle()
+    assert ticket.discovered_tokens == 0 and other.match(SEQ).cached_tokens == 0
+    other.close()
+
+
+def corrupt(path: Path, kind: str) -> None:
+    blob = bytearray(path.read_bytes())
+    if kind == "flip":
+        blob[len(blob) // 2] ^= 0x04
+    elif kind == "truncate":
+        blob = blob[: len(blob) - 3]
+    else:  # a well-formed page of another namespace under this key
+        foreign = CacheNamespace("model-b", TINY).digest
+        blob = encode_page(
+            bytes(blob[-TINY.page_bytes :]),
+            namespace=foreign,
+            key=bytes.fromhex(path.name),
+            shape=TINY.page_shape,
+            dtype=TINY.dtype,
+        )
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize("kind", ["flip", "truncate", "foreign"])
+def test_corrupt_remote_pages_are_misses_never_served(tmp_path, kind):
+    cache = make(tmp_path)
+    serve(cache, SEQ)
+    keys = [k.hex() for n in cache.tree.nodes() for k in cache.page_keys(n)]
+    cache.flush()
+    victim = keys[3]  # page 3 of 8: pages 0-2 still good
+    corrupt(tmp_path / "remote" / victim[:2] / victim, kind)
+    ticket = cache.prefetch(SEQ)
+    cache.wait_idle()
+    assert ticket.missed and ticket.fetched_tokens == 3 * PS
+    assert cache.store.stats.corrupt == 1
+    assert not (tmp_path / "remote" / victim[:2] / victim).exists(), "the bad entry stayed"
+    m = serve(cache, SEQ, prefetch=False)  # recomputes page 3 onward; serve() checks bytes
+    assert m.cached_tokens == 3 * PS
+    cache.close()
+
+
+class GatedStore(FileStore):
+    """A file store whose reads wait for the test to open a gate."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.gate: asyncio.Event | None = None
+
+    async def get(self, keys):
+        if self.gate is None:
+            self.gate = asyncio.Event()
+        await self.gate.wait()
+        return await super().get(keys)
+
+
+def test_remote_reads_never_block_the_caller(tmp_path):
+    store = GatedStore(tmp_path / "remote")
+    cache = make(tmp_path, store=store)
+    serve(cache, SEQ, prefetch=False)
+    cache.flush()
+    ticket = cache.prefetch(SEQ)  # returns although the store cannot answer yet
+    for _ in range(500):  # apply the discovery; the read it starts then waits at the gate
+        cache.poll()
+        if store.gate is not None:
+            break
+        time.sleep(0.01)
+    assert not ticket.done
+    cache.check_integrity()  # reserved host pages are accounted as in flight
+    cache.controller._loop.call_soon_threadsafe(store.gate.set)
+    cache.wait_idle()
+    assert ticket.done and ticket.fetched_tokens == len(SEQ)
+    cache.close()
+
+
+class HangingStore(FileStore):
+    async def get(self, keys):
+        await asyncio.sleep(3600)
+
+
+def test_a_hanging_store_times_out_into_a_miss(tmp_path):
+    cache = make(tmp_path, store=HangingStore(tmp_path / "remote"), remote_timeout_s=0.2)
+    serve(cache, SEQ, prefetch=False)
+    cache.flush()
+    ticket = cache.prefetch(SEQ)
+    cache.wait_idle(timeout_s=5)
+    assert ticket.done and ticket.missed and ticket.fetched_tokens == 0
+    cache.check_integrity()
+    cache.close()
+
+
+def test_locked_pages_are_never_evicted(tmp_path):
+    cache = make(tmp_path, device=8, remote=False)
+    serve(cache, SEQ)
+    m = cache.match(SEQ)
+    cache.lock(m.last_node)
+    with pytest.raises(OutOfPages):
+        cache.alloc(1)
+    assert cache.check_integrity()["device"]["locked"] == 8
+    cache.unlock(m.last_node)
+    assert len(cache.alloc(8)) == 8
+    assert cache.match(SEQ).host_tokens == len(SEQ)  # evicted from device, kept on host
+    cache.check_integrity()
+
+
+def test_selective_write_through_copies_only_hot_nodes(tmp_path):
+    cache = make(
+        tmp_path, write_policy="write_through_selective", selective_threshold=2, remote=False
+    )
+    serve(cache, SEQ)
+    assert cache.check_integrity()["host"]["free"] == 32, "a cold node was copied"
+    serve(cache, SEQ)
+    assert cache.check_integrity()["host"]["free"] == 32
+    serve(cache, SEQ)  # the second hit crosses the threshold
+    assert cache.check_integrity()["host"]["free"] == 32 - 8
+
+
+def test_duplicate_pages_of_concurrent_requests_are_freed_once(tmp_path):
+    cache = make(tmp_path, device=16, remote=False)
+    a, b = cache.alloc(8), cache.alloc(8)
+    write_pages(cache, SEQ, a)
+    write_pages(cache, SEQ, b)
+    cache.insert(SEQ, a)
+    cache.insert(SEQ, b)  # b computed the same prefix: its pages are duplicates
+    assert cache.counters.duplicate_pages == 8
+    assert cache.check_integrity()["device"]["free"] == 8
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"device_pages": 0},
+        {"device_pages": 4, "host_pages": -1},
+        {"device_pages": 4, "write_policy": "sometimes"},
+        {"device_pages": 4, "policy": "fifo"},
+        {"device_pages": 4, "selective_threshold": 0},
+        {"device_pages": True},
+    ],
+)
+def test_bad_config_is_a_clear_value_error(kwargs):
+    with pytest.raises(ValueError):
+        CacheConfig(**kwargs)
+
+
+def test_remote_budget_without_store_is_rejected():
+    with pytest.raises(ValueError, match="remote store"):
+        HiRadixCache(TINY, CacheConfig(device_pages=4, remote_pages=4))
