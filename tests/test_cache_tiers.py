@@ -187,8 +187,9 @@ class HangingStore(FileStore):
 
 
 def test_a_hanging_store_times_out_into_a_miss(tmp_path):
-    cache = make(tmp_path, store=HangingStore(tmp_path / "remote"), remote_timeout_s=0.2)
+    cache = make(tmp_path, store=HangingStore(tmp_path / "remote"), remote_timeout_s=1.0)
     serve(cache, SEQ, prefetch=False)
+    assert all(n.remote for n in cache.tree.nodes()), "the write-through did not land"
     cache.flush()
     ticket = cache.prefetch(SEQ)
     cache.wait_idle(timeout_s=5)
