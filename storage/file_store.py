@@ -103,13 +103,36 @@ class FileStore(RemoteStore):
         with self._locked():
             return self._read_usage()
 
-    def _account(self, delta: int) -> None:
-        """Add `delta` bytes to the shared usage; sweep if over the cap (under the lock)."""
+    def _commit(self, renames: list[tuple[Path, Path]], removals: list[Path]) -> list[bool]:
+        """Under the lock: move written temp files into place and remove entries, keeping the
+        shared usage exact (the old size is read under the same lock); sweep if over the cap."""
+        done = []
         with self._locked():
-            usage = self._read_usage() + delta
+            usage = self._read_usage()
+            for tmp, path in renames:
+                try:
+                    old = path.stat().st_size
+                except FileNotFoundError:
+                    old = 0
+                try:
+                    size = tmp.stat().st_size
+                    os.replace(tmp, path)
+                    usage += size - old
+                    done.append(True)
+                except OSError:
+                    done.append(False)
+            for path in removals:
+                try:
+                    size = path.stat().st_size
+                    path.unlink()
+                    usage -= size
+                    done.append(True)
+                except FileNotFoundError:
+                    done.append(False)
             if self.capacity_bytes is not None and usage > self.capacity_bytes:
                 usage = self._sweep()
             self._write_usage(usage)
+        return done
 
     def _sweep(self) -> int:
         """Evict least recently used entries down to the low watermark; returns bytes kept."""
@@ -145,51 +168,30 @@ class FileStore(RemoteStore):
     async def get(self, keys: list[str]) -> list[bytes | None]:
         return list(await asyncio.gather(*(self._get_one(k) for k in keys)))
 
-    async def _put_one(self, key: str, blob: bytes) -> int:
-        """Write one entry atomically; returns the change in stored bytes."""
+    async def _write_temp(self, key: str, blob: bytes) -> tuple[Path, Path]:
         path = self._path(key)
         await aiofiles.os.makedirs(path.parent, exist_ok=True)
         tmp = path.parent / f".tmp-{os.getpid()}-{secrets.token_hex(6)}"
         try:
-            old = (await aiofiles.os.stat(path)).st_size
-        except FileNotFoundError:
-            old = 0
-        try:
             async with aiofiles.open(tmp, "wb") as f:
                 await f.write(blob)
-            await aiofiles.os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
-        return len(blob) - old
+        return tmp, path
 
     async def put(self, items: list[tuple[str, bytes]]) -> list[bool]:
-        results = await asyncio.gather(
-            *(self._put_one(k, b) for k, b in items), return_exceptions=True
+        written = await asyncio.gather(
+            *(self._write_temp(k, b) for k, b in items), return_exceptions=True
         )
-        ok = [not isinstance(r, BaseException) for r in results]
-        delta = sum(r for r in results if not isinstance(r, BaseException))
-        self.stats.add(
-            puts=sum(ok),
-            put_failures=len(ok) - sum(ok),
-            bytes_written=sum(len(b) for (_, b), g in zip(items, ok, strict=True) if g),
-        )
-        await asyncio.to_thread(self._account, delta)
+        renames = [w for w in written if not isinstance(w, BaseException)]
+        committed = iter(await asyncio.to_thread(self._commit, renames, []))
+        ok = [not isinstance(w, BaseException) and next(committed) for w in written]
+        stored = sum(len(b) for (_, b), good in zip(items, ok, strict=True) if good)
+        self.stats.add(puts=sum(ok), put_failures=len(ok) - sum(ok), bytes_written=stored)
         return ok
 
-    async def _delete_one(self, key: str) -> int:
-        path = self._path(key)
-        try:
-            size = (await aiofiles.os.stat(path)).st_size
-            await aiofiles.os.remove(path)
-            return size
-        except FileNotFoundError:
-            return -1
-
     async def delete(self, keys: list[str]) -> int:
-        sizes = await asyncio.gather(*(self._delete_one(k) for k in keys))
-        removed = [s for s in sizes if s >= 0]
-        if removed:
-            await asyncio.to_thread(self._account, -sum(removed))
-        return len(removed)
+        paths = [self._path(k) for k in keys]
+        return sum(await asyncio.to_thread(self._commit, [], paths))
