@@ -60,8 +60,8 @@ class EvictionPolicy:
     def priority(self, node: TreeNode) -> object:
         raise NotImplementedError
 
-    def on_evict(self, priority: object) -> None:  # noqa: B027 - optional hook
-        """Told the priority of each evicted node (for policies with an aging clock)."""
+    def on_evict(self, node: TreeNode) -> None:  # noqa: B027 - optional hook
+        """Told of each node the index gives up (for policies that learn from evictions)."""
 
 
 class LRUPolicy(EvictionPolicy):
@@ -152,7 +152,7 @@ class EvictionIndex:
             if node.heap_token[t] == seq:
                 node.heap_token[t] = None
                 self.live -= 1
-                self.policy.on_evict(prio)
+                self.policy.on_evict(node)
                 return node
         return None
 

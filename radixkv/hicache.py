@@ -92,7 +92,7 @@ class HiRadixCache(RemoteReads):
         self.namespace = namespace or CacheNamespace("unnamed-model", layout)
         if self.namespace.layout != layout:
             raise ValueError("the namespace was made for a different KV layout")
-        self.tree = RadixTree(layout.page_size)
+        self.tree = RadixTree(layout.page_size, on_split=self._on_split)
         self.device_pool = DevicePool(layout, config.device_pages, device)
         self.host_pool = HostPool(layout, config.host_pages)
         self.store = store if config.remote_pages > 0 else None
@@ -144,6 +144,7 @@ class HiRadixCache(RemoteReads):
             for node in path:
                 node.hits += 1
                 node.last_access = self.clock
+                node.diverged = False
                 self._refresh(node)
                 if node is last:
                     break
@@ -186,6 +187,10 @@ class HiRadixCache(RemoteReads):
                 orphan = n
         if orphan is not None:
             self._drop(orphan)
+
+    def _on_split(self, upper: TreeNode, lower: TreeNode) -> None:
+        self._refresh(upper)
+        self._refresh(lower)  # its key now starts elsewhere: size- and key-aware priorities change
 
     def _refresh(self, node: TreeNode) -> None:
         if node.parent is not None:  # removed nodes and the root are never indexed

@@ -11,7 +11,7 @@ the counts, and releasing from the original node still walks over the new ancest
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 
 class TreeNode:
@@ -31,6 +31,7 @@ class TreeNode:
         "page_keys",
         "heap_token",
         "heap_prio",
+        "diverged",
     )
 
     def __init__(self, key: tuple[int, ...], parent: TreeNode | None, depth: int) -> None:
@@ -49,6 +50,7 @@ class TreeNode:
         self.page_keys: list[bytes] | None = None  # chained remote keys, computed lazily
         self.heap_token: list[int | None] = [None, None, None]  # per tier: live heap entry id
         self.heap_prio: list[object] = [None, None, None]
+        self.diverged = False  # a request shared this node's prefix, then went elsewhere (split)
 
     @property
     def num_tokens(self) -> int:
@@ -78,10 +80,14 @@ class TreeNode:
 class RadixTree:
     """A page-aligned radix tree. Keys compare a page at a time (tuple equality runs in C)."""
 
-    def __init__(self, page_size: int) -> None:
+    def __init__(
+        self, page_size: int, on_split: Callable[[TreeNode, TreeNode], None] | None = None
+    ) -> None:
+        """`on_split(upper, lower)` is told of every split (an owner re-files both halves)."""
         if page_size <= 0:
             raise ValueError(f"page_size must be positive, got {page_size}")
         self.page_size = page_size
+        self.on_split = on_split
         self.root = TreeNode((), None, 0)
         self.num_nodes = 1
 
@@ -141,10 +147,13 @@ class RadixTree:
         node.device = node.device[k:] if node.device is not None else None
         node.host = node.host[k:] if node.host is not None else None
         node.parent = upper
+        node.diverged = True
         upper.children[node.key[:ps]] = node
         upper.device_children = 1 if node.device is not None else 0
         parent.children[upper.key[:ps]] = upper
         self.num_nodes += 1
+        if self.on_split is not None:
+            self.on_split(upper, node)
         return upper
 
     def add_child(self, parent: TreeNode, key: tuple[int, ...]) -> TreeNode:

@@ -57,3 +57,22 @@ def test_pop_order_equals_brute_force(ops_list):
 def test_unknown_policy_names_the_choices():
     with pytest.raises(ValueError, match="lru"):
         make_policy("fifo")
+
+
+def test_workload_policy_retires_abandoned_tails_before_older_live_leaves():
+    from radixkv.workload_policy import WorkloadAwarePolicy
+
+    policy = WorkloadAwarePolicy()
+    root = TreeNode((), None, 0)
+    old_live = TreeNode(tuple(range(2048)), root, 2048)  # big, never split: plain LRU
+    tail = TreeNode(tuple(range(2048)), root, 2048)
+    old_live.last_access, tail.last_access = 100, 150
+    tail.diverged = True  # a later request split it and went elsewhere
+    policy.now, policy.age = 200, 80.0  # nodes currently live ~80 ticks unused
+    assert policy.likely_dead(tail) and not policy.likely_dead(old_live)
+    assert policy.priority(tail) < policy.priority(old_live)
+    tail.hits = 1  # once reused, it is judged by recency alone
+    assert policy.priority(tail) > policy.priority(old_live)
+    small = TreeNode((1, 2), root, 2)
+    small.last_access = 150
+    assert policy.likely_dead(small)

@@ -1,0 +1,1 @@
+"""Benchmark harness: `python -m radixkv.bench trace ...` replays production traces."""
