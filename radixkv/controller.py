@@ -107,6 +107,7 @@ class CacheController:
 
     def put_blobs(self, items: list[tuple[str, bytes]], on_done: Callback) -> None:
         """Store framed blobs; `on_done` gets a future of per-item success flags."""
+        self.moved["host_to_remote"] += len(items)
         for k, b in items:
             self._writing[k] = b
 
@@ -124,10 +125,11 @@ class CacheController:
         """Encode pinned host pages on the I/O thread and store them."""
 
         async def run():
-            items = self.encode(host_pages, keys)
-            self.moved["host_to_remote"] += len(items)
-            return await self.store.put(items)
+            return await self.store.put(self.encode(host_pages, keys))
 
+        self.moved["host_to_remote"] += len(
+            host_pages
+        )  # counters change in the owner's thread only
         self._submit(run, on_done)
 
     def get_into_host(self, keys: list[bytes], host_pages: list[int], on_done: Callback) -> None:
@@ -158,10 +160,14 @@ class CacheController:
                 if payload is not None:
                     self.host_pool.write_page_bytes(page, payload)
                 ok.append(payload is not None)
-            self.moved["remote_to_host"] += sum(ok)
             return ok
 
-        self._submit(run, on_done)
+        def counted(fut: concurrent.futures.Future) -> None:  # runs in the owner's thread
+            if fut.exception() is None:
+                self.moved["remote_to_host"] += sum(fut.result())
+            on_done(fut)
+
+        self._submit(run, counted)
 
     def exists(self, keys: list[bytes], on_done: Callback) -> None:
         self._submit(lambda: self.store.exists([k.hex() for k in keys]), on_done)

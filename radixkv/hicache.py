@@ -86,6 +86,8 @@ class HiRadixCache(RemoteReads):
             store = open_store(remote_url)
         if config.remote_pages > 0 and store is None:
             raise ValueError("remote_pages > 0 needs a remote store (store= or remote_url=)")
+        if store is not None and config.remote_pages == 0:
+            raise ValueError("a remote store was given but CacheConfig.remote_pages is 0")
         self.layout = layout
         self.config = config
         self.page_size = layout.page_size
@@ -95,7 +97,7 @@ class HiRadixCache(RemoteReads):
         self.tree = RadixTree(layout.page_size, on_split=self._on_split)
         self.device_pool = DevicePool(layout, config.device_pages, device)
         self.host_pool = HostPool(layout, config.host_pages)
-        self.store = store if config.remote_pages > 0 else None
+        self.store = store
         self.controller = CacheController(
             self.device_pool,
             self.host_pool,
@@ -114,8 +116,10 @@ class HiRadixCache(RemoteReads):
 
     # ---- queries ---------------------------------------------------------------------------
     def match(self, tokens: Sequence[int], *, touch: bool = True) -> MatchResult:
-        """The cached prefix of `tokens` by tier; `touch` counts it as a hit for the policies."""
-        self.clock += 1
+        """The cached prefix of `tokens` by tier; `touch` counts it as a hit for the policies
+        (and advances the logical clock; a peek with touch=False changes no statistics)."""
+        if touch:
+            self.clock += 1
         path, _ = self.tree.walk(tokens)
         root = self.tree.root
         device_pages: list[int] = []
@@ -388,7 +392,13 @@ class HiRadixCache(RemoteReads):
         node.parent.device_children -= 1
         self.counters.evicted_pages[DEVICE] += len(pages)
         self._refresh(node.parent)
-        self._drop(node) if not node.resident_anywhere() else self._refresh(node)
+        self._drop_or_refresh(node)
+
+    def _drop_or_refresh(self, node: TreeNode) -> None:
+        if node.resident_anywhere():
+            self._refresh(node)
+        else:
+            self._drop(node)
 
     def _evict_host(self, node: TreeNode) -> None:
         if not node.remote and self.store is not None and self._keep_on_demotion(node):
@@ -396,7 +406,7 @@ class HiRadixCache(RemoteReads):
         pages, node.host = node.host, None
         self.host_pool.allocator.free(pages)
         self.counters.evicted_pages[HOST] += len(pages)
-        self._drop(node) if not node.resident_anywhere() else self._refresh(node)
+        self._drop_or_refresh(node)
 
     def _keep_on_demotion(self, node: TreeNode) -> bool:
         """Write-back and write-through save an evicted page a tier down; selective only a hot one."""
@@ -408,7 +418,6 @@ class HiRadixCache(RemoteReads):
         The node is marked remote at once; if the write fails, a later read misses and recomputes.
         """
         blobs = self.controller.encode(node.host, self.page_keys(node))
-        self.controller.moved["host_to_remote"] += len(blobs)
 
         def done(fut) -> None:
             if fut.exception() is not None or not all(fut.result()):
