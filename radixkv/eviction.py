@@ -19,8 +19,15 @@ TIER_NAMES = ("device", "host", "remote")
 
 
 def device_evictable(n: TreeNode) -> bool:
-    """On device with no device child: evicting keeps device residency prefix-closed."""
-    return n.device is not None and n.device_children == 0 and n.lock_ref == 0 and n.io_ref == 0
+    """On device with no device child (so device residency stays prefix-closed). A copy in flight
+    (io_ref) reads or fills host pages only, so it blocks this only if the node has no host copy
+    to stay resident by."""
+    return (
+        n.device is not None
+        and n.device_children == 0
+        and n.lock_ref == 0
+        and (n.io_ref == 0 or n.host is not None)
+    )
 
 
 def host_evictable(n: TreeNode) -> bool:

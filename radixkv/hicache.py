@@ -368,6 +368,11 @@ class HiRadixCache(RemoteReads):
             )
         while pool.allocator.num_free < num_pages:
             node = self.indexes[tier].pop()
+            if node is None and self.controller.inflight:
+                # Pages are pinned by remote copies in flight: wait for one to finish (an
+                # unavoidable wait, bounded by remote_timeout_s) and try again.
+                self.wait_one()
+                continue
             if node is None:
                 raise OutOfPages(
                     f"{('device', 'host')[tier]} pool: {num_pages} pages needed, "

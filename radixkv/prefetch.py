@@ -156,6 +156,14 @@ class RemoteReads:
             callback(fut)
         return len(done)
 
+    def wait_one(self: HiRadixCache) -> None:
+        """Block until one remote operation finishes, then apply it and any others done."""
+        item = self.controller.wait_one(self.config.remote_timeout_s * 2)
+        if item is not None:
+            fut, callback = item
+            callback(fut)
+        self.poll()
+
     def wait_idle(self: HiRadixCache, timeout_s: float | None = None) -> None:
         """Block until every remote operation in flight has finished and been applied."""
         while self.controller.inflight:
