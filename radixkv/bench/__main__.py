@@ -95,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--remote-frac", type=float, default=0.0, help="remote file tier (0 disables)")
     t.add_argument("--page-size", type=int, default=16)
     t.add_argument(
-        "--policy", default="workload", help="eviction policy, or several comma-separated"
+        "--policy",
+        default="workload,lru",
+        help="eviction policies, comma-separated (the first fills the top-level JSON fields)",
     )
     t.add_argument(
         "--write-policy",

@@ -1,0 +1,61 @@
+"""The tier round trip on CUDA: device pool on the GPU, pinned host pool (skipped without CUDA)."""
+
+import pytest
+import torch
+from tests.conftest import TINY, assert_pages_hold, write_pages
+
+from radixkv import DEVICE, HOST, CacheConfig, CacheNamespace, HiRadixCache
+from storage import DevicePool, FileStore, HostPool, KVLayout, copy_device_to_host, copy_host_to_device
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def test_pools_live_where_they_should():
+    layout = KVLayout(4, 2, 64, 16, torch.bfloat16)
+    device, host = DevicePool(layout, 32), HostPool(layout, 64)
+    assert device.data.is_cuda and host.data.is_pinned()
+    assert device.layer(0).shape == (32, 2, 16, 2, 64)  # flashinfer's paged NHD layout per layer
+
+
+def test_scattered_pages_round_trip_bit_exactly_on_cuda():
+    layout = KVLayout(4, 2, 64, 16, torch.bfloat16)
+    device, host = DevicePool(layout, 256), HostPool(layout, 256)
+    device.data.copy_(torch.randn_like(device.data, dtype=torch.float32).to(torch.bfloat16))
+    src = torch.randperm(256)[:100].tolist()
+    mid = torch.randperm(256)[:100].tolist()
+    dst = torch.randperm(256)[:100].tolist()
+    copy_device_to_host(device, src, host, mid)
+    want = device.data[:, src].clone()
+    device.data.zero_()
+    copy_host_to_device(host, mid, device, dst)
+    torch.cuda.synchronize()
+    assert torch.equal(device.data[:, dst], want)
+
+
+def test_device_host_remote_host_device_on_cuda(tmp_path):
+    cache = HiRadixCache(
+        TINY,
+        CacheConfig(device_pages=8, host_pages=32, remote_pages=1000),
+        namespace=CacheNamespace("gpu-test", TINY),
+        store=FileStore(tmp_path),
+    )
+    seq = list(range(100, 116))
+    pages = cache.alloc(8)
+    write_pages(cache, seq, pages)
+    cache.insert(seq, pages)
+    cache.wait_idle()
+    cache.evict(DEVICE, 8)
+    cache.evict(HOST, 32)
+    cache.flush()  # forget the tree: only the remote tier has it now
+    ticket = cache.prefetch(seq)
+    cache.wait_idle()
+    assert ticket.fetched_tokens == len(seq)
+    m = cache.match(seq)
+    cache.lock(m.last_node)
+    cache.load(m)
+    cache.unlock(m.last_node)
+    m = cache.match(seq)
+    assert m.device_tokens == len(seq) and cache.device_pool.data.is_cuda
+    assert_pages_hold(cache, seq, m.device_pages)
+    cache.check_integrity()
+    cache.close()
