@@ -2,12 +2,22 @@
 
 import pytest
 import torch
-from tests.conftest import TINY, assert_pages_hold, write_pages
 
 from radixkv import DEVICE, HOST, CacheConfig, CacheNamespace, HiRadixCache
-from storage import DevicePool, FileStore, HostPool, KVLayout, copy_device_to_host, copy_host_to_device
+from storage import (
+    DevicePool,
+    FileStore,
+    HostPool,
+    KVLayout,
+    copy_device_to_host,
+    copy_host_to_device,
+)
+from tests.conftest import TINY, assert_pages_hold, write_pages
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
 
 def test_pools_live_where_they_should():
