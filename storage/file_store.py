@@ -18,12 +18,11 @@ import secrets
 import struct
 from pathlib import Path
 
-import aiofiles
-import aiofiles.os
-
 from storage.remote import RemoteStore
 
 _USAGE = struct.Struct("<q")
+MAX_PARALLEL = 4  # executor tasks per batch
+CHUNK_MIN = 16  # pages per task at least
 
 
 class FileStore(RemoteStore):
@@ -39,6 +38,7 @@ class FileStore(RemoteStore):
         self.root.mkdir(parents=True, exist_ok=True)
         self.capacity_bytes = capacity_bytes
         self.low_watermark = low_watermark
+        self._shards: set[str] = set()  # shard directories known to exist
         self._lock_path = self.root / ".lock"
         self._usage_path = self.root / ".usage"
         with self._locked():
@@ -151,43 +151,58 @@ class FileStore(RemoteStore):
         return usage
 
     # ---- the store interface -----------------------------------------------------------------
-    async def exists(self, keys: list[str]) -> list[bool]:
-        return list(await asyncio.gather(*(aiofiles.os.path.isfile(self._path(k)) for k in keys)))
+    # Each batch runs as a few executor tasks of plain file I/O (chunks in parallel), not one
+    # thread hop per open/write/close: measured 10-50x faster per page (docs/architecture.md).
+    async def _in_chunks(self, fn, items: list) -> list:
+        if not items:
+            return []
+        step = max(CHUNK_MIN, -(-len(items) // MAX_PARALLEL))
+        parts = await asyncio.gather(
+            *(asyncio.to_thread(fn, items[i : i + step]) for i in range(0, len(items), step))
+        )
+        return [x for part in parts for x in part]
 
-    async def _get_one(self, key: str) -> bytes | None:
-        path = self._path(key)
-        try:
-            async with aiofiles.open(path, "rb") as f:
-                data = await f.read()
-        except FileNotFoundError:
-            return None
-        with contextlib.suppress(FileNotFoundError):
-            await asyncio.to_thread(os.utime, path)  # refresh recency for LRU eviction
-        return data
+    async def exists(self, keys: list[str]) -> list[bool]:
+        return await self._in_chunks(lambda ks: [self._path(k).is_file() for k in ks], keys)
+
+    def _read_sync(self, keys: list[str]) -> list[bytes | None]:
+        out = []
+        for key in keys:
+            path = self._path(key)
+            try:
+                with open(path, "rb") as f:
+                    out.append(f.read())
+                os.utime(path)  # refresh recency for LRU eviction
+            except FileNotFoundError:
+                out.append(None)
+        return out
 
     async def get(self, keys: list[str]) -> list[bytes | None]:
-        return list(await asyncio.gather(*(self._get_one(k) for k in keys)))
+        return await self._in_chunks(self._read_sync, keys)
 
-    async def _write_temp(self, key: str, blob: bytes) -> tuple[Path, Path]:
-        path = self._path(key)
-        await aiofiles.os.makedirs(path.parent, exist_ok=True)
-        tmp = path.parent / f".tmp-{os.getpid()}-{secrets.token_hex(6)}"
-        try:
-            async with aiofiles.open(tmp, "wb") as f:
-                await f.write(blob)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
-        return tmp, path
+    def _write_temp_sync(self, items: list[tuple[str, bytes]]) -> list[tuple[Path, Path] | None]:
+        out = []
+        for key, blob in items:
+            path = self._path(key)
+            if path.parent.name not in self._shards:
+                path.parent.mkdir(exist_ok=True)
+                self._shards.add(path.parent.name)
+            tmp = path.parent / f".tmp-{os.getpid()}-{secrets.token_hex(6)}"
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(blob)
+                out.append((tmp, path))
+            except OSError:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                out.append(None)
+        return out
 
     async def put(self, items: list[tuple[str, bytes]]) -> list[bool]:
-        written = await asyncio.gather(
-            *(self._write_temp(k, b) for k, b in items), return_exceptions=True
-        )
-        renames = [w for w in written if not isinstance(w, BaseException)]
+        written = await self._in_chunks(self._write_temp_sync, items)
+        renames = [w for w in written if w is not None]
         committed = iter(await asyncio.to_thread(self._commit, renames, []))
-        ok = [not isinstance(w, BaseException) and next(committed) for w in written]
+        ok = [w is not None and next(committed) for w in written]
         stored = sum(len(b) for (_, b), good in zip(items, ok, strict=True) if good)
         self.stats.add(puts=sum(ok), put_failures=len(ok) - sum(ok), bytes_written=stored)
         return ok
