@@ -1,0 +1,69 @@
+"""What one forward pass computes: new tokens of several sequences over their cached prefixes.
+
+Per sequence i (in order), tokens [prefix_len_i, prefix_len_i + extend_len_i) are computed; the
+KV of [0, prefix_len_i) is already in device pages `page_tables[i]`, which also hold the slots
+the new tokens' KV is written to. A decode step is a batch whose extend_len is 1 everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ForwardBatch:
+    input_ids: torch.Tensor  # [T] new tokens of all sequences, concatenated
+    positions: torch.Tensor  # [T]
+    prefix_lens: list[int]
+    extend_lens: list[int]
+    page_tables: list[list[int]]  # device pages covering [0, prefix_len + extend_len) per sequence
+    page_size: int
+    out_pages: torch.Tensor = field(init=False)  # [T] page of each new token's KV slot
+    out_offsets: torch.Tensor = field(init=False)  # [T] offset inside that page
+
+    def __post_init__(self) -> None:
+        ps = self.page_size
+        pages, offsets = [], []
+        for prefix, ext, table in zip(
+            self.prefix_lens, self.extend_lens, self.page_tables, strict=True
+        ):
+            if len(table) * ps < prefix + ext:
+                raise ValueError(f"{len(table)} pages cannot hold {prefix + ext} tokens")
+            for p in range(prefix, prefix + ext):
+                pages.append(table[p // ps])
+                offsets.append(p % ps)
+        dev = self.input_ids.device
+        self.out_pages = torch.tensor(pages, dtype=torch.long, device=dev)
+        self.out_offsets = torch.tensor(offsets, dtype=torch.long, device=dev)
+
+    @classmethod
+    def build(
+        cls,
+        sequences: list[tuple[list[int], int, list[int]]],
+        page_size: int,
+        device: torch.device | str = "cpu",
+    ) -> ForwardBatch:
+        """From (new tokens, prefix_len, page_table) per sequence."""
+        ids, pos = [], []
+        for new, prefix, _ in sequences:
+            ids += new
+            pos += range(prefix, prefix + len(new))
+        return cls(
+            input_ids=torch.tensor(ids, dtype=torch.long, device=device),
+            positions=torch.tensor(pos, dtype=torch.long, device=device),
+            prefix_lens=[s[1] for s in sequences],
+            extend_lens=[len(s[0]) for s in sequences],
+            page_tables=[s[2] for s in sequences],
+            page_size=page_size,
+        )
+
+    @property
+    def num_sequences(self) -> int:
+        return len(self.extend_lens)
+
+    def last_token_indices(self) -> torch.Tensor:
+        """Index in [0, T) of each sequence's last new token (whose logits pick the next token)."""
+        ends = torch.tensor(self.extend_lens, device=self.input_ids.device).cumsum(0)
+        return ends - 1
