@@ -12,8 +12,19 @@ from radixkv.prefetch import Prefetch
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    if name in ("Engine", "GenerationResult"):  # imported on first use: the cache alone stays light
+        from radixkv import facade
+
+        return getattr(facade, name)
+    raise AttributeError(f"module 'radixkv' has no attribute {name!r}")
+
+
 __all__ = [
     "DEVICE",
+    "Engine",
+    "GenerationResult",
     "HOST",
     "REMOTE",
     "CacheConfig",

@@ -1,0 +1,63 @@
+"""A request and its derived lengths. Page ownership lives in the cache; a request only holds
+its page table (tree pages it matched, locked, then pages it allocated) and its lock."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.sampling import SamplingParams
+
+
+class State(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Request:
+    rid: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    output_ids: list[int] = field(default_factory=list)
+    state: State = State.WAITING
+    finish_reason: str | None = None  # "stop", "length", "abort"
+    # cache bookkeeping (owned by the scheduler; pages by the cache)
+    node: object | None = None  # the locked tree node of its matched prefix
+    page_table: list[int] = field(default_factory=list)
+    tree_pages: int = 0  # page_table[:tree_pages] belong to the tree (locked), the rest to us
+    num_computed: int = 0  # tokens whose KV is in page_table
+    cached_by_tier: dict[str, int] = field(
+        default_factory=lambda: {"device": 0, "host": 0, "remote": 0}
+    )
+    prefetch: object | None = None
+    arrival: float = field(default_factory=time.perf_counter)
+    first_token_at: float | None = None
+    generator: torch.Generator | None = None
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.prompt_ids:
+            raise ValueError("empty prompt")
+        if self.params.seed is not None:
+            self.generator = torch.Generator().manual_seed(self.params.seed)
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def cached_tokens(self) -> int:
+        return sum(self.cached_by_tier.values())
+
+    @property
+    def is_prefilling(self) -> bool:
+        return self.num_computed < len(self.prompt_ids)
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.arrival

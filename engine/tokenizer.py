@@ -1,0 +1,99 @@
+"""Tokenizers and chat templates, from a Hugging Face directory or from GGUF metadata."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tokenizers import AddedToken, decoders, models, pre_tokenizers
+from tokenizers import Tokenizer as _Tokenizer
+
+_CONTROL = 3  # GGUF token type of special/control tokens
+
+
+class Tokenizer:
+    def __init__(
+        self, tok: _Tokenizer, chat_template: str | None, bos: str | None, eos: str | None
+    ) -> None:
+        self._tok, self.chat_template, self.bos_token, self.eos_token = tok, chat_template, bos, eos
+
+    @classmethod
+    def from_hf_directory(cls, path: str | Path) -> Tokenizer:
+        path = Path(path)
+        tok = _Tokenizer.from_file(str(path / "tokenizer.json"))
+        cfg_path = path / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+
+        def text(v):
+            return v.get("content") if isinstance(v, dict) else v
+
+        return cls(
+            tok, cfg.get("chat_template"), text(cfg.get("bos_token")), text(cfg.get("eos_token"))
+        )
+
+    @classmethod
+    def from_gguf(cls, path: str | Path) -> Tokenizer:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(str(path))
+
+        def get(key, default=None):
+            f = reader.fields.get(key)
+            return default if f is None else f.contents()
+
+        kind = get("tokenizer.ggml.model")
+        if kind != "gpt2":
+            raise ValueError(
+                f"GGUF tokenizer model {kind!r} is not supported yet (supported: gpt2 byte-level BPE)"
+            )
+        tokens, types = get("tokenizer.ggml.tokens"), get("tokenizer.ggml.token_type")
+        merges = [tuple(m.split(" ", 1)) for m in get("tokenizer.ggml.merges")]
+        tok = _Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges))
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Digits(individual_digits=True),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+            ]
+        )
+        tok.decoder = decoders.ByteLevel()
+        tok.add_special_tokens(
+            [
+                AddedToken(t, special=True, normalized=False)
+                for t, ty in zip(tokens, types, strict=True)
+                if ty == _CONTROL
+            ]
+        )
+        bos, eos = get("tokenizer.ggml.bos_token_id"), get("tokenizer.ggml.eos_token_id")
+        return cls(
+            tok,
+            get("tokenizer.chat_template"),
+            tokens[bos] if bos is not None else None,
+            tokens[eos] if eos is not None else None,
+        )
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
+        """Render messages with the model's own template (jinja2, sandboxed)."""
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        if not self.chat_template:
+            raise ValueError("this model has no chat template")
+        for m in messages:
+            if (
+                not isinstance(m, dict)
+                or not isinstance(m.get("role"), str)
+                or not isinstance(m.get("content"), str)
+            ):
+                raise ValueError("each message needs a string 'role' and a string 'content'")
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        return env.from_string(self.chat_template).render(
+            messages=messages,
+            add_generation_prompt=add_generation_prompt,
+            bos_token=self.bos_token or "",
+            eos_token=self.eos_token or "",
+        )

@@ -1,0 +1,199 @@
+"""`radixkv.Engine`: the embedded library: a model, the hierarchical cache and the scheduler
+behind one object. The serving engine is imported here, inside functions, so that importing
+radixkv alone never pulls in a model."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from radixkv.config import CacheConfig
+from radixkv.hicache import HiRadixCache
+from radixkv.namespace import CacheNamespace
+from storage import KVLayout
+
+
+@dataclass
+class GenerationResult:
+    token_ids: list[int]
+    text: str
+    prompt_tokens: int
+    cached_tokens: int
+    cached_tokens_by_tier: dict[str, int] = field(default_factory=dict)
+    finish_reason: str | None = None
+    ttft_s: float | None = None
+    latency_s: float | None = None
+
+
+def _load(model: str | None, device: torch.device, dtype: torch.dtype):
+    """(model, fingerprint, tokenizer or None) for a path, a GGUF file, a preset or None."""
+    from engine.default_model import default_model_path
+    from engine.gguf_loader import load_gguf
+    from engine.model_config import PRESETS
+    from engine.tokenizer import Tokenizer
+    from engine.weights import dummy_model, load_hf_directory
+
+    if model is None:
+        model = str(default_model_path())
+    if model in PRESETS:
+        m, fp = dummy_model(model, dtype=dtype, device=device)
+        return m, fp, None
+    path = Path(model)
+    if path.is_file() and path.suffix == ".gguf":
+        m, fp, meta = load_gguf(path, dtype=dtype, device=device)
+        return m, fp, Tokenizer.from_gguf(path)
+    if path.is_dir():
+        m, fp = load_hf_directory(path, dtype=dtype, device=device)
+        return (
+            m,
+            fp,
+            Tokenizer.from_hf_directory(path) if (path / "tokenizer.json").is_file() else None,
+        )
+    raise ValueError(
+        f"model {model!r} is not a GGUF file, a Hugging Face directory or a preset ({', '.join(PRESETS)})"
+    )
+
+
+class Engine:
+    """Generate with a hierarchical prefix cache. `model`: a HF directory, a .gguf file, a preset
+    name (dummy weights) or None for SmolLM2-135M-Instruct (fetched on first use)."""
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        device: str = "auto",
+        dtype: torch.dtype | None = None,
+        page_size: int = 16,
+        kv_memory_gb: float = 1.0,
+        host_memory_gb: float = 0.0,
+        remote_url: str | None = None,
+        remote_pages: int = 1 << 20,
+        policy: str = "workload",
+        write_policy: str = "write_through",
+        tenant: str = "",
+        prefix_caching: bool = True,
+        max_batch_tokens: int = 2048,
+        max_running: int = 64,
+        check_integrity: bool = False,
+    ) -> None:
+        from engine.attention import TorchPagedAttention
+        from engine.scheduler import Scheduler
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.model, self.fingerprint, self.tokenizer = _load(model, self.device, dtype)
+        cfg = self.model.config
+        layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size, dtype)
+        if kv_memory_gb <= 0 or host_memory_gb < 0:
+            raise ValueError("kv_memory_gb must be > 0 and host_memory_gb >= 0")
+        device_pages = max(1, int(kv_memory_gb * 2**30) // layout.page_bytes)
+        host_pages = int(host_memory_gb * 2**30) // layout.page_bytes
+        config = CacheConfig(
+            device_pages=device_pages,
+            host_pages=host_pages,
+            remote_pages=remote_pages if remote_url else 0,
+            policy=policy,
+            write_policy=write_policy,
+        )
+        self.cache = HiRadixCache(
+            layout,
+            config,
+            namespace=CacheNamespace(self.fingerprint, layout, tenant),
+            remote_url=remote_url,
+            device=str(self.device),
+        )
+        backend = TorchPagedAttention(
+            self.cache.device_pool, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        )
+        self.scheduler = Scheduler(
+            self.model,
+            backend,
+            self.cache,
+            max_batch_tokens=max_batch_tokens,
+            max_running=max_running,
+            prefix_caching=prefix_caching,
+            eos_token_ids=cfg.eos_token_ids,
+            detokenize=self.tokenizer.decode if self.tokenizer else None,
+            check_integrity=check_integrity,
+        )
+        self._next_rid = 0
+
+    def _encode(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: pass token id lists")
+            return self.tokenizer.encode(prompt)
+        ids = list(prompt)
+        vocab = self.model.config.vocab_size
+        if not ids or not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+            raise ValueError(
+                f"a prompt must be a non-empty string or list of token ids in [0, {vocab})"
+            )
+        return ids
+
+    def submit(self, prompt, **sampling):
+        """Queue one prompt; returns its Request (advance with `step()`)."""
+        from engine.request import Request
+        from engine.sampling import SamplingParams
+
+        ids = self._encode(prompt)
+        params = SamplingParams(
+            **{
+                k: tuple(v) if k == "stop" and isinstance(v, list) else v
+                for k, v in sampling.items()
+            }
+        )
+        if len(ids) + params.max_tokens > self.model.config.max_position_embeddings:
+            raise ValueError(
+                f"prompt ({len(ids)} tokens) + max_tokens exceeds the context ({self.model.config.max_position_embeddings})"
+            )
+        self._next_rid += 1
+        req = Request(self._next_rid, ids, params)
+        self.scheduler.add(req)
+        return req
+
+    def step(self):
+        return self.scheduler.step()
+
+    def generate(self, prompts, **sampling) -> list[GenerationResult]:
+        """Generate for each prompt (strings or token-id lists), batched; results in order."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            raise ValueError("generate() takes a list of prompts")
+        t0 = time.perf_counter()
+        reqs = [self.submit(p, **sampling) for p in prompts]
+        while any(r.finish_reason is None for r in reqs):
+            self.scheduler.step()
+        return [self._result(r, t0) for r in reqs]
+
+    def chat(self, messages: list[dict], **sampling) -> GenerationResult:
+        if self.tokenizer is None or not self.tokenizer.chat_template:
+            raise ValueError("this model has no chat template")
+        return self.generate([self.tokenizer.apply_chat_template(messages)], **sampling)[0]
+
+    @staticmethod
+    def _result(r, t0: float) -> GenerationResult:
+        return GenerationResult(
+            token_ids=list(r.output_ids),
+            text=r.text,
+            prompt_tokens=len(r.prompt_ids),
+            cached_tokens=r.cached_tokens,
+            cached_tokens_by_tier=dict(r.cached_by_tier),
+            finish_reason=r.finish_reason,
+            ttft_s=r.ttft_s,
+            latency_s=time.perf_counter() - t0,
+        )
+
+    def close(self) -> None:
+        self.cache.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,168 @@
+"""The Engine end to end on a tiny random Llama: the same greedy tokens as transformers whether
+a prefix came from nowhere, the device, the host, the remote tier or survived a preemption;
+check_integrity() after every scheduler step; no page leaks after 1,000 mixed requests."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from radixkv import DEVICE, Engine  # noqa: E402
+from tests.paged_runner import hf_greedy  # noqa: E402
+
+PAGE_BYTES = 2 * 2 * 16 * 2 * 16 * 4  # layers x K/V x page 16 x kv heads x head dim x fp32
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    torch.manual_seed(3)
+    cfg = transformers.LlamaConfig(
+        vocab_size=101,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.15,
+        max_position_embeddings=512,
+    )
+    hf = transformers.LlamaForCausalLM(cfg).float().eval()
+    path = tmp_path_factory.mktemp("tiny-llama")
+    hf.save_pretrained(path)
+    return path, hf
+
+
+def gb(pages: int) -> float:
+    return pages * PAGE_BYTES / 2**30
+
+
+SYSTEM = list(range(10, 58))  # a 48-token shared prefix (3 pages)
+PROMPTS = [SYSTEM + [60 + i, 70 + i, 80 + i] for i in range(4)]
+
+
+def engine(path, pages=64, **kw) -> Engine:
+    return Engine(str(path), device="cpu", kv_memory_gb=gb(pages), check_integrity=True, **kw)
+
+
+def test_engine_matches_transformers_batched(tiny_dir):
+    path, hf = tiny_dir
+    want = [hf_greedy(hf, p, 10) for p in PROMPTS]
+    with engine(path) as eng:
+        got = eng.generate(PROMPTS, max_tokens=10, ignore_eos=True)
+    assert [g.token_ids for g in got] == want
+    assert all(g.finish_reason == "length" and g.prompt_tokens == 51 for g in got)
+
+
+def test_same_tokens_cold_device_host_remote_and_preempted(tiny_dir, tmp_path):
+    path, hf = tiny_dir
+    want = [hf_greedy(hf, p, 12) for p in PROMPTS]
+    remote = f"file://{tmp_path / 'remote'}"
+    with engine(path, host_memory_gb=gb(256), remote_url=remote) as eng:
+        cold = eng.generate(PROMPTS[:1], max_tokens=12, ignore_eos=True)[0]
+        assert cold.token_ids == want[0] and cold.cached_tokens == 0
+        device = eng.generate(PROMPTS[1:2], max_tokens=12, ignore_eos=True)[
+            0
+        ]  # shares the 3-page system prompt
+        assert device.token_ids == want[1] and device.cached_tokens_by_tier["device"] == 48
+        eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)
+        host = eng.generate(PROMPTS[2:3], max_tokens=12, ignore_eos=True)[0]
+        assert host.token_ids == want[2] and host.cached_tokens_by_tier["host"] == 48
+    with engine(
+        path, host_memory_gb=gb(256), remote_url=remote
+    ) as other:  # a second process's view
+        remote_hit = other.generate(PROMPTS[3:4], max_tokens=12, ignore_eos=True)[0]
+        assert remote_hit.token_ids == want[3] and remote_hit.cached_tokens_by_tier["remote"] == 48
+    with engine(path, pages=9) as small:  # 4 requests x 4 pages do not fit in 9: preemption
+        got = small.generate(PROMPTS, max_tokens=12, ignore_eos=True)
+        assert small.scheduler.preemptions > 0
+        assert [g.token_ids for g in got] == want
+
+
+def test_prefix_caching_off_gives_the_same_tokens_and_no_hits(tiny_dir):
+    path, hf = tiny_dir
+    with engine(path, prefix_caching=False) as eng:
+        a = eng.generate(PROMPTS[:2], max_tokens=6, ignore_eos=True)
+        b = eng.generate(PROMPTS[:2], max_tokens=6, ignore_eos=True)
+    assert (
+        [r.token_ids for r in a]
+        == [r.token_ids for r in b]
+        == [hf_greedy(hf, p, 6) for p in PROMPTS[:2]]
+    )
+    assert all(r.cached_tokens == 0 for r in a + b)
+
+
+def test_a_thousand_mixed_requests_with_cancellations_leak_nothing(tiny_dir):
+    path, _ = tiny_dir
+    rng = random.Random(0)
+    with Engine(
+        str(path), device="cpu", kv_memory_gb=gb(40), max_running=16, max_batch_tokens=256
+    ) as eng:
+        live, done, aborted = [], 0, 0
+        for i in range(1000):
+            prompt = SYSTEM[: rng.choice([0, 16, 32, 48])] + [
+                rng.randrange(101) for _ in range(rng.randint(1, 20))
+            ]
+            live.append(
+                eng.submit(
+                    prompt, max_tokens=rng.randint(1, 8), temperature=rng.choice([0.0, 0.9]), seed=i
+                )
+            )
+            if rng.random() < 0.5:
+                eng.step()
+            if live and rng.random() < 0.2:
+                eng.scheduler.abort(live.pop(rng.randrange(len(live))))
+                aborted += 1
+            if i % 50 == 0:
+                eng.cache.check_integrity()
+        while eng.scheduler.has_work:
+            eng.step()
+        done = sum(r.finish_reason in ("length", "stop") for r in live)
+        report = eng.cache.check_integrity()
+        assert done == len(live) and aborted > 100
+        assert report["device"]["locked"] == 0 and report["device"]["request_or_inflight"] == 0
+        assert (
+            report["device"]["free"] + report["device"]["evictable"] == report["device"]["capacity"]
+        )
+        eng.cache.flush()
+        assert eng.cache.check_integrity()["device"]["free"] == eng.cache.device_pool.num_pages
+
+
+def test_seeded_sampling_is_reproducible(tiny_dir):
+    path, _ = tiny_dir
+    with engine(path) as eng:
+        a = eng.generate(
+            [PROMPTS[0]] * 2, max_tokens=12, temperature=1.0, top_k=20, top_p=0.9, seed=5
+        )
+        b = eng.generate([PROMPTS[0]], max_tokens=12, temperature=1.0, top_k=20, top_p=0.9, seed=5)
+        c = eng.generate([PROMPTS[0]], max_tokens=12, temperature=1.0, top_k=20, top_p=0.9, seed=6)
+    assert a[0].token_ids == a[1].token_ids == b[0].token_ids != c[0].token_ids
+
+
+def test_stop_tokens_end_generation(tiny_dir):
+    path, hf = tiny_dir
+    want = hf_greedy(hf, PROMPTS[0], 12)
+    with engine(path) as eng:
+        r = eng.generate([PROMPTS[0]], max_tokens=12, stop_token_ids=(want[4],), ignore_eos=True)[0]
+    assert r.finish_reason == "stop" and r.token_ids == want[: want.index(want[4]) + 1]
+
+
+@pytest.mark.parametrize(
+    "prompt, kwargs, message",
+    [
+        ([], {}, "prompt"),
+        ([5, 500], {}, "token ids"),
+        ("text", {}, "tokenizer"),
+        ([1, 2], {"temperature": -1}, "temperature"),
+        ([1, 2], {"top_p": 0}, "top_p"),
+        ([1, 2], {"max_tokens": 0}, "max_tokens"),
+        ([1, 2], {"max_tokens": 600}, "context"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(tiny_dir, prompt, kwargs, message):
+    path, _ = tiny_dir
+    with engine(path) as eng, pytest.raises(ValueError, match=message):
+        eng.generate([prompt], **kwargs)
