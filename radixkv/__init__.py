@@ -14,7 +14,12 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    if name in ("Engine", "GenerationResult"):  # imported on first use: the cache alone stays light
+    if name in (
+        "Engine",
+        "GenerationResult",
+        "Session",
+        "StreamChunk",
+    ):  # imported on first use: the cache alone stays light
         from radixkv import facade
 
         return getattr(facade, name)

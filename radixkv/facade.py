@@ -57,6 +57,39 @@ def _load(model: str | None, device: torch.device, dtype: torch.dtype):
     )
 
 
+@dataclass
+class StreamChunk:
+    token_ids: list[int]
+    text: str  # the new text since the previous chunk
+    finish_reason: str | None = None
+
+
+class Session:
+    """An agent's or a user's growing conversation.
+
+    Each turn resends the whole context (the cache turns that into a prefix hit). Between turns
+    the session asks the cache to prefetch its context from the remote tier into host memory and
+    refreshes its recency, so the next turn finds it close by even after other traffic.
+    """
+
+    def __init__(self, engine: Engine, system: str | None) -> None:
+        self.engine = engine
+        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
+
+    def chat(self, content: str, **sampling) -> GenerationResult:
+        self.messages.append({"role": "user", "content": content})
+        result = self.engine.chat(self.messages, **sampling)
+        self.messages.append({"role": "assistant", "content": result.text})
+        self._keep_warm()
+        return result
+
+    def _keep_warm(self) -> None:
+        tok = self.engine.tokenizer
+        context = tok.encode(tok.apply_chat_template(self.messages, add_generation_prompt=False))
+        self.engine.cache.match(context)  # recency: this context was just used
+        self.engine.cache.prefetch(context)  # any remote part comes to host before the next turn
+
+
 class Engine:
     """Generate with a hierarchical prefix cache. `model`: a HF directory, a .gguf file, a preset
     name (dummy weights) or None for SmolLM2-135M-Instruct (fetched on first use)."""
@@ -123,6 +156,9 @@ class Engine:
             check_integrity=check_integrity,
         )
         self._next_rid = 0
+        import asyncio
+
+        self._step_lock = asyncio.Lock()
 
     def _encode(self, prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -188,6 +224,41 @@ class Engine:
             ttft_s=r.ttft_s,
             latency_s=time.perf_counter() - t0,
         )
+
+    async def stream(self, prompt, **sampling):
+        """Yield `StreamChunk`s (new token ids and text) as they are generated.
+
+        Concurrent streams share the scheduler: whichever stream is awaiting steps the whole
+        batch, so every stream advances together. A stream closed early aborts its request and
+        frees its pages.
+        """
+        import asyncio
+
+        req = self.submit(prompt, **sampling)
+        sent_tokens, sent_text = 0, ""
+        try:
+            while True:
+                if len(req.output_ids) > sent_tokens or req.finish_reason is not None:
+                    text = self.tokenizer.decode(req.output_ids) if self.tokenizer else ""
+                    if req.finish_reason is not None and req.text:
+                        text = req.text  # trimmed at a stop string
+                    yield StreamChunk(
+                        req.output_ids[sent_tokens:], text[len(sent_text) :], req.finish_reason
+                    )
+                    sent_tokens, sent_text = len(req.output_ids), text
+                    if req.finish_reason is not None:
+                        return
+                async with self._step_lock:
+                    if req.finish_reason is None and len(req.output_ids) == sent_tokens:
+                        self.scheduler.step()
+                await asyncio.sleep(0)
+        finally:
+            if req.finish_reason is None:
+                self.scheduler.abort(req)
+
+    def session(self, system: str | None = None) -> Session:
+        """A conversation whose context stays cached between turns (see `Session`)."""
+        return Session(self, system)
 
     def close(self) -> None:
         self.cache.close()

@@ -166,3 +166,41 @@ def test_bad_input_is_a_clear_value_error(tiny_dir, prompt, kwargs, message):
     path, _ = tiny_dir
     with engine(path) as eng, pytest.raises(ValueError, match=message):
         eng.generate([prompt], **kwargs)
+
+
+def test_streams_run_concurrently_and_equal_generate(tiny_dir):
+    import asyncio
+
+    path, hf = tiny_dir
+
+    async def collect(eng, prompt):
+        tokens, finish = [], None
+        async for chunk in eng.stream(prompt, max_tokens=8, ignore_eos=True):
+            tokens += chunk.token_ids
+            finish = chunk.finish_reason
+        return tokens, finish
+
+    async def main(eng):
+        return await asyncio.gather(*(collect(eng, p) for p in PROMPTS))
+
+    with engine(path) as eng:
+        results = asyncio.run(main(eng))
+    assert [t for t, _ in results] == [hf_greedy(hf, p, 8) for p in PROMPTS]
+    assert all(f == "length" for _, f in results)
+
+
+def test_a_stream_closed_early_aborts_and_frees_its_pages(tiny_dir):
+    import asyncio
+
+    path, _ = tiny_dir
+
+    async def take_two(eng):
+        agen = eng.stream(PROMPTS[0], max_tokens=50, ignore_eos=True)
+        got = [await agen.__anext__(), await agen.__anext__()]
+        await agen.aclose()
+        return got
+
+    with engine(path) as eng:
+        asyncio.run(take_two(eng))
+        report = eng.cache.check_integrity()
+        assert report["device"]["locked"] == 0 and not eng.scheduler.has_work
