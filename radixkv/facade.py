@@ -112,6 +112,7 @@ class Engine:
         max_batch_tokens: int = 2048,
         max_running: int = 64,
         check_integrity: bool = False,
+        attention: str = "auto",
     ) -> None:
         from engine.attention import TorchPagedAttention
         from engine.scheduler import Scheduler

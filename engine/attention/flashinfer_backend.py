@@ -1,0 +1,100 @@
+"""Paged attention with flashinfer (GPU): the pool's layer view [pages, 2, page_size, heads,
+dim] is flashinfer's single-tensor NHD layout, so kernels read the device pool in place.
+
+`prepare(batch)` plans once per forward (page tables -> CSR indptr/indices); each layer then
+writes its new K/V into the pool and runs. A batch of pure decodes uses the decode kernel;
+anything with a prefill chunk uses the prefill kernel, which also serves decodes mixed in.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.forward_batch import ForwardBatch
+from storage import DevicePool
+
+
+def flashinfer_available() -> bool:
+    try:
+        import flashinfer  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+class FlashInferPagedAttention:
+    def __init__(
+        self,
+        pool: DevicePool,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        workspace_mb: int = 256,
+    ) -> None:
+        import flashinfer
+
+        if pool.device.type != "cuda":
+            raise ValueError("the flashinfer backend needs the device pool on a CUDA device")
+        self.pool = pool
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        workspace = torch.empty(workspace_mb << 20, dtype=torch.uint8, device=pool.device)
+        self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
+        self._decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            workspace, "NHD", use_tensor_cores=num_heads // num_kv_heads > 4
+        )
+        self._planned: tuple[ForwardBatch, object] | None = None  # held: ids of freed batches recur
+
+    def prepare(self, batch: ForwardBatch, q_dtype: torch.dtype) -> None:
+        ps = batch.page_size
+        kv_lens = [p + e for p, e in zip(batch.prefix_lens, batch.extend_lens, strict=True)]
+        pages = [-(-n // ps) for n in kv_lens]
+        indices = torch.tensor(
+            [p for t, k in zip(batch.page_tables, pages, strict=True) for p in t[:k]],
+            dtype=torch.int32,
+        )
+        indptr = torch.tensor([0, *pages], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        last = torch.tensor(
+            [n - (k - 1) * ps for n, k in zip(kv_lens, pages, strict=True)], dtype=torch.int32
+        )
+        common = dict(q_data_type=q_dtype, kv_data_type=self.pool.data.dtype)
+        if all(e == 1 for e in batch.extend_lens):
+            self._decode.plan(
+                indptr,
+                indices,
+                last,
+                self.num_heads,
+                self.num_kv_heads,
+                self.head_dim,
+                ps,
+                **common,
+            )
+            wrapper = self._decode
+        else:
+            qo = torch.tensor([0, *batch.extend_lens], dtype=torch.int32).cumsum(
+                0, dtype=torch.int32
+            )
+            self._prefill.plan(
+                qo,
+                indptr,
+                indices,
+                last,
+                self.num_heads,
+                self.num_kv_heads,
+                self.head_dim,
+                ps,
+                causal=True,
+                **common,
+            )
+            wrapper = self._prefill
+        self._planned = (batch, wrapper)
+
+    def forward(
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch
+    ) -> torch.Tensor:
+        if self._planned is None or self._planned[0] is not batch:
+            self.prepare(batch, q.dtype)
+        kv = self.pool.layer(layer)
+        kv[batch.out_pages, 0, batch.out_offsets] = k.to(kv.dtype)
+        kv[batch.out_pages, 1, batch.out_offsets] = v.to(kv.dtype)
+        out = self._planned[1].run(q.contiguous(), kv)
+        return out.reshape(q.shape[0], self.num_heads * self.head_dim)
