@@ -104,7 +104,7 @@ def main() -> int:
             )
         step = [0]
 
-        def one_step(batch=batch, tabs=tabs):
+        def one_step(batch=batch, tabs=tabs, step=step):
             pos = 1024 + step[0] % 60
             step[0] += 1
             return model(
@@ -154,7 +154,7 @@ def main() -> int:
         print(f"HF decode batch {batch:>2}: {batch / s:,.0f} tokens/s", flush=True)
         del cache, out
     results["hf_decode_tokens_per_s"] = hf_decode
-    del hf, pool, fi, ref
+    hf = pool = fi = ref = None  # release before the Engine takes its own pools
     torch.cuda.empty_cache()
 
     # 3. TTFT of a 4,096-token prompt through the Engine
@@ -169,7 +169,7 @@ def main() -> int:
         attention="flashinfer",
     )
     eng.model.load_state_dict(model.state_dict())
-    del model
+    model = None
     eng.generate([tokens(4096)], max_tokens=1)  # warm-up: kernels, allocator
     prompt = tokens(4096)
     ttft = {}
