@@ -115,6 +115,10 @@ class Engine:
         attention: str = "auto",
     ) -> None:
         from engine.attention import TorchPagedAttention
+        from engine.attention.flashinfer_backend import (
+            FlashInferPagedAttention,
+            flashinfer_available,
+        )
         from engine.scheduler import Scheduler
 
         if device == "auto":
@@ -142,9 +146,15 @@ class Engine:
             remote_url=remote_url,
             device=str(self.device),
         )
-        backend = TorchPagedAttention(
-            self.cache.device_pool, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        )
+        if attention == "auto":
+            attention = (
+                "flashinfer" if self.device.type == "cuda" and flashinfer_available() else "torch"
+            )
+        if attention not in ("torch", "flashinfer"):
+            raise ValueError(f"attention must be auto, torch or flashinfer, got {attention!r}")
+        backend_cls = FlashInferPagedAttention if attention == "flashinfer" else TorchPagedAttention
+        backend = backend_cls(self.cache.device_pool, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        self.attention = attention
         self.scheduler = Scheduler(
             self.model,
             backend,

@@ -204,3 +204,11 @@ def test_a_stream_closed_early_aborts_and_frees_its_pages(tiny_dir):
         asyncio.run(take_two(eng))
         report = eng.cache.check_integrity()
         assert report["device"]["locked"] == 0 and not eng.scheduler.has_work
+
+
+def test_attention_backend_choice_is_validated_and_torch_on_cpu(tiny_dir):
+    path, _ = tiny_dir
+    with engine(path) as eng:
+        assert eng.attention == "torch"
+    with pytest.raises(ValueError, match="attention"):
+        Engine(str(path), device="cpu", kv_memory_gb=gb(16), attention="fastest")
