@@ -119,6 +119,29 @@ def main() -> int:
         )
     results["decode_tokens_per_s"] = decode
 
+    # host <-> device transfer of 255 scattered pages (a 4,080-token prefix): kernel vs portable
+    from storage import HostPool, copy_device_to_host, copy_host_to_device
+
+    pinned, plain = HostPool(layout, 512), HostPool(layout, 512, pin_memory=False)
+    hp, dp = torch.randperm(512)[:255].tolist(), torch.randperm(pool.num_pages)[:255].tolist()
+    nbytes = 255 * layout.page_bytes
+    for name, host in (("uva kernel", pinned), ("portable", plain)):
+        h2d = cuda_time(
+            lambda host=host: copy_host_to_device(host, hp, pool, dp), iters=5, warmup=1
+        )
+        d2h = cuda_time(
+            lambda host=host: copy_device_to_host(pool, dp, host, hp), iters=5, warmup=1
+        )
+        results[f"transfer_{name.split()[0]}_gbps"] = {
+            "h2d": nbytes / h2d / 1e9,
+            "d2h": nbytes / d2h / 1e9,
+        }
+        print(
+            f"transfer 255 pages ({nbytes / 2**20:.0f} MiB) {name}: host->device {nbytes / h2d / 1e9:.1f} GB/s, device->host {nbytes / d2h / 1e9:.1f} GB/s",
+            flush=True,
+        )
+    pinned = plain = None
+
     # 4. Hugging Face transformers on the same weights (shared tensors, no second copy)
     import transformers
 
@@ -197,6 +220,11 @@ def main() -> int:
         )
     for k, v in ttft.items():
         print(f"| TTFT 4,096 tokens, {k} | {v['ttft_ms']:.1f} ms | | |")
+    for k in ("uva", "portable"):
+        t = results[f"transfer_{k}_gbps"]
+        print(
+            f"| 255 scattered pages, {k} | host->device {t['h2d']:.1f} GB/s, device->host {t['d2h']:.1f} GB/s | | |"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

@@ -25,6 +25,7 @@ from storage import (
     encode_page,
 )
 from storage.remote import read_pages
+from storage.transfer import host_ready
 
 Callback = Callable[[concurrent.futures.Future], None]
 
@@ -80,6 +81,7 @@ class CacheController:
 
     def encode(self, host_pages: list[int], keys: list[bytes]) -> list[tuple[str, bytes]]:
         """Snapshot host pages as framed blobs (a copy: the pages may be freed afterwards)."""
+        host_ready(self.device_pool)  # device -> host copies of these pages may still be queued
         layout = self.host_pool.layout
         return [
             (
@@ -156,6 +158,7 @@ class CacheController:
                 for i, payload in zip(pending, got, strict=True):
                     payloads[i] = payload
             ok = []
+            host_ready(self.device_pool)  # a queued device -> host copy must not land after us
             for page, payload in zip(host_pages, payloads, strict=True):
                 if payload is not None:
                     self.host_pool.write_page_bytes(page, payload)

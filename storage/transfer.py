@@ -1,7 +1,8 @@
 """Copies of scattered pages between the device pool and the host pool.
 
-This is the portable path: one gather and one scatter per call, correct on CPU and GPU. The
-GPU fast path (a kernel reading pinned host memory directly) arrives with the engine.
+With CUDA, Triton and a pinned host pool, one kernel moves the pages reading or writing host
+memory directly (storage/uva_copy.py); it is queued on the current stream, so a CPU reader of
+host pages must synchronise first (`host_ready`). Elsewhere: one gather and one scatter.
 """
 
 from __future__ import annotations
@@ -51,3 +52,10 @@ def copy_host_to_device(
     )  # [n, L, 2, ps, H, D]
     src = src.to(device_pool.device, non_blocking=True).transpose(0, 1)  # [L, n, ...]
     device_pool.data.index_copy_(1, _index(device_pages, device_pool.device), src)
+
+
+def host_ready(device_pool: DevicePool) -> None:
+    """Wait for queued device -> host copies before the CPU reads or rewrites host pages.
+    (A synchronisation, unavoidable there: the CPU cannot wait on a stream any other way.)"""
+    if device_pool.device.type == "cuda":
+        torch.cuda.current_stream(device_pool.device).synchronize()

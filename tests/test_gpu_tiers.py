@@ -69,3 +69,25 @@ def test_device_host_remote_host_device_on_cuda(tmp_path):
     assert_pages_hold(cache, seq, m.device_pages)
     cache.check_integrity()
     cache.close()
+
+
+def test_uva_kernel_equals_the_portable_path_both_ways():
+    from storage import uva_copy
+
+    layout = KVLayout(3, 2, 64, 16, torch.bfloat16)
+    device = DevicePool(layout, 128)
+    pinned, plain = HostPool(layout, 96), HostPool(layout, 96, pin_memory=False)
+    assert uva_copy.usable(device.data, pinned.data) and not uva_copy.usable(
+        device.data, plain.data
+    )
+    device.data.copy_(torch.randn(device.data.shape, device="cuda").to(torch.bfloat16))
+    src, dst = torch.randperm(128)[:80].tolist(), torch.randperm(96)[:80].tolist()
+    copy_device_to_host(device, src, pinned, dst)  # kernel
+    copy_device_to_host(device, src, plain, dst)  # gather + scatter
+    torch.cuda.synchronize()
+    assert torch.equal(pinned.data, plain.data)
+    back = torch.randperm(128)[:80].tolist()
+    expected = device.data[:, src].clone()
+    copy_host_to_device(pinned, dst, device, back)
+    torch.cuda.synchronize()
+    assert torch.equal(device.data[:, back], expected)
