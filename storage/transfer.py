@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
+from storage import uva_copy
 from storage.pools import DevicePool, HostPool
 
 
@@ -29,6 +30,9 @@ def copy_device_to_host(
         raise ValueError(f"{len(device_pages)} device pages vs {len(host_pages)} host pages")
     if not device_pages:
         return
+    if uva_copy.usable(device_pool.data, host_pool.data):
+        uva_copy.copy(device_pool.data, host_pool.data, device_pages, host_pages, to_device=False)
+        return
     src = device_pool.data.index_select(
         1, _index(device_pages, device_pool.device)
     )  # [L, n, 2, ps, H, D]
@@ -46,6 +50,9 @@ def copy_host_to_device(
     if len(device_pages) != len(host_pages):
         raise ValueError(f"{len(host_pages)} host pages vs {len(device_pages)} device pages")
     if not device_pages:
+        return
+    if uva_copy.usable(device_pool.data, host_pool.data):
+        uva_copy.copy(device_pool.data, host_pool.data, host_pages, device_pages, to_device=True)
         return
     src = host_pool.data.index_select(
         0, _index(host_pages, host_pool.device)

@@ -71,8 +71,14 @@ def test_device_host_remote_host_device_on_cuda(tmp_path):
     cache.close()
 
 
-def test_uva_kernel_equals_the_portable_path_both_ways():
+def test_uva_kernel_equals_the_portable_path_both_ways(monkeypatch):
     from storage import uva_copy
+
+    calls = []
+    real = uva_copy.copy
+    monkeypatch.setattr(
+        uva_copy, "copy", lambda *a, **k: (calls.append(k["to_device"]), real(*a, **k))
+    )
 
     layout = KVLayout(3, 2, 64, 16, torch.bfloat16)
     device = DevicePool(layout, 128)
@@ -91,3 +97,4 @@ def test_uva_kernel_equals_the_portable_path_both_ways():
     copy_host_to_device(pinned, dst, device, back)
     torch.cuda.synchronize()
     assert torch.equal(device.data[:, back], expected)
+    assert calls == [False, True], "the pinned pool must take the kernel path, the plain one not"
