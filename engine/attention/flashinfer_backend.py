@@ -56,35 +56,16 @@ class FlashInferPagedAttention:
         last = torch.tensor(
             [n - (k - 1) * ps for n, k in zip(kv_lens, pages, strict=True)], dtype=torch.int32
         )
-        common = dict(q_data_type=q_dtype, kv_data_type=self.pool.data.dtype)
+        pages_args = (indptr, indices, last, self.num_heads, self.num_kv_heads, self.head_dim, ps)
+        dtypes = dict(q_data_type=q_dtype, kv_data_type=self.pool.data.dtype)
         if all(e == 1 for e in batch.extend_lens):
-            self._decode.plan(
-                indptr,
-                indices,
-                last,
-                self.num_heads,
-                self.num_kv_heads,
-                self.head_dim,
-                ps,
-                **common,
-            )
+            self._decode.plan(*pages_args, **dtypes)
             wrapper = self._decode
         else:
             qo = torch.tensor([0, *batch.extend_lens], dtype=torch.int32).cumsum(
                 0, dtype=torch.int32
             )
-            self._prefill.plan(
-                qo,
-                indptr,
-                indices,
-                last,
-                self.num_heads,
-                self.num_kv_heads,
-                self.head_dim,
-                ps,
-                causal=True,
-                **common,
-            )
+            self._prefill.plan(qo, *pages_args, causal=True, **dtypes)
             wrapper = self._prefill
         self._planned = (batch, wrapper)
 
