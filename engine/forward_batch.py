@@ -22,6 +22,7 @@ class ForwardBatch:
     page_size: int
     out_pages: torch.Tensor = field(init=False)  # [T] page of each new token's KV slot
     out_offsets: torch.Tensor = field(init=False)  # [T] offset inside that page
+    last_indices: torch.Tensor = field(init=False)  # [num sequences] each one's last new token
 
     def __post_init__(self) -> None:
         ps = self.page_size
@@ -35,8 +36,11 @@ class ForwardBatch:
                 pages.append(table[p // ps])
                 offsets.append(p % ps)
         dev = self.input_ids.device
+        # built with the batch, before the forward: no host-device copy inside the model
         self.out_pages = torch.tensor(pages, dtype=torch.long, device=dev)
         self.out_offsets = torch.tensor(offsets, dtype=torch.long, device=dev)
+        ends = torch.tensor(self.extend_lens, dtype=torch.long).cumsum(0) - 1
+        self.last_indices = ends.to(dev)
 
     @classmethod
     def build(
@@ -65,5 +69,4 @@ class ForwardBatch:
 
     def last_token_indices(self) -> torch.Tensor:
         """Index in [0, T) of each sequence's last new token (whose logits pick the next token)."""
-        ends = torch.tensor(self.extend_lens, device=self.input_ids.device).cumsum(0)
-        return ends - 1
+        return self.last_indices

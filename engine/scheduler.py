@@ -103,15 +103,14 @@ class Scheduler:
         )
         logits = self.model(batch, self.backend)
         progressed = []
-        now = time.perf_counter()
         for (req, n), row in zip(plan, logits, strict=True):
             req.num_computed += n
             if req.num_computed < len(req.all_ids):
                 continue  # a prefill chunk: more to compute before sampling
-            token = sample(row, req.params, req.generator)
+            token = sample(row, req.params, req.generator)  # int(): the step's one GPU sync
             req.output_ids.append(token)
             if req.first_token_at is None:
-                req.first_token_at = now
+                req.first_token_at = time.perf_counter()
             progressed.append(req)
             reason = self._stop_reason(req, token)
             if reason:
