@@ -23,6 +23,7 @@ class ForwardBatch:
     out_pages: torch.Tensor = field(init=False)  # [T] page of each new token's KV slot
     out_offsets: torch.Tensor = field(init=False)  # [T] offset inside that page
     last_indices: torch.Tensor = field(init=False)  # [num sequences] each one's last new token
+    layer_ready: list | None = None  # a CUDA event per layer: its loaded host pages have arrived
 
     def __post_init__(self) -> None:
         ps = self.page_size

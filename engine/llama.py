@@ -110,7 +110,9 @@ class CausalLM(nn.Module):
             self._rotary = Rotary(self.config, batch.positions.device)
         x = self.model.embed_tokens(batch.input_ids)
         cos, sin = self._rotary.cos_sin(batch.positions, x.dtype)
-        for layer in self.model.layers:
+        for i, layer in enumerate(self.model.layers):
+            if batch.layer_ready is not None:  # layer i waits only for layer i's loaded pages
+                torch.cuda.current_stream(x.device).wait_event(batch.layer_ready[i])
             x = layer(x, cos, sin, batch, backend)
         if not all_logits:
             x = x[batch.last_token_indices()]

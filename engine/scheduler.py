@@ -101,6 +101,7 @@ class Scheduler:
             self.page_size,
             self.cache.device_pool.device,
         )
+        batch.layer_ready = self.cache.controller.take_layer_events()
         logits = self.model(batch, self.backend)
         progressed = []
         for (req, n), row in zip(plan, logits, strict=True):
@@ -168,7 +169,7 @@ class Scheduler:
         tokens = req.all_ids[:-1]  # the last token is always computed: its logits pick the next
         m = self.cache.match(tokens)
         self.cache.lock(m.last_node)
-        self.cache.load(m)
+        self.cache.load(m, overlap=True)  # the next forward waits per layer
         fetched = min(req.prefetch.fetched_tokens, m.host_tokens) if req.prefetch is not None else 0
         if not req.output_ids:  # account the prompt's cache hit once, at first admission
             req.cached_by_tier = {

@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from storage import (
     DevicePool,
     HostPool,
@@ -25,7 +27,7 @@ from storage import (
     encode_page,
 )
 from storage.remote import read_pages
-from storage.transfer import host_ready
+from storage.transfer import copy_host_to_device_by_layer, host_ready
 
 Callback = Callable[[concurrent.futures.Future], None]
 
@@ -56,6 +58,9 @@ class CacheController:
         self._inflight = 0
         # Blobs whose put is still in flight, by key: a get issued meanwhile is served from here.
         self._writing: dict[str, bytes] = {}
+        self._layer_events: list | None = None
+        cuda = device_pool.device.type == "cuda"
+        self._side_stream = torch.cuda.Stream(device_pool.device) if cuda else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         if store is not None:
@@ -70,9 +75,29 @@ class CacheController:
         copy_device_to_host(self.device_pool, device_pages, self.host_pool, host_pages)
         self.moved["device_to_host"] += len(device_pages)
 
-    def host_to_device(self, host_pages: list[int], device_pages: list[int]) -> None:
-        copy_host_to_device(self.host_pool, host_pages, self.device_pool, device_pages)
+    def host_to_device(
+        self, host_pages: list[int], device_pages: list[int], overlap: bool = False
+    ) -> None:
+        """Load pages. On GPU: layer by layer on a side stream. With `overlap` the per-layer events
+        wait for the next forward (`take_layer_events`); otherwise the current stream waits for
+        the whole load (a stream wait, not a CPU sync)."""
         self.moved["host_to_device"] += len(device_pages)
+        if self._side_stream is not None:
+            events = copy_host_to_device_by_layer(
+                self.host_pool, host_pages, self.device_pool, device_pages, self._side_stream
+            )
+            if events is not None:
+                if overlap:
+                    self._layer_events = events  # the latest load's event i covers earlier loads
+                else:
+                    torch.cuda.current_stream(self.device_pool.device).wait_event(events[-1])
+                return
+        copy_host_to_device(self.host_pool, host_pages, self.device_pool, device_pages)
+
+    def take_layer_events(self) -> list | None:
+        """The per-layer events of overlapped loads, once (for the next forward to wait on)."""
+        events, self._layer_events = self._layer_events, None
+        return events
 
     # ---- remote ------------------------------------------------------------------------------
     @property

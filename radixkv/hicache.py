@@ -456,11 +456,13 @@ class HiRadixCache(RemoteReads):
             self._refresh(parent)
 
     # ---- promotion ---------------------------------------------------------------------------
-    def load(self, match: MatchResult) -> int:
+    def load(self, match: MatchResult, *, overlap: bool = False) -> int:
         """Copy the host-resident part of a match to the device; returns tokens loaded.
 
         The caller holds a lock on `match.last_node`. Loading stops at the first node not on host
         (a remote part needs `prefetch` first). Afterwards `match(tokens)` sees them on device.
+        With `overlap` (the scheduler), the next forward waits layer by layer on the events of
+        `controller.take_layer_events()`.
         """
         assert match.last_node.is_root or match.last_node.lock_ref > 0, (
             "load() needs the match locked"
@@ -480,7 +482,7 @@ class HiRadixCache(RemoteReads):
             return 0
         self._make_room(DEVICE, need)
         pages = self.device_pool.allocator.alloc(need)
-        self.controller.host_to_device([p for n in todo for p in n.host], pages)
+        self.controller.host_to_device([p for n in todo for p in n.host], pages, overlap=overlap)
         pos = 0
         for n in todo:
             n.device, pos = pages[pos : pos + len(n.host)], pos + len(n.host)

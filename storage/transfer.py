@@ -66,3 +66,27 @@ def host_ready(device_pool: DevicePool) -> None:
     (A synchronisation, unavoidable there: the CPU cannot wait on a stream any other way.)"""
     if device_pool.device.type == "cuda":
         torch.cuda.current_stream(device_pool.device).synchronize()
+
+
+def copy_host_to_device_by_layer(
+    host_pool: HostPool,
+    host_pages: Sequence[int],
+    device_pool: DevicePool,
+    device_pages: Sequence[int],
+    stream: torch.cuda.Stream,
+) -> list[torch.cuda.Event] | None:
+    """Queue the load one layer at a time on `stream`; returns a CUDA event per layer (layer i's
+    pages are on the device once event i fired), or None where only the portable path runs."""
+    if not device_pages or not uva_copy.usable(device_pool.data, host_pool.data):
+        return None
+    stream.wait_stream(
+        torch.cuda.current_stream(device_pool.device)
+    )  # slots may be in use until now
+    events = []
+    with torch.cuda.stream(stream):
+        for layer in range(device_pool.data.shape[0]):
+            layers = range(layer, layer + 1)
+            uva_copy.copy(device_pool.data, host_pool.data, host_pages, device_pages, True, layers)
+            events.append(torch.cuda.Event())
+            events[-1].record(stream)
+    return events

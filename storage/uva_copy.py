@@ -64,11 +64,12 @@ if triton is not None:
         num_layers,
         dev_pages,
         block,
+        first_layer,
         SRC_IS_HOST: tl.constexpr,
         CHUNK: tl.constexpr,
     ):
         i = tl.program_id(0)
-        layer = tl.program_id(1).to(tl.int64)
+        layer = tl.program_id(1).to(tl.int64) + first_layer
         offs = tl.program_id(2) * CHUNK + tl.arange(0, CHUNK)
         mask = offs < block
         s = tl.load(src_pages + i).to(tl.int64)
@@ -88,18 +89,24 @@ if triton is not None:
 
 
 def copy(
-    device_data: torch.Tensor, host_data: torch.Tensor, src_pages, dst_pages, to_device: bool
+    device_data: torch.Tensor,
+    host_data: torch.Tensor,
+    src_pages,
+    dst_pages,
+    to_device: bool,
+    layers: range | None = None,
 ) -> None:
-    """Queue the copy on the current stream (asynchronous; host readers must synchronise)."""
+    """Queue the copy on the current stream (asynchronous; host readers must synchronise).
+    `layers`: copy only these consecutive layers (all by default)."""
     dev = device_data.device
     num_layers, dev_pages = device_data.shape[0], device_data.shape[1]
+    layers = range(num_layers) if layers is None else layers
     block = device_data[0, 0].numel() * device_data.element_size() // 4
     device_words = device_data.view(-1).view(torch.int32)
     host_words = _host_words(host_data, dev)
     src_idx = torch.as_tensor(src_pages, dtype=torch.int64).to(dev, non_blocking=True)
     dst_idx = torch.as_tensor(dst_pages, dtype=torch.int64).to(dev, non_blocking=True)
-    grid = (len(src_pages), num_layers, triton.cdiv(block, CHUNK))
+    grid = (len(src_pages), len(layers), triton.cdiv(block, CHUNK))
     src, dst = (host_words, device_words) if to_device else (device_words, host_words)
-    _copy_pages[grid](
-        src, dst, src_idx, dst_idx, num_layers, dev_pages, block, SRC_IS_HOST=to_device, CHUNK=CHUNK
-    )
+    args = (src, dst, src_idx, dst_idx, num_layers, dev_pages, block, layers.start)
+    _copy_pages[grid](*args, SRC_IS_HOST=to_device, CHUNK=CHUNK)

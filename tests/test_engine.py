@@ -212,3 +212,34 @@ def test_attention_backend_choice_is_validated_and_torch_on_cpu(tiny_dir):
         assert eng.attention == "torch"
     with pytest.raises(ValueError, match="attention"):
         Engine(str(path), device="cpu", kv_memory_gb=gb(16), attention="fastest")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_host_hit_loads_layer_by_layer_with_the_same_tokens(tiny_dir):
+    path, hf = tiny_dir
+    with Engine(
+        str(path),
+        device="cuda",
+        dtype=torch.float32,
+        kv_memory_gb=gb(64),
+        host_memory_gb=gb(256),
+        attention="torch",
+        check_integrity=True,
+    ) as eng:
+        cold = eng.generate([PROMPTS[0]], max_tokens=8, ignore_eos=True)[0]
+        eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)
+        handed = []
+        take = eng.cache.controller.take_layer_events
+
+        def spy():
+            events = take()
+            handed.append(events)
+            return events
+
+        eng.cache.controller.take_layer_events = spy
+        host = eng.generate([PROMPTS[1]], max_tokens=8, ignore_eos=True)[0]
+    assert cold.token_ids == hf_greedy(hf, PROMPTS[0], 8)
+    assert host.cached_tokens_by_tier["host"] == 48
+    assert host.token_ids == hf_greedy(hf, PROMPTS[1], 8)
+    assert any(e is not None and len(e) == 2 for e in handed), "the forward got no per-layer events"
