@@ -84,9 +84,12 @@ def copy_host_to_device_by_layer(
     )  # slots may be in use until now
     events = []
     with torch.cuda.stream(stream):
+        idx = uva_copy.device_indices(host_pages, device_pages, device_pool.device)
         for layer in range(device_pool.data.shape[0]):
             layers = range(layer, layer + 1)
-            uva_copy.copy(device_pool.data, host_pool.data, host_pages, device_pages, True, layers)
+            uva_copy.copy(
+                device_pool.data, host_pool.data, host_pages, device_pages, True, layers, idx
+            )
             events.append(torch.cuda.Event())
             events[-1].record(stream)
     return events

@@ -55,7 +55,7 @@ def _host_words(host_data: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["first_layer"])  # one compiled kernel for every layer
     def _copy_pages(
         src,
         dst,
@@ -88,6 +88,13 @@ if triton is not None:
         tl.store(dst + dst_start + offs, tl.load(src + src_start + offs, mask=mask), mask=mask)
 
 
+def device_indices(src_pages, dst_pages, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    return (
+        torch.as_tensor(src_pages, dtype=torch.int64).to(device, non_blocking=True),
+        torch.as_tensor(dst_pages, dtype=torch.int64).to(device, non_blocking=True),
+    )
+
+
 def copy(
     device_data: torch.Tensor,
     host_data: torch.Tensor,
@@ -95,17 +102,18 @@ def copy(
     dst_pages,
     to_device: bool,
     layers: range | None = None,
+    indices: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Queue the copy on the current stream (asynchronous; host readers must synchronise).
-    `layers`: copy only these consecutive layers (all by default)."""
+    `layers`: copy only these consecutive layers (all by default); `indices`: the page index
+    tensors already on the device (from `device_indices`), to reuse them across calls."""
     dev = device_data.device
     num_layers, dev_pages = device_data.shape[0], device_data.shape[1]
     layers = range(num_layers) if layers is None else layers
     block = device_data[0, 0].numel() * device_data.element_size() // 4
     device_words = device_data.view(-1).view(torch.int32)
     host_words = _host_words(host_data, dev)
-    src_idx = torch.as_tensor(src_pages, dtype=torch.int64).to(dev, non_blocking=True)
-    dst_idx = torch.as_tensor(dst_pages, dtype=torch.int64).to(dev, non_blocking=True)
+    src_idx, dst_idx = indices if indices is not None else device_indices(src_pages, dst_pages, dev)
     grid = (len(src_pages), len(layers), triton.cdiv(block, CHUNK))
     src, dst = (host_words, device_words) if to_device else (device_words, host_words)
     args = (src, dst, src_idx, dst_idx, num_layers, dev_pages, block, layers.start)
