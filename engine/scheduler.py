@@ -20,6 +20,7 @@ the only owner that frees pages.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -145,7 +146,16 @@ class Scheduler:
 
     # ---- admission ---------------------------------------------------------------------------
     def _admit(self) -> None:
-        ready = [r for r in self.waiting if r.prefetch is None or r.prefetch.done]
+        free_slots = self.max_running - len(self.running)
+        if free_slots <= 0:
+            return
+        # a bounded FIFO window: admission never re-matches the whole queue every step
+        window = 4 * self.max_running
+        ready = [
+            r
+            for r in itertools.islice(self.waiting, window)
+            if r.prefetch is None or r.prefetch.done
+        ]
         if not ready:
             return
         starving = [r for r in ready if self.steps - self._waited[r.rid] >= self.starvation_steps]
