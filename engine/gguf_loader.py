@@ -96,17 +96,25 @@ def _hf_name(gguf_name: str) -> str | None:
     return None
 
 
-def load_gguf(
-    path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
-) -> tuple[CausalLM, str, dict]:
-    """(model, fingerprint, metadata) from a GGUF file; quantized tensors are dequantized."""
+def open_gguf(path: str | Path):
+    """A `gguf.GGUFReader` on the file (parse it once; the loader and tokenizer both take it)."""
     from gguf import GGUFReader
-    from gguf.quants import dequantize
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such GGUF file")
-    reader = GGUFReader(str(path))
+    return GGUFReader(str(path))
+
+
+def load_gguf(
+    source, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> tuple[CausalLM, str, dict]:
+    """(model, fingerprint, metadata) from a GGUF file's path or an open reader (`open_gguf`);
+    quantized tensors are dequantized."""
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    reader = source if isinstance(source, GGUFReader) else open_gguf(source)
     config = config_from_gguf(reader)
     with torch.device("meta"):
         model = CausalLM(config)

@@ -32,10 +32,11 @@ class Tokenizer:
         )
 
     @classmethod
-    def from_gguf(cls, path: str | Path) -> Tokenizer:
+    def from_gguf(cls, source) -> Tokenizer:
+        """From a GGUF file's path, or a `gguf.GGUFReader` already open on it."""
         from gguf import GGUFReader
 
-        reader = GGUFReader(str(path))
+        reader = source if isinstance(source, GGUFReader) else GGUFReader(str(source))
 
         def get(key, default=None):
             f = reader.fields.get(key)

@@ -31,7 +31,7 @@ class GenerationResult:
 def _load(model: str | None, device: torch.device, dtype: torch.dtype):
     """(model, fingerprint, tokenizer or None) for a path, a GGUF file, a preset or None."""
     from engine.default_model import default_model_path
-    from engine.gguf_loader import load_gguf
+    from engine.gguf_loader import load_gguf, open_gguf
     from engine.model_config import PRESETS
     from engine.tokenizer import Tokenizer
     from engine.weights import dummy_model, load_hf_directory
@@ -43,8 +43,9 @@ def _load(model: str | None, device: torch.device, dtype: torch.dtype):
         return m, fp, None
     path = Path(model)
     if path.is_file() and path.suffix == ".gguf":
-        m, fp, meta = load_gguf(path, dtype=dtype, device=device)
-        return m, fp, Tokenizer.from_gguf(path)
+        reader = open_gguf(path)  # parsed once for both the weights and the tokenizer
+        m, fp, _ = load_gguf(reader, dtype=dtype, device=device)
+        return m, fp, Tokenizer.from_gguf(reader)
     if path.is_dir():
         m, fp = load_hf_directory(path, dtype=dtype, device=device)
         return (

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from radixkv.eviction import DEVICE, HOST, REMOTE
+from radixkv.eviction import HOST
 from storage import OutOfPages
 
 if TYPE_CHECKING:
@@ -190,6 +190,3 @@ class RemoteReads:
                 else:
                     stack.append(child)
         return before - self.tree.num_nodes
-
-
-__all__ = ["DEVICE", "HOST", "REMOTE", "Prefetch", "RemoteReads"]
