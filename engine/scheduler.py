@@ -62,6 +62,8 @@ class Scheduler:
         self.steps = 0
         self._waited: dict[int, int] = {}
         self.preemptions = 0
+        # called with every request that finishes, whatever the reason (a server's output hook)
+        self.on_finish: Callable[[Request], None] | None = None
 
     # ---- requests ----------------------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -143,6 +145,8 @@ class Scheduler:
         self._waited.pop(req.rid, None)
         if self.detokenize is not None and not req.text:
             req.text = self.detokenize(req.output_ids)
+        if self.on_finish is not None:
+            self.on_finish(req)
 
     # ---- admission ---------------------------------------------------------------------------
     def _admit(self) -> None:

@@ -4,6 +4,8 @@ radixkv alone never pulls in a model."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +58,16 @@ def _load(model: str | None, device: torch.device, dtype: torch.dtype):
     raise ValueError(
         f"model {model!r} is not a GGUF file, a Hugging Face directory or a preset ({', '.join(PRESETS)})"
     )
+
+
+def _model_name(model: str | None) -> str:
+    """The name a server reports: the default model's, a preset's, or the file or folder name."""
+    if model is None:
+        return "SmolLM2-135M-Instruct"
+    path = Path(model)
+    if path.suffix == ".gguf":
+        return path.stem
+    return path.name or model
 
 
 @dataclass
@@ -167,9 +179,8 @@ class Engine:
             detokenize=self.tokenizer.decode if self.tokenizer else None,
             check_integrity=check_integrity,
         )
-        self._next_rid = 0
-        import asyncio
-
+        self._rids = itertools.count(1)  # next() is atomic: requests are made on any thread
+        self.model_name = _model_name(model)
         self._step_lock = asyncio.Lock()
 
     def _encode(self, prompt) -> list[int]:
@@ -185,24 +196,46 @@ class Engine:
             )
         return ids
 
-    def submit(self, prompt, **sampling):
-        """Queue one prompt; returns its Request (advance with `step()`)."""
+    @property
+    def context_length(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    def make_request(self, prompt, **sampling):
+        """Validate a prompt and sampling options into a Request, not yet queued (thread-safe).
+
+        Raises ValueError saying what is wrong: an empty or out-of-vocabulary prompt, invalid
+        sampling values, a prompt plus max_tokens beyond the context or the device tier.
+        """
         from engine.request import Request
         from engine.sampling import SamplingParams
 
         ids = self._encode(prompt)
+        unknown = set(sampling) - set(SamplingParams.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
         params = SamplingParams(
             **{
-                k: tuple(v) if k == "stop" and isinstance(v, list) else v
+                k: tuple(v) if k in ("stop", "stop_token_ids") and isinstance(v, list) else v
                 for k, v in sampling.items()
             }
         )
-        if len(ids) + params.max_tokens > self.model.config.max_position_embeddings:
+        total = len(ids) + params.max_tokens
+        if total > self.context_length:
             raise ValueError(
-                f"prompt ({len(ids)} tokens) + max_tokens exceeds the context ({self.model.config.max_position_embeddings})"
+                f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) is "
+                f"{total} tokens, longer than the model's context ({self.context_length})"
             )
-        self._next_rid += 1
-        req = Request(self._next_rid, ids, params)
+        device_tokens = self.cache.device_pool.num_pages * self.cache.page_size
+        if total > device_tokens:
+            raise ValueError(
+                f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) needs "
+                f"more KV memory than the device tier holds ({device_tokens} tokens)"
+            )
+        return Request(next(self._rids), ids, params)
+
+    def submit(self, prompt, **sampling):
+        """Queue one prompt; returns its Request (advance with `step()`)."""
+        req = self.make_request(prompt, **sampling)
         self.scheduler.add(req)
         return req
 
@@ -244,22 +277,23 @@ class Engine:
         batch, so every stream advances together. A stream closed early aborts its request and
         frees its pages.
         """
-        import asyncio
+        from engine.text_stream import TextStream
 
         req = self.submit(prompt, **sampling)
-        sent_tokens, sent_text = 0, ""
+        text = TextStream(
+            self.tokenizer.decode if self.tokenizer else lambda _: "", req.params.stop
+        )
+        sent_tokens = 0
         try:
             while True:
                 if len(req.output_ids) > sent_tokens or req.finish_reason is not None:
-                    text = self.tokenizer.decode(req.output_ids) if self.tokenizer else ""
-                    if req.finish_reason is not None and req.text:
-                        text = req.text  # trimmed at a stop string
-                    yield StreamChunk(
-                        req.output_ids[sent_tokens:], text[len(sent_text) :], req.finish_reason
-                    )
-                    sent_tokens, sent_text = len(req.output_ids), text
-                    if req.finish_reason is not None:
-                        return
+                    new_ids = req.output_ids[sent_tokens:]
+                    sent_tokens = len(req.output_ids)
+                    if req.finish_reason is None:
+                        yield StreamChunk(new_ids, text.push(req.output_ids))
+                        continue
+                    yield StreamChunk(new_ids, text.finish(req.text), req.finish_reason)
+                    return
                 async with self._step_lock:
                     if req.finish_reason is None and len(req.output_ids) == sent_tokens:
                         self.scheduler.step()

@@ -1,0 +1,43 @@
+"""A real uvicorn server on a loopback port, in a thread of the test process (the tests can then
+also look at the engine behind it)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import uvicorn
+
+from engine.engine_loop import EngineLoop
+from engine.http_app import build_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def live_server(engine, api_key: str | None = None):
+    """Yields (base_url, EngineLoop); stops the server and the loop on exit."""
+    loop = EngineLoop(engine)
+    app = build_app(loop, model_name=engine.model_name, api_key=api_key)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", loop
+    finally:
+        server.should_exit = True
+        thread.join(30)

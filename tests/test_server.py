@@ -1,0 +1,324 @@
+"""The HTTP server against the real `openai` client on loopback, with the default model:
+chat and completions, streaming and not; cache hits in `usage`; a JSON 4xx for each kind of bad
+input with the server answering normally after each; 64 concurrent streams with a quarter
+disconnecting midway, then the integrity check; metrics, health, cache admin, API keys."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+openai = pytest.importorskip("openai")
+
+from radixkv import Engine  # noqa: E402
+from tests.live_server import live_server  # noqa: E402
+
+MODEL = "SmolLM2-135M-Instruct"
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    remote = tmp_path_factory.mktemp("remote-tier").as_uri()
+    with (
+        Engine(device="cpu", kv_memory_gb=0.25, host_memory_gb=0.25, remote_url=remote) as eng,
+        live_server(eng) as (url, loop),
+    ):
+        yield url, loop
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return openai.OpenAI(base_url=served[0] + "/v1", api_key="unused", max_retries=0)
+
+
+def _quiesced(url: str) -> dict:
+    """/cache/stats once no request is running or waiting."""
+    deadline = time.monotonic() + 60
+    while True:
+        stats = httpx.get(url + "/cache/stats", timeout=60).json()
+        if stats["scheduler"]["running"] == 0 and stats["scheduler"]["waiting"] == 0:
+            return stats
+        assert time.monotonic() < deadline, stats["scheduler"]
+        time.sleep(0.1)
+
+
+def test_models_and_health(served, client):
+    assert [m.id for m in client.models.list()] == [MODEL]
+    health = httpx.get(served[0] + "/health").json()
+    assert health["status"] == "ok" and health["model"] == MODEL
+
+
+def test_chat_streaming_equals_non_streaming(client):
+    whole = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=16, temperature=0
+    )
+    assert "Paris" in whole.choices[0].message.content
+    assert whole.choices[0].finish_reason in ("stop", "length")
+    assert whole.usage.completion_tokens >= 1
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=QUESTION,
+        max_tokens=16,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, finish, usage, roles = "", None, None, set()
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for choice in chunk.choices:
+            roles.add(choice.delta.role)
+            text += choice.delta.content or ""
+            finish = choice.finish_reason or finish
+    assert text == whole.choices[0].message.content
+    assert finish == whole.choices[0].finish_reason
+    assert "assistant" in roles
+    assert usage.completion_tokens == whole.usage.completion_tokens
+    assert usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_completions_streaming_equals_non_streaming(client):
+    prompt = "The three primary colours are"
+    whole = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+    assert whole.usage.completion_tokens == 12 and whole.choices[0].finish_reason == "length"
+    parts = [
+        c.choices[0].text
+        for c in client.completions.create(
+            model=MODEL, prompt=prompt, max_tokens=12, temperature=0, stream=True
+        )
+        if c.choices
+    ]
+    assert "".join(parts) == whole.choices[0].text and len(parts) > 1
+    by_ids = client.completions.create(
+        model=MODEL, prompt=[504, 1075, 314], max_tokens=4, temperature=0
+    )
+    assert by_ids.usage.prompt_tokens == 3
+
+
+def test_second_turn_reports_cached_tokens(client):
+    messages = [
+        {"role": "system", "content": "You are a geography tutor. " * 6},
+        {"role": "user", "content": "Which river flows through Vienna?"},
+    ]
+    first = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=12, temperature=0
+    )
+    messages += [
+        {"role": "assistant", "content": first.choices[0].message.content},
+        {"role": "user", "content": "And through Budapest?"},
+    ]
+    second = client.chat.completions.create(
+        model=MODEL, messages=messages, max_tokens=12, temperature=0
+    )
+    c1 = first.usage.prompt_tokens_details.cached_tokens
+    c2 = second.usage.prompt_tokens_details.cached_tokens
+    assert c2 > c1
+    assert c2 >= first.usage.prompt_tokens - 16  # all but the partial last page
+    assert c2 <= second.usage.prompt_tokens
+
+
+BAD = [
+    # (what, body, status, words the message must contain)
+    ("unknown model", {"model": "gpt-17", "prompt": "hi"}, 404, "gpt-17"),
+    ("empty prompt", {"model": MODEL, "prompt": ""}, 400, "prompt"),
+    ("empty token list", {"model": MODEL, "prompt": []}, 400, "prompt"),
+    ("token out of vocab", {"model": MODEL, "prompt": [10**9]}, 400, "token ids"),
+    (
+        "max_tokens as string",
+        {"model": MODEL, "prompt": "hi", "max_tokens": "5"},
+        400,
+        "max_tokens",
+    ),
+    (
+        "temperature wrong type",
+        {"model": MODEL, "prompt": "hi", "temperature": "hot"},
+        400,
+        "temperature",
+    ),
+    (
+        "negative temperature",
+        {"model": MODEL, "prompt": "hi", "temperature": -1},
+        400,
+        "temperature",
+    ),
+    ("top_p zero", {"model": MODEL, "prompt": "hi", "top_p": 0}, 400, "top_p"),
+    ("top_p above one", {"model": MODEL, "prompt": "hi", "top_p": 1.5}, 400, "top_p"),
+    ("negative top_k", {"model": MODEL, "prompt": "hi", "top_k": -2}, 400, "top_k"),
+    ("zero max_tokens", {"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
+    ("n above one", {"model": MODEL, "prompt": "hi", "n": 2}, 400, "n must be 1"),
+    (
+        "longer than context",
+        {"model": MODEL, "prompt": [1] * 9000, "max_tokens": 1},
+        400,
+        "context",
+    ),
+    (
+        "max_tokens beyond context",
+        {"model": MODEL, "prompt": "hi", "max_tokens": 10**6},
+        400,
+        "context",
+    ),
+    ("missing prompt", {"model": MODEL}, 400, "prompt"),
+]
+
+
+@pytest.mark.parametrize("what,body,status,words", BAD, ids=[b[0] for b in BAD])
+def test_bad_completion_input_is_a_json_4xx_and_the_server_stays_up(
+    served, client, what, body, status, words
+):
+    r = httpx.post(served[0] + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert words in err["message"], err
+    assert err["type"] in ("invalid_request_error",)
+    ok = client.completions.create(model=MODEL, prompt="Hello", max_tokens=2, temperature=0)
+    assert ok.usage.completion_tokens == 2
+
+
+BAD_RAW = [
+    ("malformed JSON", "/v1/completions", b'{"model": "x", "prompt": ', "not valid JSON"),
+    ("body not an object", "/v1/chat/completions", b"[1, 2]", "invalid request"),
+    (
+        "messages not a list",
+        "/v1/chat/completions",
+        b'{"model": "%s", "messages": "hi"}',
+        "messages",
+    ),
+    ("empty messages", "/v1/chat/completions", b'{"model": "%s", "messages": []}', "messages"),
+    (
+        "message without content type",
+        "/v1/chat/completions",
+        b'{"model": "%s", "messages": [{"role": 3}]}',
+        "role",
+    ),
+    ("generate with both prompts", "/generate", b'{"text": "a", "input_ids": [1]}', "exactly one"),
+    (
+        "generate bad sampling",
+        "/generate",
+        b'{"input_ids": [1], "sampling_params": {"temperature": -3}}',
+        "temperature",
+    ),
+]
+
+
+@pytest.mark.parametrize("what,path,raw,words", BAD_RAW, ids=[b[0] for b in BAD_RAW])
+def test_malformed_bodies_are_json_400s(served, client, what, path, raw, words):
+    raw = raw.replace(b"%s", MODEL.encode())
+    r = httpx.post(
+        served[0] + path, content=raw, headers={"content-type": "application/json"}, timeout=60
+    )
+    assert r.status_code == 400, r.text
+    assert words in r.json()["error"]["message"]
+    ok = client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2)
+    assert ok.choices[0].message.content
+
+
+def test_native_generate_takes_and_returns_token_ids(served, client):
+    body = {
+        "input_ids": [504, 1075, 314, 253],
+        "sampling_params": {"max_new_tokens": 6, "temperature": 0},
+    }
+    r = httpx.post(served[0] + "/generate", json=body, timeout=60).json()
+    assert len(r["output_ids"]) == 6 and r["meta_info"]["finish_reason"] == {"type": "length"}
+    assert r["meta_info"]["prompt_tokens"] == 4
+    same = client.completions.create(
+        model=MODEL, prompt=body["input_ids"], max_tokens=6, temperature=0
+    )
+    assert same.choices[0].text == r["text"]
+    with httpx.stream(
+        "POST", served[0] + "/generate", json=body | {"stream": True}, timeout=60
+    ) as s:
+        events = [line[6:] for line in s.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    import json
+
+    last = json.loads(events[-2])
+    assert last["output_ids"] == r["output_ids"] and last["text"] == r["text"]
+
+
+def test_64_concurrent_streams_with_a_quarter_disconnecting(served):
+    url, _loop = served
+    aclient = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
+
+    async def one(i: int) -> tuple[str, int]:
+        quitter = i % 4 == 0
+        stream = await aclient.chat.completions.create(
+            model=MODEL,
+            messages=[
+                {"role": "user", "content": f"Count from {i} to {i + 40}, one number a line."}
+            ],
+            max_tokens=24,
+            temperature=0.7,
+            seed=i,
+            extra_body={"ignore_eos": True},
+            stream=True,
+        )
+        chunks, finish = 0, None
+        async for chunk in stream:
+            chunks += 1
+            for c in chunk.choices:
+                finish = c.finish_reason or finish
+            if quitter and chunks == 6:
+                await stream.close()  # the client goes away mid-stream
+                return "quit", chunks
+        return finish, chunks
+
+    async def run_all():
+        return await asyncio.gather(*(one(i) for i in range(64)))
+
+    results = asyncio.run(run_all())
+    quit_ = [r for r in results if r[0] == "quit"]
+    done = [r for r in results if r[0] != "quit"]
+    assert len(quit_) == 16 and len(done) == 48
+    assert all(f == "length" for f, _ in done), done  # ignore_eos: each ran to max_tokens
+    stats = _quiesced(url)
+    integrity = stats["integrity"]  # recounted from scratch on the engine thread
+    assert integrity["device"]["locked"] == 0 and integrity["device"]["request_or_inflight"] == 0
+    finished = httpx.get(url + "/metrics").text
+    assert 'radixkv_requests_finished_total{reason="abort"}' in finished
+    flushed = httpx.post(url + "/cache/flush", timeout=60).json()
+    dev = flushed["integrity"]["device"]
+    assert dev["free"] == dev["capacity"], dev  # every page came back
+
+
+def test_metrics_are_prometheus_text(served, client):
+    client.completions.create(model=MODEL, prompt="One two", max_tokens=3, temperature=0)
+    text = httpx.get(served[0] + "/metrics").text
+    for family in (
+        "radixkv_requests_running",
+        "radixkv_requests_waiting",
+        "radixkv_cache_hit_rate",
+        'radixkv_cache_pages{tier="device",state="used"}',
+        'radixkv_cache_evicted_pages_total{tier="host"}',
+        'radixkv_transfer_bytes_total{direction="host_to_device"}',
+        "radixkv_remote_queue_depth",
+        'radixkv_time_to_first_token_seconds_bucket{le="+Inf"}',
+        "radixkv_inter_token_latency_seconds_count",
+    ):
+        assert family in text, family
+    ttft = [
+        ln for ln in text.splitlines() if ln.startswith("radixkv_time_to_first_token_seconds_count")
+    ]
+    assert int(ttft[0].split()[-1]) >= 1
+
+
+def test_api_key_is_required_except_for_health(served):
+    from fastapi.testclient import TestClient
+
+    from engine.http_app import build_app
+
+    _url, loop = served
+    app = build_app(loop, model_name=MODEL, api_key="s3cret")
+    http = TestClient(app)  # no lifespan: the running engine loop is shared, not restarted
+    assert http.get("/v1/models").status_code == 401
+    assert http.get("/v1/models", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    r = http.get("/v1/models", headers={"Authorization": "Bearer s3cret"})
+    assert r.status_code == 200 and r.json()["data"][0]["id"] == MODEL
+    assert http.get("/health").status_code == 200
+    denied = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi"})
+    assert denied.status_code == 401 and "API key" in denied.json()["error"]["message"]
