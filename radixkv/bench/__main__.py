@@ -1,4 +1,5 @@
-"""`python -m radixkv.bench trace --trace FILE ...`: trace replay through the real cache."""
+"""`python -m radixkv.bench trace --trace FILE ...`: trace replay through the real cache.
+`python -m radixkv.bench multiturn [--url URL] ...`: multi-turn conversations against a server."""
 
 from __future__ import annotations
 
@@ -81,6 +82,84 @@ def _trace_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _multiturn_command(args: argparse.Namespace) -> int:
+    import asyncio
+    import contextlib
+    import math
+
+    from radixkv.bench.local_server import local_server
+    from radixkv.bench.multiturn import MultiturnSpec, format_report, plot_report, run_multiturn
+
+    spec = MultiturnSpec(
+        clients=args.clients,
+        rounds=args.rounds,
+        system_tokens=args.system_tokens,
+        question_tokens=args.question_tokens,
+        output_tokens=args.output_tokens,
+        rate=math.inf if args.rate is None else args.rate,
+        arrival=args.arrival,
+        max_concurrency=args.max_concurrency,
+        seed=args.seed,
+        ignore_eos=not args.no_ignore_eos,
+    )
+    with contextlib.ExitStack() as stack:
+        url = args.url or stack.enter_context(local_server(args.serve_args))
+        base = url.rstrip("/")
+        base = base if base.endswith("/v1") else base + "/v1"
+        print(
+            f"multiturn against {base}: {spec.clients} clients x {spec.rounds} rounds, system "
+            f"{spec.system_tokens} / question {spec.question_tokens} / output {spec.output_tokens} "
+            f"tokens, rate {spec.rate} ({spec.arrival}), max concurrency "
+            f"{spec.max_concurrency or spec.clients}",
+            file=sys.stderr,
+        )
+        report = asyncio.run(
+            run_multiturn(
+                base, spec, model=args.model, api_key=args.api_key, progress=not args.quiet
+            )
+        )
+    report["serve_args"] = None if args.url else args.serve_args
+    print(format_report(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        for p in plot_report(report, args.plot):
+            print(f"wrote {p}", file=sys.stderr)
+    return 0 if report["overall"]["failed"] == 0 else 1
+
+
+def _add_multiturn(sub) -> None:
+    m = sub.add_parser(
+        "multiturn",
+        help="multi-turn conversations against an OpenAI-compatible server (a local one by default)",
+    )
+    m.add_argument("--url", help="server base URL (default: start python -m radixkv.serve)")
+    m.add_argument("--model", help="model name to send (default: the server's first model)")
+    m.add_argument("--api-key", default="none")
+    m.add_argument("--clients", type=int, default=4)
+    m.add_argument("--rounds", type=int, default=4)
+    m.add_argument("--system-tokens", type=int, default=1000, help="shared system prompt length")
+    m.add_argument("--question-tokens", type=int, default=64, help="new user text per round")
+    m.add_argument("--output-tokens", type=int, default=32, help="answer length (max_tokens)")
+    m.add_argument("--rate", type=float, default=None, help="requests/s (default: no pacing)")
+    m.add_argument("--arrival", choices=["poisson", "fixed"], default="poisson")
+    m.add_argument("--max-concurrency", type=int, default=None, help="default: --clients")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument(
+        "--no-ignore-eos", action="store_true", help="let answers end early at EOS (lengths vary)"
+    )
+    m.add_argument(
+        "--serve-args",
+        default="",
+        help="extra arguments for the local server, e.g. '--no-prefix-caching'",
+    )
+    m.add_argument("--json", type=Path, default=None, help="write the full report here")
+    m.add_argument("--plot", type=Path, default=None, help="write PNG plots into this directory")
+    m.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m radixkv.bench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -110,9 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     t.add_argument("--json", type=Path, default=None, help="write results here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_multiturn(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "multiturn":
+            return _multiturn_command(args)
         if not args.trace.is_file():
             parser.error(f"--trace {args.trace}: no such file")
         return _trace_command(args)
