@@ -4,13 +4,16 @@ One `step()`:
   1. apply finished remote reads (`cache.poll()`);
   2. admit waiting requests, cache-aware: a request whose remote prefetch is still in flight waits
      without blocking the others; among ready ones, the longest cached prefix goes first unless
-     someone has waited `starvation_steps` steps. Admission matches the prefix, locks it, loads its
-     host part to the device and takes its device pages as the start of the page table;
+     someone has waited `starvation_steps` steps; one whose prompt shares a long prefix with a
+     request still prefilling waits for that prefix to be cached. Admission matches the prefix,
+     locks it, loads its host part to the device and takes its device pages as the start of the
+     page table;
   3. schedule tokens under `max_batch_tokens`: every running request has pending tokens
      (all_ids[num_computed:]); those with one (decodes) go first, prefills get chunks of the rest;
   4. allocate device pages; when the pool runs dry, preempt the newest request: its computed
      pages go into the tree (nothing recomputed if it comes back soon), it rejoins the queue front;
-  5. one forward over the batch; sample where a request's pending tokens are all computed;
+  5. one forward over the batch; sample where a request's pending tokens are all computed; a
+     finished prefill hands its prompt's pages to the tree at once (still locked by the request);
      stop on EOS, stop tokens, stop strings or max_tokens, and hand finished pages to the tree.
 
 Pages: a request's page table is tree pages it matched (locked) followed by pages it allocated;
@@ -30,6 +33,20 @@ from engine.request import Request, State
 from engine.sampling import sample
 from radixkv import HiRadixCache
 from storage import OutOfPages
+
+_DEFER_MIN_TOKENS = 64  # a shared, still-uncached prefix worth waiting for (see _admit)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the common prefix: a binary search over slice comparisons (C loops)."""
+    lo, hi = 0, min(len(a), len(b))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 class Scheduler:
@@ -111,6 +128,8 @@ class Scheduler:
             req.num_computed += n
             if req.num_computed < len(req.all_ids):
                 continue  # a prefill chunk: more to compute before sampling
+            if self.prefix_caching and len(req.output_ids) == 0:
+                self._cache_prompt(req)  # requests queued behind it can reuse it right away
             token = sample(row, req.params, req.generator)  # int(): the step's one GPU sync
             req.output_ids.append(token)
             if req.first_token_at is None:
@@ -163,6 +182,7 @@ class Scheduler:
         if not ready:
             return
         starving = [r for r in ready if self.steps - self._waited[r.rid] >= self.starvation_steps]
+        hits: dict[int, int] = {}
         if self.prefix_caching and not starving:
             hits = {
                 r.rid: self.cache.match(r.all_ids[:-1], touch=False).device_tokens for r in ready
@@ -171,10 +191,24 @@ class Scheduler:
         for req in starving + [r for r in ready if r not in starving]:
             if len(self.running) >= self.max_running:
                 break
+            if req.rid in hits and self._shares_running_prefill(req, hits[req.rid]):
+                continue  # includes requests admitted just now, in this loop
             self.waiting.remove(req)
             self._attach(req)
             req.state = State.RUNNING
             self.running.append(req)
+
+    def _shares_running_prefill(self, req: Request, cached: int) -> bool:
+        """Whether a running request is prefilling a prefix of `req` longer than what the cache
+        holds for it (by `_DEFER_MIN_TOKENS`): then `req` waits, and hits that prefix once it is
+        cached (`_cache_prompt`) instead of computing it a second time in parallel."""
+        ids = req.prompt_ids
+        return any(
+            other.is_prefilling
+            and other.prompt_ids[: self.page_size] == ids[: self.page_size]
+            and _common_prefix(other.prompt_ids, ids) - cached >= _DEFER_MIN_TOKENS
+            for other in self.running  # few are prefilling at once: chunked prefill
+        )
 
     def _attach(self, req: Request) -> None:
         """Match the request's prefix, lock it, load its host part; the page table starts there."""
@@ -247,6 +281,24 @@ class Scheduler:
         req.prefetch = None
         self.waiting.appendleft(req)
         self._waited[req.rid] = self.steps - self.starvation_steps  # resumes first
+
+    def _cache_prompt(self, req: Request) -> None:
+        """Hand the prompt's full pages to the tree as soon as its prefill is done (the request
+        keeps running on them, locked), so that requests sharing the prompt hit it now rather
+        than when this one finishes. Where the tree already held a page, ours was a duplicate:
+        the page table switches to the tree's copy (same tokens, same KV)."""
+        ps, cache = self.page_size, self.cache
+        full = req.num_computed // ps
+        if full <= req.tree_pages:
+            return
+        tokens = req.all_ids[: full * ps]
+        node = cache.insert(tokens, req.page_table[:full])
+        cache.lock(node)
+        if req.node is not None:
+            cache.unlock(req.node)
+        req.node = node
+        req.page_table[:full] = cache.match(tokens, touch=False).device_pages
+        req.tree_pages = full
 
     def _release(self, req: Request) -> None:
         """Hand computed full pages to the tree (or back, caching off), free the rest, unlock."""

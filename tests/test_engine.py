@@ -82,6 +82,19 @@ def test_same_tokens_cold_device_host_remote_and_preempted(tiny_dir, tmp_path):
         assert [g.token_ids for g in got] == want
 
 
+def test_requests_arriving_together_share_a_prefix_being_prefilled(tiny_dir):
+    """Four prompts over one 96-token prefix, submitted at once: the first computes it, the
+    others wait for it to be cached, then reuse it while the first is still decoding."""
+    path, hf = tiny_dir
+    shared = [(7 * i) % 97 + 1 for i in range(96)]
+    prompts = [shared + [90 + i, 3, 5 + i] for i in range(4)]
+    with engine(path) as eng:
+        got = eng.generate(prompts, max_tokens=8, ignore_eos=True)
+    assert [g.token_ids for g in got] == [hf_greedy(hf, p, 8) for p in prompts]
+    assert got[0].cached_tokens == 0
+    assert all(g.cached_tokens_by_tier["device"] == 96 for g in got[1:])
+
+
 def test_prefix_caching_off_gives_the_same_tokens_and_no_hits(tiny_dir):
     path, hf = tiny_dir
     with engine(path, prefix_caching=False) as eng:
