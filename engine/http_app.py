@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -77,7 +77,6 @@ def build_app(
     *,
     model_name: str,
     api_key: str | None = None,
-    extra_health: Callable[[], dict] | None = None,
 ) -> FastAPI:
     """The FastAPI app; starts the engine loop on startup and stops it on shutdown."""
     engine = loop.engine
@@ -340,10 +339,13 @@ def build_app(
     async def health():
         if not loop.alive:
             return _error(503, "the engine thread is not running", "server_error")
-        body = {"status": "ok", "model": model_name}
-        if extra_health is not None:
-            body |= extra_health()
-        return body
+        remote = engine.cache.remote_status()  # thread-safe reads: answers while steps run
+        return {
+            "status": "ok",  # degraded remote tier: still ready, requests recompute
+            "model": model_name,
+            "remote_tier": "off" if remote is None else "degraded" if remote["degraded"] else "ok",
+            "remote": remote,
+        }
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -408,7 +410,7 @@ def cache_report(loop: EngineLoop, integrity: bool) -> dict:
         "remote_inflight": cache.controller.inflight,
         "remote": None
         if cache.store is None
-        else {"store": cache.store.describe(), **cache.store.stats.as_dict()},
+        else {**cache.remote_status(), "traffic": cache.store.stats.as_dict()},
         "scheduler": {
             "running": len(sched.running),
             "waiting": len(sched.waiting),
@@ -526,6 +528,35 @@ def prometheus_text(loop: EngineLoop) -> str:
         "Remote store operations in flight.",
         r["remote_inflight"],
     )
+    remote = r["remote"]
+    if remote is not None:
+        e.add(
+            "radixkv_remote_degraded",
+            "gauge",
+            "1 while the remote tier is marked down (requests recompute).",
+            int(remote["degraded"]),
+        )
+        e.add(
+            "radixkv_remote_degraded_total",
+            "counter",
+            "Times the remote tier was marked down.",
+            remote["times_opened"],
+        )
+        traffic = remote["traffic"]
+        for name in ("hits", "misses", "corrupt", "put_failures"):
+            e.add(
+                "radixkv_remote_pages_total",
+                "counter",
+                "Remote page operations by outcome.",
+                traffic[name],
+                outcome=name,
+            )
+        e.add(
+            "radixkv_remote_reads_skipped_total",
+            "counter",
+            "Remote reads skipped because recomputing was estimated faster.",
+            remote["remote_reads_skipped_as_slower"],
+        )
     e.add("radixkv_step_errors_total", "counter", "Engine steps that raised.", s.step_errors)
     for h in (s.ttft, s.itl, s.e2e):
         e.histogram(h)

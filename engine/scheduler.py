@@ -34,6 +34,7 @@ from engine.sampling import sample
 from radixkv import HiRadixCache
 from storage import OutOfPages
 
+_PREFILL_SAMPLE_MIN_TOKENS = 64  # steps with fewer prefill tokens say little about its speed
 _DEFER_MIN_TOKENS = 64  # a shared, still-uncached prefix worth waiting for (see _admit)
 
 
@@ -122,6 +123,7 @@ class Scheduler:
             self.cache.device_pool.device,
         )
         batch.layer_ready = self.cache.controller.take_layer_events()
+        started = time.perf_counter()
         logits = self.model(batch, self.backend)
         progressed = []
         for (req, n), row in zip(plan, logits, strict=True):
@@ -140,6 +142,9 @@ class Scheduler:
                 self.running.remove(req)
                 self._release(req)
                 self._finish(req, reason)
+        prefill = sum(n for _, n in plan if n > 1)
+        if prefill >= _PREFILL_SAMPLE_MIN_TOKENS:  # sampling synced: the time is the forward's
+            self.cache.cost.observe_prefill(prefill, time.perf_counter() - started)
         if self.check_integrity:
             self.cache.check_integrity()
         return progressed

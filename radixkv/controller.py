@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from storage import (
     copy_host_to_device,
     encode_page,
 )
+from storage.breaker import CircuitBreaker, StoreUnavailable
 from storage.remote import read_pages
 from storage.transfer import copy_host_to_device_by_layer, host_ready
 
@@ -59,6 +61,9 @@ class CacheController:
         # Blobs whose put is still in flight, by key: a get issued meanwhile is served from here.
         self._writing: dict[str, bytes] = {}
         self._layer_events: list | None = None
+        self.breaker = CircuitBreaker(store.describe() if store is not None else "none")
+        # (bytes, seconds) of each complete remote read, for the load-or-recompute estimate
+        self.read_observer: Callable[[int, float], None] | None = None
         cuda = device_pool.device.type == "cuda"
         self._side_stream = torch.cuda.Stream(device_pool.device) if cuda else None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -123,22 +128,37 @@ class CacheController:
         ]
 
     def _submit(self, coro_fn: Callable[[], Any], on_done: Callback) -> None:
+        """Run a store call on the I/O thread under the timeout and the circuit breaker; while the
+        breaker is open the call fails at once with StoreUnavailable (never reaching the store)."""
         assert self._loop is not None, "no remote store configured"
+        self._inflight += 1
+        if not self.breaker.allow():
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            fut.set_exception(StoreUnavailable(f"remote tier {self.breaker.name} is degraded"))
+            self._done.put((fut, on_done))
+            return
 
         async def guarded():
             return await asyncio.wait_for(coro_fn(), self.timeout_s)
 
-        fut = asyncio.run_coroutine_threadsafe(guarded(), self._loop)
-        self._inflight += 1
-        fut.add_done_callback(lambda f: self._done.put((f, on_done)))
+        def finished(f: concurrent.futures.Future) -> None:  # on the I/O thread
+            err = None if f.cancelled() else f.exception()
+            if err is None:
+                self.breaker.success()
+            else:
+                self.breaker.failure(err if str(err) else type(err).__name__)
+            self._done.put((f, on_done))
+
+        asyncio.run_coroutine_threadsafe(guarded(), self._loop).add_done_callback(finished)
 
     def put_blobs(self, items: list[tuple[str, bytes]], on_done: Callback) -> None:
         """Store framed blobs; `on_done` gets a future of per-item success flags."""
         self.moved["host_to_remote"] += len(items)
-        for k, b in items:
-            self._writing[k] = b
 
         async def run():
+            # registered on the I/O loop, before any get submitted after this put can run
+            for k, b in items:
+                self._writing[k] = b
             try:
                 return await self.store.put(items)
             finally:
@@ -190,9 +210,14 @@ class CacheController:
                 ok.append(payload is not None)
             return ok
 
+        started = time.perf_counter()
+
         def counted(fut: concurrent.futures.Future) -> None:  # runs in the owner's thread
             if fut.exception() is None:
-                self.moved["remote_to_host"] += sum(fut.result())
+                got = sum(fut.result())
+                self.moved["remote_to_host"] += got
+                if self.read_observer is not None and got == len(keys):
+                    self.read_observer(got * layout.page_bytes, time.perf_counter() - started)
             on_done(fut)
 
         self._submit(run, counted)

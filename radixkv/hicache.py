@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from radixkv.config import CacheConfig
 from radixkv.controller import CacheController
+from radixkv.cost_model import LoadCostModel
 from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionIndex, EvictionPolicy, make_policy
 from radixkv.namespace import CacheNamespace
 from radixkv.prefetch import RemoteReads
@@ -112,6 +113,10 @@ class HiRadixCache(RemoteReads):
         self.remote_pages_known = 0
         self.clock = 0
         self.counters = CacheCounters()
+        self.cost = LoadCostModel()
+        self.controller.read_observer = lambda nbytes, secs: self.cost.observe_remote_read(
+            nbytes, secs, small_bytes=layout.page_bytes
+        )
         self._selective = config.write_policy == "write_through_selective"
 
     # ---- queries ---------------------------------------------------------------------------
@@ -490,6 +495,17 @@ class HiRadixCache(RemoteReads):
             self._refresh(n)
             self._refresh(n.parent)
         return need * self.page_size
+
+    def remote_status(self) -> dict | None:
+        """The remote tier's health (None without one): its circuit breaker and the
+        load-or-recompute estimate."""
+        if self.store is None:
+            return None
+        return {
+            "store": self.store.describe(),
+            **self.controller.breaker.as_dict(),
+            **self.cost.as_dict(),
+        }
 
     def check_integrity(self) -> dict:
         """Prove every page is owned exactly once and the tree's invariants hold (a full scan)."""

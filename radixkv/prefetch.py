@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from radixkv.eviction import HOST
 from storage import OutOfPages
+from storage.breaker import StoreUnavailable
 
 if TYPE_CHECKING:
     from radixkv.hicache import HiRadixCache
@@ -96,8 +97,10 @@ class RemoteReads:
             n = n.parent
         nodes.reverse()
         need = sum(len(x.key) // self.page_size for x in nodes)
-        if need == 0:
-            ticket.done = True
+        if need == 0 or not self.cost.worth_loading(
+            need * self.page_size, need * self.layout.page_bytes
+        ):
+            ticket.done = True  # nothing remote, or recomputing is estimated faster
             return
         anchor = m.last_node
         self._pin(anchor)  # keeps the whole run from eviction on every tier while in flight
@@ -112,10 +115,9 @@ class RemoteReads:
         keys = [k for x in nodes for k in self.page_keys(x)]
 
         def on_read(fut) -> None:
-            if fut.exception() is not None:
-                log.warning(
-                    "remote read of %d pages failed (%r); recomputing them", need, fut.exception()
-                )
+            err = fut.exception()
+            if err is not None and not isinstance(err, StoreUnavailable):  # that one is logged once
+                log.warning("remote read of %d pages failed (%r); recomputing them", need, err)
             ok = fut.result() if fut.exception() is None else [False] * need
             self.reserved_host.difference_update(host)
             pos, failed = 0, None

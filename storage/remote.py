@@ -118,7 +118,8 @@ async def read_pages(
 
 
 def open_store(url: str, **options) -> RemoteStore:
-    """A remote store from a URL: `file:///abs/path` (more schemes arrive with their backends)."""
+    """A remote store from a URL: `file:///abs/path`, `redis://[:password@]host:port/db` (or
+    `rediss://`), `mooncake://master-host:port`."""
     if not isinstance(url, str) or "://" not in url:
         raise ValueError(f"remote store URL must look like scheme://..., got {url!r}")
     scheme, rest = url.split("://", 1)
@@ -128,4 +129,14 @@ def open_store(url: str, **options) -> RemoteStore:
         if not rest.startswith("/"):
             raise ValueError(f"file store URL needs an absolute path (file:///path), got {url!r}")
         return FileStore(rest, **options)
-    raise ValueError(f"unsupported remote store scheme {scheme!r} in {url!r} (supported: file)")
+    if scheme in ("redis", "rediss"):
+        from storage.redis_store import RedisStore
+
+        return RedisStore(url, **options)
+    if scheme == "mooncake":
+        from storage.mooncake_store import MooncakeStore
+
+        return MooncakeStore(url, **options)
+    raise ValueError(
+        f"unsupported remote store scheme {scheme!r} in {url!r} (supported: file, redis, rediss, mooncake)"
+    )

@@ -1,0 +1,148 @@
+"""Real remote-tier servers on loopback for the tests: redis-server (Debian's package) and
+mooncake_master (from the mooncake-transfer-engine wheel). A test that needs one skips only when
+its binary is truly missing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"{proc.args[0]} did not listen on {port}")
+
+
+def redis_binary() -> str | None:
+    return shutil.which("redis-server") or shutil.which("valkey-server")
+
+
+def mooncake_master_binary() -> str | None:
+    try:
+        import mooncake
+        from mooncake.store import MooncakeDistributedStore  # noqa: F401 - the client must load
+    except ImportError:
+        return None
+    path = Path(mooncake.__file__).parent / "mooncake_master"
+    return str(path) if path.is_file() else shutil.which("mooncake_master")
+
+
+class RedisServer:
+    """A redis-server child process: no persistence, loopback only; `kill()` and `start()`
+    model an outage and a recovery on the same port."""
+
+    def __init__(self, port: int | None = None, maxmemory_mb: int = 512) -> None:
+        self.port = port or free_port()
+        self.maxmemory_mb = maxmemory_mb
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        binary = redis_binary()
+        if binary is None:
+            pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory",
+                f"{self.maxmemory_mb}mb",
+                "--maxmemory-policy",
+                "allkeys-lru",
+                "--protected-mode",
+                "yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port, self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class MooncakeMaster:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mooncake://127.0.0.1:{self.port}?segment_mb=256&buffer_mb=64"
+
+    def start(self) -> MooncakeMaster:
+        binary = mooncake_master_binary()
+        if binary is None:
+            pytest.skip("mooncake_master is not installed (pip install 'radixkv[mooncake]')")
+        env = dict(os.environ, GLOG_minloglevel="2")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                "--rpc_port",
+                str(self.port),
+                "--rpc_address",
+                "127.0.0.1",
+                "--metrics_port",
+                str(free_port()),
+                "--metrics_host",
+                "127.0.0.1",
+                "--default_kv_lease_ttl",
+                "100",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        _wait_port(self.port, self.proc)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def mooncake_master():
+    master = MooncakeMaster().start()
+    yield master
+    master.kill()
