@@ -13,31 +13,13 @@ transformers = pytest.importorskip("transformers")
 
 from radixkv import DEVICE, Engine  # noqa: E402
 from tests.paged_runner import hf_greedy  # noqa: E402
-
-PAGE_BYTES = 2 * 2 * 16 * 2 * 16 * 4  # layers x K/V x page 16 x kv heads x head dim x fp32
+from tests.tiny_model import gb, save_tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    torch.manual_seed(3)
-    cfg = transformers.LlamaConfig(
-        vocab_size=101,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.15,
-        max_position_embeddings=512,
-    )
-    hf = transformers.LlamaForCausalLM(cfg).float().eval()
     path = tmp_path_factory.mktemp("tiny-llama")
-    hf.save_pretrained(path)
-    return path, hf
-
-
-def gb(pages: int) -> float:
-    return pages * PAGE_BYTES / 2**30
+    return path, save_tiny_llama(path)
 
 
 SYSTEM = list(range(10, 58))  # a 48-token shared prefix (3 pages)
