@@ -198,8 +198,11 @@ class Scheduler:
                 break
             if req.rid in hits and self._shares_running_prefill(req, hits[req.rid]):
                 continue  # includes requests admitted just now, in this loop
+            try:
+                self._attach(req)
+            except OutOfPages:
+                break  # its host hit cannot be loaded while running requests hold the device
             self.waiting.remove(req)
-            self._attach(req)
             req.state = State.RUNNING
             self.running.append(req)
 
@@ -222,7 +225,11 @@ class Scheduler:
         tokens = req.all_ids[:-1]  # the last token is always computed: its logits pick the next
         m = self.cache.match(tokens)
         self.cache.lock(m.last_node)
-        self.cache.load(m, overlap=True)  # the next forward waits per layer
+        try:
+            self.cache.load(m, overlap=True)  # the next forward waits per layer
+        except OutOfPages:
+            self.cache.unlock(m.last_node)
+            raise
         fetched = min(req.prefetch.fetched_tokens, m.host_tokens) if req.prefetch is not None else 0
         if not req.output_ids:  # account the prompt's cache hit once, at first admission
             req.cached_by_tier = {

@@ -127,13 +127,18 @@ class CacheController:
             for p, key in zip(host_pages, keys, strict=True)
         ]
 
-    def _submit(self, coro_fn: Callable[[], Any], on_done: Callback) -> None:
+    def _submit(self, coro_fn: Callable[[], Any], on_done: Callback, empty: bool = False) -> None:
         """Run a store call on the I/O thread under the timeout and the circuit breaker; while the
         breaker is open the call fails at once with StoreUnavailable (never reaching the store)."""
         assert self._loop is not None, "no remote store configured"
         self._inflight += 1
-        if not self.breaker.allow():
+        if empty:  # answered without the store: must not count as the breaker's probe
             fut: concurrent.futures.Future = concurrent.futures.Future()
+            fut.set_result([])
+            self._done.put((fut, on_done))
+            return
+        if not self.breaker.allow():
+            fut = concurrent.futures.Future()
             fut.set_exception(StoreUnavailable(f"remote tier {self.breaker.name} is degraded"))
             self._done.put((fut, on_done))
             return
@@ -166,7 +171,7 @@ class CacheController:
                     if self._writing.get(k) is b:
                         del self._writing[k]
 
-        self._submit(run, on_done)
+        self._submit(run, on_done, empty=not items)
 
     def put_from_host(self, host_pages: list[int], keys: list[bytes], on_done: Callback) -> None:
         """Encode pinned host pages on the I/O thread and store them."""
@@ -174,10 +179,8 @@ class CacheController:
         async def run():
             return await self.store.put(self.encode(host_pages, keys))
 
-        self.moved["host_to_remote"] += len(
-            host_pages
-        )  # counters change in the owner's thread only
-        self._submit(run, on_done)
+        self.moved["host_to_remote"] += len(host_pages)  # counters: the owner's thread only
+        self._submit(run, on_done, empty=not host_pages)
 
     def get_into_host(self, keys: list[bytes], host_pages: list[int], on_done: Callback) -> None:
         """Read and verify pages into reserved host pages; the future gives per-page success."""
@@ -220,10 +223,10 @@ class CacheController:
                     self.read_observer(got * layout.page_bytes, time.perf_counter() - started)
             on_done(fut)
 
-        self._submit(run, counted)
+        self._submit(run, counted, empty=not keys)
 
     def exists(self, keys: list[bytes], on_done: Callback) -> None:
-        self._submit(lambda: self.store.exists([k.hex() for k in keys]), on_done)
+        self._submit(lambda: self.store.exists([k.hex() for k in keys]), on_done, empty=not keys)
 
     def completed(self) -> list[tuple[concurrent.futures.Future, Callback]]:
         """Finished remote operations, in completion order (non-blocking)."""

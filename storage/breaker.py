@@ -68,6 +68,8 @@ class CircuitBreaker:
 
     def success(self) -> None:
         with self._lock:
+            if self.state == OPEN:
+                return  # a call from before the circuit opened: only the probe may close it
             recovered = self.state != CLOSED
             self.state, self._failures, self._probing = CLOSED, 0, False
             self._backoff_s = self.base_backoff_s

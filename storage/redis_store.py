@@ -44,10 +44,16 @@ class RedisStore(RemoteStore):
         clean = urlunsplit(parts._replace(query=urlencode(query)))
         self.prefix, self.ttl_s, self.batch = prefix, ttl_s, batch
         self._where = f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
+
         options = {
             "socket_timeout": socket_timeout_s,
             "socket_connect_timeout": socket_timeout_s,
-            "retry_on_timeout": False,
+            # a pooled connection from before a server restart fails once: retry on a new one
+            "retry": Retry(NoBackoff(), 1),
+            "retry_on_error": [RedisConnectionError],
         }
         if cluster:
             self._client = aredis.RedisCluster.from_url(clean, **options)
