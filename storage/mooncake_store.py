@@ -109,24 +109,38 @@ class MooncakeStore(RemoteStore):
         return [c == 1 for c in codes]
 
     async def get(self, keys: list[str]) -> list[bytes | None]:
-        if not keys:
-            return []
-        blobs = await self._call("get_batch", keys)
-        return [bytes(b) if len(b) else None for b in blobs]
+        out: list[bytes | None] = []
+        for start in range(0, len(keys), 32):  # sizes are unknown before a read: bound the count
+            blobs = await self._call("get_batch", keys[start : start + 32])
+            out += [bytes(b) if len(b) else None for b in blobs]
+        return out
+
+    def _chunks(self, sizes: list[int]) -> list[tuple[int, int]]:
+        """[start, end) runs whose bytes fit half the client's transfer buffer (a batch larger
+        than the buffer fails as a whole)."""
+        limit, runs, start, total = self.buffer_bytes // 2, [], 0, 0
+        for i, n in enumerate(sizes):
+            if i > start and total + n > limit:
+                runs.append((start, i))
+                start, total = i, 0
+            total += n
+        return runs + [(start, len(sizes))] if sizes else runs
 
     async def put(self, items: list[tuple[str, bytes]]) -> list[bool]:
-        if not items:
-            return []
-        rc = await self._call("upsert_batch", [k for k, _ in items], [b for _, b in items])
-        ok = rc == 0
-        self.stats.add(
-            puts=len(items) if ok else 0,
-            put_failures=0 if ok else len(items),
-            bytes_written=sum(len(b) for _, b in items) if ok else 0,
-        )
-        if not ok:
-            log.debug("mooncake upsert of %d pages failed (%d)", len(items), rc)
-        return [ok] * len(items)
+        out: list[bool] = []
+        for start, end in self._chunks([len(b) for _, b in items]):
+            part = items[start:end]
+            rc = await self._call("upsert_batch", [k for k, _ in part], [b for _, b in part])
+            ok = rc == 0
+            self.stats.add(
+                puts=len(part) if ok else 0,
+                put_failures=0 if ok else len(part),
+                bytes_written=sum(len(b) for _, b in part) if ok else 0,
+            )
+            if not ok:
+                log.debug("mooncake upsert of %d pages failed (%d)", len(part), rc)
+            out += [ok] * len(part)
+        return out
 
     async def delete(self, keys: list[str]) -> int:
         if not keys:
