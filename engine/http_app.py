@@ -60,6 +60,11 @@ def _sse(payload: dict | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+def _stream_error(out: RequestOutput) -> bytes:
+    """The last SSE event of a stream the engine failed (the status line has gone already)."""
+    return _sse({"error": {"message": out.error, "type": "server_error", "code": 500}})
+
+
 def _usage(out: RequestOutput) -> dict:
     return {
         "prompt_tokens": out.prompt_tokens,
@@ -278,9 +283,7 @@ def build_app(
             stream, ids = text_stream(req), []
             async for out in loop.generate(req):
                 if out.finish_reason == "error":
-                    yield _sse(
-                        {"error": {"message": out.error, "type": "server_error", "code": 500}}
-                    )
+                    yield _stream_error(out)
                     return
                 ids.extend(out.new_token_ids)
                 text = delta_text(stream, ids, out)
@@ -323,9 +326,7 @@ def build_app(
             stream, ids, text = text_stream(req), [], ""
             async for out in loop.generate(req):
                 if out.finish_reason == "error":
-                    yield _sse(
-                        {"error": {"message": out.error, "type": "server_error", "code": 500}}
-                    )
+                    yield _stream_error(out)
                     return
                 ids.extend(out.new_token_ids)
                 text += delta_text(stream, ids, out)

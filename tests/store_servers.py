@@ -46,7 +46,16 @@ def mooncake_master_binary() -> str | None:
     return str(path) if path.is_file() else shutil.which("mooncake_master")
 
 
-class RedisServer:
+class _ChildServer:
+    proc: subprocess.Popen | None = None
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class RedisServer(_ChildServer):
     """A redis-server child process: no persistence, loopback only; `kill()` and `start()`
     model an outage and a recovery on the same port."""
 
@@ -87,13 +96,8 @@ class RedisServer:
         _wait_port(self.port, self.proc)
         return self
 
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
-
-class MooncakeMaster:
+class MooncakeMaster(_ChildServer):
     def __init__(self) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
@@ -127,11 +131,6 @@ class MooncakeMaster:
         )
         _wait_port(self.port, self.proc)
         return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(scope="session")
