@@ -6,7 +6,8 @@
    the whole prefix being verified on its host tier (discovery by key, fetch, checks, copy in).
 
 python benchmarks/store_throughput.py [--stores file,redis,mooncake] [--pages 400] [--batch 32]
-Redis and the Mooncake master are started on loopback ports and stopped afterwards.
+Redis and the Mooncake master are started on loopback ports and stopped afterwards. With
+`--url URL` (repeatable) it measures stores you run instead (it writes and deletes its own keys).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ def main() -> int:
     p.add_argument("--pages", type=int, default=400)
     p.add_argument("--size", type=int, default=256 * 1024)
     p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--url", action="append", default=[], help="measure this store instead")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from tests.store_servers import MooncakeMaster, RedisServer
@@ -102,7 +104,15 @@ def main() -> int:
     servers = []
     rows = []
     with tempfile.TemporaryDirectory(prefix="radixkv-store-bench-") as tmp:
-        for name in args.stores.split(","):
+        for url in args.url:
+            rows.append(
+                (
+                    url.split("://")[0],
+                    asyncio.run(throughput(url, args.pages, args.size, args.batch)),
+                    remote_hit_ms(url),
+                )
+            )
+        for name in [] if args.url else args.stores.split(","):
             if name == "file":
                 url = Path(tmp, "file-tier").as_uri()
             elif name == "redis":

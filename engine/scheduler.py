@@ -86,7 +86,8 @@ class Scheduler:
     # ---- requests ----------------------------------------------------------------------------
     def add(self, req: Request) -> None:
         if self.prefix_caching and self.cache.store is not None:
-            req.prefetch = self.cache.prefetch(req.prompt_ids[:-1])  # remote -> host while it waits
+            # remote -> host while it waits; held there until it attaches or finishes
+            req.prefetch = self.cache.prefetch(req.prompt_ids[:-1], hold=True)
         self.waiting.append(req)
         self._waited[req.rid] = self.steps
 
@@ -167,6 +168,7 @@ class Scheduler:
     def _finish(self, req: Request, reason: str) -> None:
         req.state, req.finish_reason = State.FINISHED, reason
         self._waited.pop(req.rid, None)
+        self.cache.release_prefetch(req.prefetch)
         if self.detokenize is not None and not req.text:
             req.text = self.detokenize(req.output_ids)
         if self.on_finish is not None:
@@ -231,6 +233,7 @@ class Scheduler:
             self.cache.unlock(m.last_node)
             raise
         fetched = min(req.prefetch.fetched_tokens, m.host_tokens) if req.prefetch is not None else 0
+        self.cache.release_prefetch(req.prefetch)  # its pages are locked by the request now
         if not req.output_ids:  # account the prompt's cache hit once, at first admission
             req.cached_by_tier = {
                 "device": m.device_tokens,
@@ -290,6 +293,7 @@ class Scheduler:
     def _requeue(self, req: Request) -> None:
         self.preemptions += 1
         req.state = State.WAITING
+        self.cache.release_prefetch(req.prefetch)
         req.prefetch = None
         self.waiting.appendleft(req)
         self._waited[req.rid] = self.steps - self.starvation_steps  # resumes first

@@ -15,6 +15,9 @@ class CacheConfig:
     - `write_policy`: write_through copies every new page down a tier at once;
       write_through_selective only once a node has been hit `selective_threshold` times;
       write_back copies on demotion. Device -> host and host -> remote follow the same rule.
+    - `remote_timeout_s`: a remote call taking longer fails (a miss; the breaker counts it).
+    - `remote_load_margin`: a remote read goes ahead only if its estimated time times this margin
+      is below the estimated recompute time (`radixkv.cost_model`); 0 always loads.
     - `remote_pages`: how many remote pages the tree keeps track of (the store's own cap bounds
       what it actually holds); needs a store.
     """
@@ -26,6 +29,7 @@ class CacheConfig:
     write_policy: str = "write_through"
     selective_threshold: int = 2
     remote_timeout_s: float = 10.0
+    remote_load_margin: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("device_pages", "host_pages", "remote_pages"):
@@ -45,6 +49,12 @@ class CacheConfig:
         if not self.remote_timeout_s > 0:
             raise ValueError(
                 f"CacheConfig.remote_timeout_s must be > 0, got {self.remote_timeout_s!r}"
+            )
+        if not isinstance(self.remote_load_margin, (int, float)) or not (
+            0 <= self.remote_load_margin < float("inf")
+        ):
+            raise ValueError(
+                f"CacheConfig.remote_load_margin must be a finite number >= 0, got {self.remote_load_margin!r}"
             )
         from radixkv.eviction import make_policy
 

@@ -105,7 +105,13 @@ class Session:
 
 class Engine:
     """Generate with a hierarchical prefix cache. `model`: a HF directory, a .gguf file, a preset
-    name (dummy weights) or None for SmolLM2-135M-Instruct (fetched on first use)."""
+    name (dummy weights) or None for SmolLM2-135M-Instruct (fetched on first use).
+
+    `remote_url` picks the shared remote tier: file:///dir, redis://[:password@]host:port/db,
+    rediss://..., or mooncake://master-host:port (see `storage.open_store` for query options).
+    Remote calls slower than `remote_timeout_s` fail into a recompute; a read estimated slower
+    than recomputing (times `remote_load_margin`) is skipped.
+    """
 
     def __init__(
         self,
@@ -118,6 +124,8 @@ class Engine:
         host_memory_gb: float = 0.0,
         remote_url: str | None = None,
         remote_pages: int = 1 << 20,
+        remote_timeout_s: float = 10.0,
+        remote_load_margin: float = 1.0,
         policy: str = "workload",
         write_policy: str = "write_through",
         tenant: str = "",
@@ -149,6 +157,8 @@ class Engine:
             device_pages=device_pages,
             host_pages=host_pages,
             remote_pages=remote_pages if remote_url else 0,
+            remote_timeout_s=remote_timeout_s,
+            remote_load_margin=remote_load_margin,
             policy=policy,
             write_policy=write_policy,
         )

@@ -111,9 +111,10 @@ class HiRadixCache(RemoteReads):
         self.request_pages: set[int] = set()  # device pages owned by running requests
         self.reserved_host: set[int] = set()  # host pages reserved by remote reads in flight
         self.remote_pages_known = 0
+        self.prefetch_held_pages = 0  # host pages pinned for waiting requests (`release_prefetch`)
         self.clock = 0
         self.counters = CacheCounters()
-        self.cost = LoadCostModel()
+        self.cost = LoadCostModel(margin=config.remote_load_margin)
         self.controller.read_observer = lambda nbytes, secs: self.cost.observe_remote_read(
             nbytes, secs, small_bytes=layout.page_bytes
         )

@@ -24,22 +24,36 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Prefetch:
-    """A prefetch in progress. `done` turns True in `poll()`; then `match()` sees the pages on host."""
+    """A prefetch in progress. `done` turns True in `poll()`; then `match()` sees the pages on host.
+
+    Asked with `hold`, the pages it fetched stay pinned on host (so that other prefetches cannot
+    evict them) until its owner calls `HiRadixCache.release_prefetch` (a scheduler: when the
+    request attaches, finishes or is requeued). Held pages are capped at half the host tier; past
+    that a fetch completes unpinned.
+    """
 
     done: bool = False
     discovered_tokens: int = 0  # remote tokens found beyond what the tree knew
     fetched_tokens: int = 0  # tokens brought into host
     missed: bool = False  # a page the tree believed remote was absent or failed verification
+    hold: bool = False  # keep the fetched pages pinned until released
+    released: bool = False  # the owner gave it up: a fetch finishing later keeps nothing
+    held: TreeNode | None = None  # the pinned (io_ref) node, while held
+    held_pages: int = 0
 
 
 class RemoteReads:
-    def prefetch(self: HiRadixCache, tokens: Sequence[int], *, discover: bool = True) -> Prefetch:
+    def prefetch(
+        self: HiRadixCache, tokens: Sequence[int], *, discover: bool = True, hold: bool = False
+    ) -> Prefetch:
         """Start bringing the remote part of `tokens`' cached prefix into the host tier.
 
         With `discover`, the store is also asked (by chained key) for pages beyond what this
-        tree knows: pages other processes wrote. Non-blocking; completes in `poll()`.
+        tree knows: pages other processes wrote. With `hold`, the fetched pages stay pinned until
+        `release_prefetch(ticket)`, which the caller then must call. Non-blocking; completes in
+        `poll()`.
         """
-        ticket = Prefetch()
+        ticket = Prefetch(hold=hold)
         if self.store is None or not self.config.host_pages:
             ticket.done = True
             return ticket
@@ -88,6 +102,9 @@ class RemoteReads:
         return end - pos
 
     def _fetch_remote_run(self: HiRadixCache, tokens: tuple[int, ...], ticket: Prefetch) -> None:
+        if ticket.hold and ticket.released:  # its request left while the store was asked
+            ticket.done = True
+            return
         m = self.match(tokens, touch=False)
         nodes: list[TreeNode] = []
         n = m.last_node
@@ -139,7 +156,7 @@ class RemoteReads:
                     ticket.fetched_tokens += good * self.page_size
                     self._refresh(x)
                 self.host_pool.allocator.free(part[good:])
-            self._unpin(anchor)
+            self._hold_or_unpin(ticket, anchor)
             if failed is not None:
                 ticket.missed = True
                 self.counters.remote_read_misses += 1
@@ -149,6 +166,31 @@ class RemoteReads:
             ticket.done = True
 
         self.controller.get_into_host(keys, host, on_read)
+
+    def _hold_or_unpin(self: HiRadixCache, ticket: Prefetch, anchor: TreeNode) -> None:
+        """Keep a finished fetch's pin for the waiting request, within the hold cap."""
+        pages = ticket.fetched_tokens // self.page_size
+        cap = self.config.host_pages // 2
+        if (
+            ticket.hold
+            and not ticket.released
+            and pages
+            and self.prefetch_held_pages + pages <= cap
+        ):
+            ticket.held, ticket.held_pages = anchor, pages
+            self.prefetch_held_pages += pages
+        else:
+            self._unpin(anchor)
+
+    def release_prefetch(self: HiRadixCache, ticket: Prefetch | None) -> None:
+        """Give up a prefetch's hold on its host pages (idempotent; safe before it is done)."""
+        if ticket is None:
+            return
+        ticket.released = True
+        if ticket.held is not None:
+            self._unpin(ticket.held)
+            self.prefetch_held_pages -= ticket.held_pages
+            ticket.held, ticket.held_pages = None, 0
 
     # ---- completion --------------------------------------------------------------------------
     def poll(self: HiRadixCache) -> int:

@@ -47,9 +47,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--remote-url",
         default=None,
-        help="remote tier: file:///path (default: ~/.cache/radixkv/remote-tier) or 'none'",
+        help="remote tier: file:///path (default: ~/.cache/radixkv/remote-tier), "
+        "redis://[:password@]host:port/db, rediss://..., mooncake://master-host:port, or 'none'; "
+        "options as query parameters (see the README)",
     )
     p.add_argument("--remote-pages", type=int, default=1 << 20, help="remote pages the tree tracks")
+    p.add_argument(
+        "--remote-timeout-s",
+        type=float,
+        default=10.0,
+        help="a remote call slower than this fails and the request recomputes (default 10)",
+    )
+    p.add_argument(
+        "--remote-load-margin",
+        type=float,
+        default=1.0,
+        help="load remote pages only if estimated load time x this < recompute time; 0: always",
+    )
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--policy", default="workload", help="eviction policy: workload, lru, lfu, slru")
     p.add_argument(
@@ -83,6 +97,8 @@ def build(args: argparse.Namespace):
         host_memory_gb=args.host_memory_gb,
         remote_url=remote,
         remote_pages=args.remote_pages,
+        remote_timeout_s=args.remote_timeout_s,
+        remote_load_margin=args.remote_load_margin,
         policy=args.policy,
         write_policy=args.write_policy,
         tenant=args.tenant,

@@ -10,6 +10,9 @@ import torch
 
 from storage import KVLayout
 
+# real Redis and Mooncake master servers on loopback, session-wide, for any test that names them
+pytest_plugins = ["tests.store_servers"]
+
 TINY = KVLayout(num_layers=2, num_kv_heads=1, head_dim=2, page_size=2, dtype=torch.float32)
 
 

@@ -198,6 +198,46 @@ def test_a_hanging_store_times_out_into_a_miss(tmp_path):
     cache.close()
 
 
+def test_prefetched_pages_are_held_for_their_request_until_released(tmp_path):
+    """A burst of prefetches must not evict each other's pages before their requests attach;
+    holds are capped at half the host tier, and a released (or never held) fetch is evictable."""
+    seqs = [list(range(200 + 16 * i, 208 + 16 * i)) for i in range(6)]  # 4 pages each
+    writer = make(tmp_path, device=32)
+    for seq in seqs:
+        serve(writer, seq)
+    writer.close()
+    cache = make(tmp_path, device=8, host=16)  # holds capped at 8 pages: two prefixes
+    tickets = [cache.prefetch(seqs[i], hold=True) for i in range(3)]
+    cache.wait_idle()
+    assert all(t.fetched_tokens == 8 for t in tickets)
+    held = [i for i, t in enumerate(tickets) if t.held is not None]
+    assert len(held) == 2  # whichever finished last is over the cap
+    assert cache.prefetch_held_pages == 8
+    for seq in seqs[3:]:  # 12 more pages into a 16-page tier: only unheld pages may go
+        cache.prefetch(seq)
+        cache.wait_idle()
+    assert all(cache.match(seqs[i], touch=False).host_tokens == 8 for i in held)
+    assert cache.check_integrity()["host"]["locked"] == 8
+    cache.evict(HOST, 16)  # everything it can: the held pages stay
+    assert cache.check_integrity()["host"]["free"] == 8
+    assert all(cache.match(seqs[i], touch=False).host_tokens == 8 for i in held)
+    first, second = held
+    cache.release_prefetch(tickets[first])
+    cache.release_prefetch(tickets[first])  # idempotent
+    assert cache.prefetch_held_pages == 4
+    assert cache.evict(HOST, 16) > 0
+    assert cache.match(seqs[first], touch=False).host_tokens == 0  # released: evictable again
+    assert cache.match(seqs[second], touch=False).host_tokens == 8
+    late = cache.prefetch(seqs[first], hold=True)
+    cache.release_prefetch(late)  # its request left before the fetch finished: nothing kept
+    cache.wait_idle()
+    assert late.held is None
+    cache.release_prefetch(tickets[second])
+    assert cache.prefetch_held_pages == 0
+    assert cache.check_integrity()["host"]["locked"] == 0
+    cache.close()
+
+
 def test_locked_pages_are_never_evicted(tmp_path):
     cache = make(tmp_path, device=8, remote=False)
     serve(cache, SEQ)
@@ -243,6 +283,9 @@ def test_duplicate_pages_of_concurrent_requests_are_freed_once(tmp_path):
         {"device_pages": 4, "write_policy": "sometimes"},
         {"device_pages": 4, "policy": "fifo"},
         {"device_pages": 4, "selective_threshold": 0},
+        {"device_pages": 4, "remote_timeout_s": 0},
+        {"device_pages": 4, "remote_load_margin": -1},
+        {"device_pages": 4, "remote_load_margin": float("nan")},
         {"device_pages": True},
     ],
 )

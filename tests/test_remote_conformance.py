@@ -14,7 +14,6 @@ from radixkv import CacheConfig, CacheNamespace, HiRadixCache
 from storage import encode_page, open_store
 from storage.remote import read_pages
 from tests.conftest import TINY, assert_pages_hold, write_pages
-from tests.store_servers import mooncake_master, redis_server  # noqa: F401 - fixtures
 
 NS = CacheNamespace("model-a", TINY)
 

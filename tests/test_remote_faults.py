@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from radixkv import Engine  # noqa: E402
 from tests.paged_runner import hf_greedy  # noqa: E402
-from tests.store_servers import RedisServer, mooncake_master, redis_server  # noqa: E402, F401
+from tests.store_servers import RedisServer  # noqa: E402
 from tests.tiny_model import gb, save_tiny_llama  # noqa: E402
 
 
@@ -60,11 +60,12 @@ def test_redis_killed_mid_run_costs_no_request_and_no_token(tiny_dir):
             kv_memory_gb=gb(32),
             host_memory_gb=gb(48),
             remote_url=server.url,
-            check_integrity=True,
-        ) as eng:
+            remote_timeout_s=2.0,
             # the tiny model recomputes 4 pages faster than any store loads them, so the
             # load-or-recompute estimate would (rightly) skip the tier: force loads here
-            eng.cache.cost.margin = 0.0
+            remote_load_margin=0.0,
+            check_integrity=True,
+        ) as eng:
             status = eng.cache.remote_status
 
             def fault(start: int) -> None:
@@ -83,6 +84,8 @@ def test_redis_killed_mid_run_costs_no_request_and_no_token(tiny_dir):
             seen["recovered"] = not status()["degraded"]
             final = status()
             puts_after = eng.cache.store.stats.puts
+            held_after = eng.cache.prefetch_held_pages
+            locked_after = eng.cache.check_integrity()["host"]["locked"]
     finally:
         server.kill()
     assert all(r.finish_reason == "length" for r in got + again)  # zero failed requests
@@ -91,6 +94,7 @@ def test_redis_killed_mid_run_costs_no_request_and_no_token(tiny_dir):
     assert seen["degraded"] and seen["recovered"], seen
     assert final["times_opened"] >= 1 and not final["degraded"]
     assert puts_after > 0
+    assert held_after == 0 and locked_after == 0  # every prefetch hold was released
     assert sum(r.cached_tokens_by_tier["remote"] for r in got[40:60]) > 0  # the tier was in use
 
 
@@ -155,3 +159,27 @@ def test_a_remote_load_estimated_slower_than_recompute_is_skipped():
     assert not cost.worth_loading(4096, 100 << 20)  # 0.50 s to load vs 0.20 s to recompute
     assert cost.worth_loading(4096, 10 << 20)  # 0.05 s to load: worth it
     assert cost.skipped == 1
+
+
+def test_serve_flags_choose_and_tune_the_remote_tier(tiny_dir, redis_server, capsys):
+    from radixkv.serve import build, main, parser
+
+    path, _ = tiny_dir
+    common = ["--model", str(path), "--device", "cpu", "--kv-memory-gb", "0.01"]
+    args = parser().parse_args(
+        common
+        + ["--remote-url", redis_server.url + "?prefix=flags:", "--remote-timeout-s", "3"]
+        + ["--remote-load-margin", "0.5"]
+    )
+    _, engine = build(args)
+    try:
+        cache = engine.cache
+        assert "redis" in cache.store.describe()
+        assert cache.config.remote_timeout_s == 3.0 and cache.cost.margin == 0.5
+        assert engine.generate([[5, 6, 7]], max_tokens=2)[0].finish_reason == "length"
+    finally:
+        engine.close()
+    assert main(common + ["--remote-load-margin", "-1"]) == 2
+    assert "remote_load_margin must be a finite number >= 0" in capsys.readouterr().err
+    assert main(common + ["--remote-url", "s3://bucket"]) == 2
+    assert "unsupported remote store scheme 's3'" in capsys.readouterr().err

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from radixkv.sglang_storage import RadixKVStorage
-from tests.store_servers import redis_server  # noqa: F401 - fixture
 
 
 @pytest.fixture(params=["file", "redis"])

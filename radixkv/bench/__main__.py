@@ -103,7 +103,9 @@ def _multiturn_command(args: argparse.Namespace) -> int:
         ignore_eos=not args.no_ignore_eos,
     )
     with contextlib.ExitStack() as stack:
-        url = args.url or stack.enter_context(local_server(args.serve_args))
+        if args.url and args.remote_url:
+            raise ValueError("--remote-url configures the local server; a --url server has its own")
+        url = args.url or stack.enter_context(local_server(args.serve_args, args.remote_url))
         base = url.rstrip("/")
         base = base if base.endswith("/v1") else base + "/v1"
         print(
@@ -119,6 +121,7 @@ def _multiturn_command(args: argparse.Namespace) -> int:
             )
         )
     report["serve_args"] = None if args.url else args.serve_args
+    report["remote_url"] = args.remote_url
     print(format_report(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -154,6 +157,12 @@ def _add_multiturn(sub) -> None:
         "--serve-args",
         default="",
         help="extra arguments for the local server, e.g. '--no-prefix-caching'",
+    )
+    m.add_argument(
+        "--remote-url",
+        default=None,
+        help="the local server's remote tier (file:///, redis://, mooncake://; default: a fresh "
+        "directory); only without --url",
     )
     m.add_argument("--json", type=Path, default=None, help="write the full report here")
     m.add_argument("--plot", type=Path, default=None, help="write PNG plots into this directory")

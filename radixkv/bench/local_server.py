@@ -1,7 +1,7 @@
 """Start `python -m radixkv.serve` in a child process for a benchmark that was given no --url.
 
-The child gets a fresh remote-tier directory, so runs never see each other's cached pages, and is
-stopped (then killed if it must be) when the benchmark ends.
+Unless told another remote tier, the child gets a fresh remote-tier directory, so runs never see
+each other's cached pages. It is stopped (then killed if it must be) when the benchmark ends.
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def local_server(serve_args: str = "", startup_timeout_s: float = 900.0) -> Iterator[str]:
-    """Yields the server's base URL (http://127.0.0.1:PORT) once /health answers."""
+def local_server(
+    serve_args: str = "", remote_url: str | None = None, startup_timeout_s: float = 900.0
+) -> Iterator[str]:
+    """Yields the server's base URL (http://127.0.0.1:PORT) once /health answers. Its remote
+    tier is `remote_url`, else one given in `serve_args`, else a fresh directory."""
     import httpx
 
     port = _free_port()
@@ -33,7 +36,11 @@ def local_server(serve_args: str = "", startup_timeout_s: float = 900.0) -> Iter
         log_path = Path(tmp) / "server.log"
         args = shlex.split(serve_args)
         cmd = [sys.executable, "-m", "radixkv.serve", "--port", str(port), "--log-level", "warning"]
-        if "--remote-url" not in args:
+        if remote_url is not None:
+            if "--remote-url" in args:
+                raise ValueError("the remote tier is given twice (remote_url and serve_args)")
+            cmd += ["--remote-url", remote_url]
+        elif "--remote-url" not in args:
             cmd += ["--remote-url", (Path(tmp) / "remote-tier").as_uri()]
         cmd += args
         print(f"starting a local server: {shlex.join(cmd)}", file=sys.stderr)
