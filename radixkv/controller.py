@@ -137,7 +137,8 @@ class CacheController:
             fut.set_result([])
             self._done.put((fut, on_done))
             return
-        if not self.breaker.allow():
+        permit = self.breaker.allow()
+        if permit is None:
             fut = concurrent.futures.Future()
             fut.set_exception(StoreUnavailable(f"remote tier {self.breaker.name} is degraded"))
             self._done.put((fut, on_done))
@@ -149,9 +150,9 @@ class CacheController:
         def finished(f: concurrent.futures.Future) -> None:  # on the I/O thread
             err = None if f.cancelled() else f.exception()
             if err is None:
-                self.breaker.success()
+                self.breaker.success(permit)
             else:
-                self.breaker.failure(err if str(err) else type(err).__name__)
+                self.breaker.failure(permit, err if str(err) else type(err).__name__)
             self._done.put((f, on_done))
 
         asyncio.run_coroutine_threadsafe(guarded(), self._loop).add_done_callback(finished)

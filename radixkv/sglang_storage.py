@@ -62,19 +62,20 @@ class RadixKVStorage(_Base):
         return open_store(url)  # inside the loop: async clients bind to it
 
     def _call(self, coro, guarded: bool = True):
-        if guarded and not self.breaker.allow():
+        permit = self.breaker.allow() if guarded else None
+        if guarded and permit is None:
             coro.close()
             return None
         fut = asyncio.run_coroutine_threadsafe(asyncio.wait_for(coro, self.timeout_s), self._loop)
         try:
             result = fut.result()
         except Exception as err:
-            if not guarded:
+            if permit is None:
                 raise
-            self.breaker.failure(err)
+            self.breaker.failure(permit, err)
             return None
-        if guarded:
-            self.breaker.success()
+        if permit is not None:
+            self.breaker.success(permit)
         return result
 
     def _key(self, key: str) -> bytes:
