@@ -7,8 +7,9 @@
 
 Any radixkv store URL works (file, redis, rediss, mooncake). Every value is framed and verified
 by radixkv's page codec (namespace, key, shape, dtype, CRC32; never pickled), so a corrupt,
-truncated or foreign entry reads as a miss. The namespace binds the model name, the tensor
-parallel rank and an optional `tenant` salt; stored keys are hashes of SGLang's page hashes.
+truncated or foreign entry reads as a miss. The namespace binds the model name, the KV shard the
+rank holds (tensor / pipeline / context parallel), the page layout and an optional `tenant`
+salt; stored keys are hashes of SGLang's page hashes.
 Calls run on a private event loop under a timeout and a circuit breaker: a failing store makes
 SGLang recompute, never wait.
 """
@@ -42,12 +43,7 @@ class RadixKVStorage(_Base):
         url = extra.get("remote_url")
         if not url:
             raise ValueError("the radixkv backend needs 'remote_url' in its extra config")
-        model = getattr(storage_config, "model_name", None) or extra.get("model_name", "")
-        rank = (getattr(storage_config, "tp_rank", 0), getattr(storage_config, "tp_size", 1))
-        if getattr(storage_config, "is_mla_model", False):
-            rank = (0, 1)  # MLA: every rank holds the same latent cache
-        seed = f"sglang|{model}|{rank[0]}/{rank[1]}|{extra.get('tenant', '')}"
-        self.namespace = hashlib.blake2b(seed.encode(), digest_size=16).digest()
+        self.namespace = self.namespace_of(storage_config, extra)
         self.timeout_s = float(extra.get("timeout_s", 10.0))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -56,6 +52,27 @@ class RadixKVStorage(_Base):
         self._thread.start()
         self._store = self._call(self._open(url), guarded=False)
         self.breaker = CircuitBreaker(self._store.describe())
+
+    @staticmethod
+    def namespace_of(storage_config: Any, extra: dict) -> bytes:
+        """What a stored page's bytes depend on: the model, which shard of the KV this rank holds
+        (tensor, pipeline and context parallel coordinates; MLA ranks all hold the same latent
+        cache), the host page layout, and the tenant. Data-parallel replicas share entries."""
+
+        def get(name: str, default: Any) -> Any:
+            return getattr(storage_config, name, default)
+
+        model = get("model_name", None) or extra.get("model_name", "")
+        tp = (0, 1) if get("is_mla_model", False) else (get("tp_rank", 0), get("tp_size", 1))
+        shard = (
+            tp,
+            (get("pp_rank", 0), get("pp_size", 1)),
+            (get("attn_cp_rank", 0), get("attn_cp_size", 1)),
+            (get("dcp_rank", 0), get("dcp_size", 1)),
+            "page_first" if get("is_page_first_layout", False) else "layer_first",
+        )
+        seed = f"sglang|{model}|{shard}|{extra.get('tenant', '')}"
+        return hashlib.blake2b(seed.encode(), digest_size=16).digest()
 
     @staticmethod
     async def _open(url: str):

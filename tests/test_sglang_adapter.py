@@ -80,3 +80,58 @@ def test_implements_sglangs_interface():
 def test_needs_a_remote_url():
     with pytest.raises(ValueError, match="remote_url"):
         RadixKVStorage(SimpleNamespace(extra_config={}), {})
+
+
+def test_each_kv_shard_and_layout_has_its_own_namespace():
+    def ns(**fields):
+        config = dict(model_name="m", tp_rank=0, tp_size=2, pp_rank=0, pp_size=1) | fields
+        return RadixKVStorage.namespace_of(SimpleNamespace(**config), {})
+
+    base = ns()
+    distinct = [
+        ns(tp_rank=1),
+        ns(pp_rank=1, pp_size=2),
+        ns(attn_cp_rank=1, attn_cp_size=2),
+        ns(dcp_rank=1, dcp_size=2),
+        ns(is_page_first_layout=True),
+        ns(model_name="other"),
+        RadixKVStorage.namespace_of(SimpleNamespace(model_name="m", tp_size=2), {"tenant": "b"}),
+    ]
+    assert len({base, *distinct}) == 1 + len(distinct)
+    assert ns(dp_rank=3) == base  # data-parallel replicas hold the same KV: they share
+    assert ns(is_mla_model=True, tp_rank=0) == ns(is_mla_model=True, tp_rank=1)
+
+
+def test_sglangs_own_factory_builds_and_uses_it(tmp_path):
+    """Through SGLang's `dynamic` backend loader, with its real config class (where installed)."""
+    factory = pytest.importorskip("sglang.srt.mem_cache.storage.backend_factory")
+    hicache = pytest.importorskip("sglang.srt.mem_cache.hicache_storage")
+    config = hicache.HiCacheStorageConfig(
+        tp_rank=0,
+        tp_size=1,
+        pp_rank=0,
+        pp_size=1,
+        attn_cp_rank=0,
+        attn_cp_size=1,
+        is_mla_model=False,
+        enable_storage_metrics=False,
+        is_page_first_layout=True,
+        model_name="org/model",
+        extra_config={
+            "backend_name": "radixkv",
+            "module_path": "radixkv.sglang_storage",
+            "class_name": "RadixKVStorage",
+            "remote_url": (tmp_path / "l3").as_uri(),
+        },
+    )
+    storage = factory.StorageBackendFactory.create_backend("dynamic", config, None)
+    try:
+        assert isinstance(storage, RadixKVStorage)
+        pages = _pages(3)
+        keys = [f"{i:064x}" for i in range(3)]
+        assert storage.batch_set(keys, pages)
+        targets = [torch.empty_like(p) for p in pages]
+        storage.batch_get(keys, targets)
+        assert all(torch.equal(t, p) for t, p in zip(targets, pages, strict=True))
+    finally:
+        storage.close()
