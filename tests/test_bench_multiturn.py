@@ -79,6 +79,14 @@ def test_harness_reports_growing_cache_hits_per_round(tmp_path):
     assert rounds[1]["cached_ratio"] > 0.5 and rounds[2]["cached_ratio"] > 0.5
     assert all(r["ttft_s"] is not None and r["ttft_s"] <= r["e2e_s"] for r in report["records"])
     assert len({(r["client"], r["round"]) for r in report["records"]}) == 9
+    sent = {(r["client"], r["round"]): r["sent_s"] for r in report["records"]}
+    # a client's next round is sent after its previous answer is complete
+    assert all(
+        sent[c, k] + rec["e2e_s"] <= sent[c, k + 1] + 1e-6
+        for rec in report["records"]
+        for c, k in [(rec["client"], rec["round"])]
+        if (c, k + 1) in sent
+    )
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["overall"]["requests"] == 2
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [

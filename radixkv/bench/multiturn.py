@@ -249,6 +249,7 @@ class RequestRecord:
     round: int
     ok: bool = False
     error: str | None = None
+    sent_s: float | None = None  # when it was sent, seconds from the start of the run
     ttft_s: float | None = None
     e2e_s: float | None = None
     itl_s: list[float] = field(default_factory=list)
@@ -348,7 +349,7 @@ async def run_multiturn(
 
     async def converse(c: int, r: int) -> None:
         nonlocal done_count
-        rec = RequestRecord(client=c, round=r)
+        rec = RequestRecord(client=c, round=r, sent_s=time.perf_counter() - t_start)
         records.append(rec)
         conversations[c].append({"role": "user", "content": questions[c][r]})
         try:
