@@ -59,9 +59,12 @@ class RedisServer(_ChildServer):
     """A redis-server child process: no persistence, loopback only; `kill()` and `start()`
     model an outage and a recovery on the same port."""
 
-    def __init__(self, port: int | None = None, maxmemory_mb: int = 512) -> None:
+    def __init__(
+        self, port: int | None = None, maxmemory_mb: int = 512, extra: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
         self.maxmemory_mb = maxmemory_mb
+        self.extra = extra
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -89,12 +92,69 @@ class RedisServer(_ChildServer):
                 "allkeys-lru",
                 "--protected-mode",
                 "yes",
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         _wait_port(self.port, self.proc)
         return self
+
+
+class RedisCluster:
+    """A three-master Redis Cluster on loopback (no replicas), created with redis-cli."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes = [
+            RedisServer(
+                extra=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",  # the bus port, else port + 10000 (may exceed 65535)
+                    str(free_port()),
+                    "--cluster-config-file",
+                    str(workdir / f"nodes-{i}.conf"),
+                    "--dir",
+                    str(workdir),
+                )
+            )
+            for i in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0?cluster=1"
+
+    def start(self) -> RedisCluster:
+        cli = shutil.which("redis-cli") or shutil.which("valkey-cli")
+        if cli is None:
+            pytest.skip("redis-cli is not installed (apt-get install redis-server)")
+        for node in self.nodes:
+            node.start()
+        addrs = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addrs, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while True:  # every node must agree that all 16384 slots are served
+            states = [
+                subprocess.run(
+                    [cli, "-p", str(n.port), "cluster", "info"], capture_output=True, text=True
+                ).stdout
+                for n in self.nodes
+            ]
+            if all("cluster_state:ok" in s for s in states):
+                return self
+            if time.monotonic() > deadline:
+                raise TimeoutError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
 
 
 class MooncakeMaster(_ChildServer):
@@ -145,3 +205,12 @@ def mooncake_master():
     master = MooncakeMaster().start()
     yield master
     master.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    cluster = RedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield cluster.start()
+    finally:
+        cluster.kill()

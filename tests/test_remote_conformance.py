@@ -1,5 +1,5 @@
-"""One conformance suite for every remote tier: the file store, Redis and Mooncake Store, each a
-real server on loopback. Batched put / get / exists / delete, overwrite, verification of what
+"""One conformance suite for every remote tier: the file store, Redis, a three-master Redis Cluster
+and Mooncake Store, each a real server on loopback. Batched put / get / exists / delete, overwrite, verification of what
 comes back (corrupt, truncated and foreign pages are misses, removed, never served), and two
 caches sharing pages through the store."""
 
@@ -18,7 +18,7 @@ from tests.conftest import TINY, assert_pages_hold, write_pages
 NS = CacheNamespace("model-a", TINY)
 
 
-@pytest.fixture(params=["file", "redis", "mooncake"])
+@pytest.fixture(params=["file", "redis", "redis-cluster", "mooncake"])
 def store_url(request, tmp_path):
     if request.param == "file":
         return (tmp_path / "remote").as_uri()
@@ -26,6 +26,10 @@ def store_url(request, tmp_path):
         server = request.getfixturevalue("redis_server")
         # every test gets its own key prefix: one server, no cross-talk
         return f"{server.url}?prefix=t{random.getrandbits(48):x}:"
+    if request.param == "redis-cluster":  # keys spread over three masters' slots
+        return (
+            request.getfixturevalue("redis_cluster").url + f"&prefix=t{random.getrandbits(48):x}:"
+        )
     return request.getfixturevalue("mooncake_master").url
 
 
@@ -143,3 +147,19 @@ def test_two_caches_share_pages_through_the_store(store_url):
     finally:
         reader.close()
         writer.close()
+
+
+def test_redis_cluster_spreads_pages_over_its_masters(redis_cluster):
+    import redis
+
+    keys = _keys(64)
+    blobs = [(k, random.randbytes(64)) for k in keys]  # the store itself: any bytes
+
+    async def scenario(store):
+        assert all(await store.put(blobs))
+        return await store.get(keys)
+
+    got = run(redis_cluster.url + "&prefix=spread:", scenario)
+    assert got == [b for _, b in blobs]
+    sizes = [redis.Redis(port=n.port).dbsize() for n in redis_cluster.nodes]
+    assert all(size > 0 for size in sizes), sizes  # no hash tags: every master holds some
