@@ -31,11 +31,13 @@ def device_evictable(n: TreeNode) -> bool:
 
 
 def host_evictable(n: TreeNode) -> bool:
-    """On host only (the device copy is gone) and a leaf of the whole tree."""
+    """On host only (the device copy is gone), and either a leaf of the whole tree or already
+    safe in the remote tier (then its children stay reachable through the remote copy; without
+    this, a host node whose children were demoted to remote could never leave the host)."""
     return (
         n.host is not None
         and n.device is None
-        and not n.children
+        and (not n.children or n.remote)
         and n.lock_ref == 0
         and n.io_ref == 0
     )

@@ -396,8 +396,14 @@ class HiRadixCache(RemoteReads):
         return pool.allocator.num_free - before
 
     def _evict_device(self, node: TreeNode) -> None:
-        if node.host is None and self.config.host_pages and self._keep_on_demotion(node):
-            self._backup_to_host(node)
+        # (its insert found the host full); write-through then copies it on to remote too
+        if (
+            node.host is None
+            and self.config.host_pages
+            and self._keep_on_demotion(node)
+            and self._backup_to_host(node)
+        ):
+            self._apply_write_policy(node)
         pages, node.device = node.device, None
         self.device_pool.allocator.free(pages)
         node.parent.device_children -= 1

@@ -113,13 +113,17 @@ class RemoteReads:
                 nodes.append(n)
             n = n.parent
         nodes.reverse()
-        need = sum(len(x.key) // self.page_size for x in nodes)
+        # (node, pages) as submitted: a completion that finds a node split meanwhile by another
+        # read's completion must not slice the reserved pages by its new length
+        spans = [(x, len(x.key) // self.page_size) for x in nodes]
+        need = sum(k for _, k in spans)
         if need == 0 or not self.cost.worth_loading(
             need * self.page_size, need * self.layout.page_bytes
         ):
             ticket.done = True  # nothing remote, or recomputing is estimated faster
             return
         anchor = m.last_node
+        keys = [k for x in nodes for k in self.page_keys(x)]  # host page i <- keys[i]
         self._pin(anchor)  # keeps the whole run from eviction on every tier while in flight
         try:
             self._make_room(HOST, need)
@@ -129,7 +133,6 @@ class RemoteReads:
             return
         host = self.host_pool.allocator.alloc(need)
         self.reserved_host.update(host)
-        keys = [k for x in nodes for k in self.page_keys(x)]
 
         def on_read(fut) -> None:
             err = fut.exception()
@@ -138,15 +141,14 @@ class RemoteReads:
             ok = fut.result() if fut.exception() is None else [False] * need
             self.reserved_host.difference_update(host)
             pos, failed = 0, None
-            for x in nodes:
-                k = len(x.key) // self.page_size
+            for x, k in spans:
                 part, flags = host[pos : pos + k], ok[pos : pos + k]
                 pos += k
                 good = k if all(flags) else flags.index(False)
-                if failed is not None or x.host is not None:
-                    good = (
-                        0  # after a miss nothing is usable; a node may have been filled meanwhile
-                    )
+                if failed is not None or x.host is not None or len(x.key) != k * self.page_size:
+                    # after a miss nothing is usable; a node filled or split meanwhile (by
+                    # another read) is left as it is
+                    good = 0
                 elif good < k:
                     failed = x  # keep the verified pages before the first bad one
                 if 0 < good < k:
@@ -156,13 +158,13 @@ class RemoteReads:
                     ticket.fetched_tokens += good * self.page_size
                     self._refresh(x)
                 self.host_pool.allocator.free(part[good:])
-            self._hold_or_unpin(ticket, anchor)
             if failed is not None:
                 ticket.missed = True
                 self.counters.remote_read_misses += 1
                 self._set_remote(failed, False)
-                if not failed.resident_anywhere() and failed.lock_ref == 0 and failed.io_ref == 0:
-                    self._drop(failed)
+            # a failed node left with no copy anywhere is dropped (with what hangs below it) when
+            # its last reference goes: here, or when another read or the hold lets go of it
+            self._hold_or_unpin(ticket, anchor)
             ticket.done = True
 
         self.controller.get_into_host(keys, host, on_read)

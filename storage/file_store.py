@@ -171,10 +171,13 @@ class FileStore(RemoteStore):
             path = self._path(key)
             try:
                 with open(path, "rb") as f:
-                    out.append(f.read())
-                os.utime(path)  # refresh recency for LRU eviction
+                    blob = f.read()
             except FileNotFoundError:
-                out.append(None)
+                blob = None
+            else:  # refresh recency for LRU eviction (unless it was removed since the read)
+                with contextlib.suppress(FileNotFoundError):
+                    os.utime(path)
+            out.append(blob)
         return out
 
     async def get(self, keys: list[str]) -> list[bytes | None]:

@@ -65,8 +65,11 @@ class CacheMachine(RuleBasedStateMachine):
         self.lossless = store is not None and write_policy == "write_through"
         self.inserted: set[tuple[int, ...]] = set()  # every page-aligned prefix ever inserted
         self.held: list = []
+        self.tickets: list = []  # prefetches held for queued requests
 
     def teardown(self):
+        for ticket in self.tickets:
+            self.cache.release_prefetch(ticket)
         self.cache.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -94,7 +97,11 @@ class CacheMachine(RuleBasedStateMachine):
                 event(f"request hit on {tier}")
         cache.lock(m.last_node)
         try:
-            cache.load(m)
+            try:
+                cache.load(m)
+            except OutOfPages:  # locked pages fill the device: a scheduler retries it later
+                event("a host hit waits: the device is full of locked pages")
+                return
             m2 = cache.match(tokens, touch=False)
             assert_pages_hold(
                 cache, tokens, m2.device_pages
@@ -137,6 +144,22 @@ class CacheMachine(RuleBasedStateMachine):
     @rule(i=st.integers(0, 2))
     def unlock(self, i):
         self.cache.unlock(self.held.pop(i % len(self.held)))
+
+    @precondition(lambda self: len(self.tickets) < 3)
+    @rule(tokens=tokens_st, wait=st.booleans())
+    def prefetch_for_a_queued_request(self, tokens, wait):
+        """A scheduler's prefetch: its pages stay on host until the request attaches."""
+        ticket = self.cache.prefetch(tokens, hold=True)
+        self.tickets.append(ticket)
+        if wait:
+            self.cache.wait_idle()
+        if ticket.held is not None:
+            event("a prefetch holds its pages for a queued request")
+
+    @precondition(lambda self: self.tickets)
+    @rule(i=st.integers(0, 2))
+    def release_prefetch(self, i):
+        self.cache.release_prefetch(self.tickets.pop(i % len(self.tickets)))
 
     @rule(tier=st.sampled_from([DEVICE, HOST]), n=st.integers(1, 8))
     def evict(self, tier, n):
@@ -185,6 +208,9 @@ class CacheMachine(RuleBasedStateMachine):
     def integrity(self):
         if hasattr(self, "cache"):
             self.cache.check_integrity()
+            cache = self.cache
+            assert cache.prefetch_held_pages == sum(t.held_pages for t in self.tickets)
+            assert cache.prefetch_held_pages <= cache.config.host_pages // 2
 
 
 CacheMachine.TestCase.settings = settings(

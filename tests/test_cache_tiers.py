@@ -87,6 +87,22 @@ def test_pages_survive_device_host_remote_host_device_bit_exactly(tmp_path, writ
     cache.close()
 
 
+def test_a_host_node_whose_children_went_remote_can_leave_the_host(tmp_path):
+    """A host-only prefix whose child was demoted to the remote tier must still be evictable
+    (else the host fills with stuck prefixes and new pages find no room for their backup)."""
+    cache = make(tmp_path)
+    serve(cache, SEQ[:8])
+    serve(cache, SEQ)  # a child node below the first
+    cache.evict(DEVICE, 8)
+    cache.evict(HOST, 32)
+    cache.wait_idle()
+    m = cache.match(SEQ, touch=False)
+    assert (m.device_tokens, m.host_tokens, m.remote_tokens) == (0, 0, len(SEQ))
+    assert cache.check_integrity()["host"]["free"] == 32
+    serve(cache, SEQ)  # and back, bit-exact
+    cache.close()
+
+
 def test_a_fresh_cache_discovers_pages_another_process_wrote(tmp_path):
     a = make(tmp_path)
     serve(a, SEQ)
@@ -178,6 +194,37 @@ def test_remote_reads_never_block_the_caller(tmp_path):
     cache.controller._loop.call_soon_threadsafe(store.gate.set)
     cache.wait_idle()
     assert ticket.done and ticket.fetched_tokens == len(SEQ)
+    cache.close()
+
+
+def test_two_reads_of_one_node_when_the_first_splits_it(tmp_path):
+    """Two prefetches in flight over the same remote node; the first to complete splits it at a
+    corrupt page. The second must not slice its pages by the node's new length: that would put
+    page 0's bytes under page 3's key (serve() checks every byte) and leak host pages."""
+    store = GatedStore(tmp_path / "remote")
+    cache = make(tmp_path, store=store)
+    store.gate = asyncio.Event()
+    store.gate.set()
+    serve(cache, SEQ)
+    keys = [k.hex() for n in cache.tree.nodes() for k in cache.page_keys(n)]
+    cache.evict(DEVICE, 8)
+    cache.evict(HOST, 32)  # remote only now: one 8-page node the tree knows
+    cache.wait_idle()
+    assert cache.match(SEQ, touch=False).remote_tokens == len(SEQ)
+    corrupt(tmp_path / "remote" / keys[3][:2] / keys[3], "flip")
+    store.gate = None  # the next reads wait at a new gate
+    first, second = cache.prefetch(SEQ), cache.prefetch(SEQ)
+    for _ in range(500):
+        if store.gate is not None:
+            break
+        time.sleep(0.01)
+    cache.controller._loop.call_soon_threadsafe(store.gate.set)
+    cache.wait_idle()
+    assert first.missed or second.missed
+    assert first.fetched_tokens + second.fetched_tokens == 3 * PS  # page 0-2, fetched once
+    cache.check_integrity()  # no host page lost
+    m = serve(cache, SEQ, prefetch=False)  # checks every byte of what it loads
+    assert m.host_tokens == 3 * PS
     cache.close()
 
 

@@ -33,6 +33,24 @@ def test_batch_put_get_exists_delete(tmp_path):
     assert store.usage_bytes() == 3 * 64
 
 
+def test_an_entry_removed_just_after_its_read_is_still_one_answer(tmp_path, monkeypatch):
+    """Another reader may delete a (corrupt) entry between our read and our recency update: the
+    batch must still give exactly one answer per key, in order."""
+    store = FileStore(tmp_path)
+    keys = [f"{i:032x}" for i in range(3)]
+    run(store.put([(k, blob(i)) for i, k in enumerate(keys)]))
+    utime = os.utime
+
+    def racing_utime(path, *args, **kwargs):
+        if str(path).endswith(keys[1]):
+            os.remove(path)  # the other reader got there first
+        return utime(path, *args, **kwargs)
+
+    monkeypatch.setattr("storage.file_store.os.utime", racing_utime)
+    assert run(store.get(keys)) == [blob(0), blob(1), blob(2)]
+    assert run(store.get(keys)) == [blob(0), None, blob(2)]
+
+
 def test_overwrite_replaces_whole_entry_and_accounts_once(tmp_path):
     store = FileStore(tmp_path)
     run(store.put([("ab" * 16, blob(1, 100))]))
