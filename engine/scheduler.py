@@ -102,6 +102,13 @@ class Scheduler:
             self.waiting.remove(req)
         self._finish(req, "abort")
 
+    def wait_for_remote(self, timeout_s: float = 0.05) -> None:
+        """For a caller whose step made no progress with nothing running (the waiting requests'
+        prefetches are in flight): block until a remote operation completes, at most
+        `timeout_s`, instead of spinning, which would also starve the cache's I/O thread."""
+        if self.cache.store is not None and self.cache.controller.inflight:
+            self.cache.wait_one(timeout_s)
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)

@@ -27,15 +27,15 @@ class LoadCostModel:
 
     def observe_remote_read(self, nbytes: int, seconds: float, small_bytes: int) -> None:
         """A completed read: reads of at most `small_bytes` update the latency, larger ones the
-        bandwidth (after the latency is taken off)."""
+        bandwidth (after the latency, once known, is taken off: until then a large read counts
+        as all transfer, which errs towards a slower store)."""
         if seconds <= 0 or nbytes <= 0:
             return
         with self._lock:
-            if nbytes <= small_bytes or self.remote_latency_s is None:
+            if nbytes <= small_bytes:
                 self.remote_latency_s = self._avg(self.remote_latency_s, seconds)
-                if nbytes <= small_bytes:
-                    return
-            transfer = max(seconds - self.remote_latency_s, seconds * 0.1)
+                return
+            transfer = max(seconds - (self.remote_latency_s or 0.0), seconds * 0.1)
             self.remote_bytes_per_s = self._avg(self.remote_bytes_per_s, nbytes / transfer)
 
     def observe_prefill(self, tokens: int, seconds: float) -> None:
@@ -44,9 +44,9 @@ class LoadCostModel:
                 self.prefill_tokens_per_s = self._avg(self.prefill_tokens_per_s, tokens / seconds)
 
     def load_seconds(self, nbytes: int) -> float | None:
-        if self.remote_bytes_per_s is None or self.remote_latency_s is None:
+        if self.remote_bytes_per_s is None:
             return None
-        return self.remote_latency_s + nbytes / self.remote_bytes_per_s
+        return (self.remote_latency_s or 0.0) + nbytes / self.remote_bytes_per_s
 
     def recompute_seconds(self, tokens: int) -> float | None:
         return None if self.prefill_tokens_per_s is None else tokens / self.prefill_tokens_per_s

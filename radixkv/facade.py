@@ -259,7 +259,8 @@ class Engine:
         t0 = time.perf_counter()
         reqs = [self.submit(p, **sampling) for p in prompts]
         while any(r.finish_reason is None for r in reqs):
-            self.scheduler.step()
+            if not self.scheduler.step() and not self.scheduler.running:
+                self.scheduler.wait_for_remote()  # only prefetches are pending
         return [self._result(r, t0) for r in reqs]
 
     def chat(self, messages: list[dict], **sampling) -> GenerationResult:
@@ -304,10 +305,11 @@ class Engine:
                         continue
                     yield StreamChunk(new_ids, text.finish(req.text), req.finish_reason)
                     return
+                progressed = True
                 async with self._step_lock:
                     if req.finish_reason is None and len(req.output_ids) == sent_tokens:
-                        self.scheduler.step()
-                await asyncio.sleep(0)
+                        progressed = bool(self.scheduler.step()) or bool(self.scheduler.running)
+                await asyncio.sleep(0 if progressed else 0.002)  # only prefetches are pending
         finally:
             if req.finish_reason is None:
                 self.scheduler.abort(req)

@@ -202,9 +202,11 @@ class RemoteReads:
             callback(fut)
         return len(done)
 
-    def wait_one(self: HiRadixCache) -> None:
-        """Block until one remote operation finishes, then apply it and any others done."""
-        item = self.controller.wait_one(self.config.remote_timeout_s * 2)
+    def wait_one(self: HiRadixCache, timeout_s: float | None = None) -> None:
+        """Block until one remote operation finishes (at most `timeout_s`, by default twice the
+        remote timeout), then apply it and any others done."""
+        wait = self.config.remote_timeout_s * 2 if timeout_s is None else timeout_s
+        item = self.controller.wait_one(wait)
         if item is not None:
             fut, callback = item
             callback(fut)

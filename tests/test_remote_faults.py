@@ -159,6 +159,9 @@ def test_a_remote_load_estimated_slower_than_recompute_is_skipped():
     assert not cost.worth_loading(4096, 100 << 20)  # 0.50 s to load vs 0.20 s to recompute
     assert cost.worth_loading(4096, 10 << 20)  # 0.05 s to load: worth it
     assert cost.skipped == 1
+    first = LoadCostModel()  # a large read before any small one: all of it counts as transfer
+    first.observe_remote_read(100 << 20, 0.5, small_bytes=8192)
+    assert first.load_seconds(100 << 20) == pytest.approx(0.5, rel=1e-6)
 
 
 def test_serve_flags_choose_and_tune_the_remote_tier(tiny_dir, redis_server, capsys):
