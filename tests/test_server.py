@@ -36,11 +36,13 @@ def client(served):
 
 
 def _quiesced(url: str) -> dict:
-    """/cache/stats once no request is running or waiting."""
+    """/cache/stats once no request is running or waiting and no remote write is in flight (a
+    write pins its node's path, device pages included, until the store acknowledges it)."""
     deadline = time.monotonic() + 60
     while True:
         stats = httpx.get(url + "/cache/stats", timeout=60).json()
-        if stats["scheduler"]["running"] == 0 and stats["scheduler"]["waiting"] == 0:
+        sched = stats["scheduler"]
+        if sched["running"] == 0 and sched["waiting"] == 0 and stats["remote_inflight"] == 0:
             return stats
         assert time.monotonic() < deadline, stats["scheduler"]
         time.sleep(0.1)
