@@ -14,7 +14,6 @@ Redis and the Mooncake master are started on loopback ports and stopped afterwar
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import sys
@@ -75,24 +74,12 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args()
-    from tests.store_servers import MooncakeMaster, RedisServer
+    from tests.store_servers import loopback_store
 
     rows = {}
     with tempfile.TemporaryDirectory(prefix="radixkv-cross-") as tmp:
         for name in args.stores.split(","):
-            with contextlib.ExitStack() as stack:
-                if name == "file":
-                    url = Path(tmp, "file-tier").as_uri()
-                elif name == "redis":
-                    server = RedisServer(maxmemory_mb=2048).start()
-                    stack.callback(server.kill)
-                    url = server.url
-                elif name == "mooncake":
-                    server = MooncakeMaster().start()
-                    stack.callback(server.kill)
-                    url = server.url.replace("segment_mb=256", "segment_mb=1024")
-                else:
-                    raise SystemExit(f"unknown store {name!r}")
+            with loopback_store(name, Path(tmp)) as url:
                 print(f"{name}: two servers on {url}", file=sys.stderr)
                 rows[name] = one_store(url, args.tokens, args.serve_args, args.seed)
     print(f"{args.tokens}-token prompt, time to first token (ms), server args: {args.serve_args}")

@@ -102,9 +102,8 @@ def main() -> int:
     p.add_argument("--url", action="append", default=[], help="measure this store instead")
     args = p.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from tests.store_servers import MooncakeMaster, RedisServer
+    from tests.store_servers import loopback_store
 
-    servers = []
     rows = []
     with tempfile.TemporaryDirectory(prefix="radixkv-store-bench-") as tmp:
         for url in args.url:
@@ -116,23 +115,9 @@ def main() -> int:
                 )
             )
         for name in [] if args.url else args.stores.split(","):
-            if name == "file":
-                url = Path(tmp, "file-tier").as_uri()
-            elif name == "redis":
-                servers.append(RedisServer(maxmemory_mb=2048).start())
-                url = servers[-1].url
-            elif name == "mooncake":
-                servers.append(MooncakeMaster().start())
-                url = servers[-1].url.replace("segment_mb=256", "segment_mb=1024")
-            else:
-                raise SystemExit(f"unknown store {name!r}")
-            try:
+            with loopback_store(name, Path(tmp)) as url:
                 t = asyncio.run(throughput(url, args.pages, args.size, args.batch))
-                hits = remote_hit_ms(url)
-            finally:
-                if name != "file":
-                    servers[-1].kill()
-            rows.append((name, t, hits))
+                rows.append((name, t, remote_hit_ms(url)))
     mb = PREFIX_TOKENS // LAYOUT.page_size * LAYOUT.page_bytes / 1e6
     print(
         f"{args.pages} pages of {args.size:,} B in batches of {args.batch}; remote hit: "

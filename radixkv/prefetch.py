@@ -16,7 +16,7 @@ from storage import OutOfPages
 from storage.breaker import StoreUnavailable
 
 if TYPE_CHECKING:
-    from radixkv.hicache import HiRadixCache
+    from radixkv.hicache import HiRadixCache, MatchResult
     from radixkv.tree import TreeNode
 
 log = logging.getLogger(__name__)
@@ -58,9 +58,10 @@ class RemoteReads:
             ticket.done = True
             return ticket
         tokens = tuple(tokens[: self.tree.aligned(len(tokens))])
-        start = self.match(tokens, touch=False).last_node
+        m = self.match(tokens, touch=False)
+        start = m.last_node
         if not discover or start.depth >= len(tokens):
-            self._fetch_remote_run(tokens, ticket)
+            self._fetch_remote_run(tokens, ticket, m)
             return ticket
         depth = start.depth
         prev = None if start.is_root else self.page_keys(start)[-1]
@@ -101,11 +102,18 @@ class RemoteReads:
         self._refresh(parent)
         return end - pos
 
-    def _fetch_remote_run(self: HiRadixCache, tokens: tuple[int, ...], ticket: Prefetch) -> None:
+    def _fetch_remote_run(
+        self: HiRadixCache,
+        tokens: tuple[int, ...],
+        ticket: Prefetch,
+        m: MatchResult | None = None,
+    ) -> None:
+        """Read the remote run of `tokens`' match (`m`, if it is current) into host."""
         if ticket.hold and ticket.released:  # its request left while the store was asked
             ticket.done = True
             return
-        m = self.match(tokens, touch=False)
+        if m is None:
+            m = self.match(tokens, touch=False)
         nodes: list[TreeNode] = []
         n = m.last_node
         while n is not m.last_device_node and n.parent is not None:

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -158,13 +159,14 @@ class RedisCluster:
 
 
 class MooncakeMaster(_ChildServer):
-    def __init__(self) -> None:
+    def __init__(self, segment_mb: int = 256) -> None:
         self.port = free_port()
+        self.segment_mb = segment_mb  # what each client of `url` contributes to the pool
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
-        return f"mooncake://127.0.0.1:{self.port}?segment_mb=256&buffer_mb=64"
+        return f"mooncake://127.0.0.1:{self.port}?segment_mb={self.segment_mb}&buffer_mb=64"
 
     def start(self) -> MooncakeMaster:
         binary = mooncake_master_binary()
@@ -214,3 +216,23 @@ def redis_cluster(tmp_path_factory):
         yield cluster.start()
     finally:
         cluster.kill()
+
+
+@contextlib.contextmanager
+def loopback_store(name: str, workdir: Path) -> Iterator[str]:
+    """A store URL for a benchmark: `file` (a directory under `workdir`), or `redis` or
+    `mooncake` (a server started on loopback and stopped on exit)."""
+    if name == "file":
+        yield Path(workdir, "file-tier").as_uri()
+        return
+    if name == "redis":
+        server: _ChildServer = RedisServer(maxmemory_mb=2048)
+    elif name == "mooncake":
+        server = MooncakeMaster(segment_mb=1024)  # room for a 4,096-token prefix and more
+    else:
+        raise ValueError(f"unknown store {name!r} (file, redis or mooncake)")
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.kill()

@@ -483,14 +483,17 @@ def plot_report(report: dict, out_dir) -> list:
     groups = list(report["by_round"].values())
     paths = []
 
+    def save(fig, name: str) -> None:
+        paths.append(out / name)
+        fig.tight_layout()
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(ttfts, [(i + 1) / len(ttfts) for i in range(len(ttfts))], drawstyle="steps-post")
     ax.set(xlabel="time to first token (ms)", ylabel="fraction of requests", title="TTFT CDF")
     ax.grid(alpha=0.3)
-    paths.append(out / "ttft_cdf.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save(fig, "ttft_cdf.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for q in ("p50", "p90"):
@@ -498,10 +501,7 @@ def plot_report(report: dict, out_dir) -> list:
     ax.set(xlabel="round", ylabel="TTFT (ms)", title="TTFT by conversation round", xticks=rounds)
     ax.legend()
     ax.grid(alpha=0.3)
-    paths.append(out / "ttft_by_round.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save(fig, "ttft_by_round.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(rounds, [(g["cached_ratio"] or 0) * 100 for g in groups])
@@ -513,8 +513,5 @@ def plot_report(report: dict, out_dir) -> list:
         xticks=rounds,
     )
     ax.grid(alpha=0.3, axis="y")
-    paths.append(out / "hit_ratio_by_round.png")
-    fig.tight_layout()
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    save(fig, "hit_ratio_by_round.png")
     return paths
