@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")
+REMOTE_IO_MODES = ("thread", "inline")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,9 @@ class CacheConfig:
       is below the estimated recompute time (`radixkv.cost_model`); 0 always loads.
     - `remote_pages`: how many remote pages the tree keeps track of (the store's own cap bounds
       what it actually holds); needs a store.
+    - `remote_io`: `thread` (default) runs remote calls on a background I/O thread; `inline`
+      runs each one on the owner's thread, in submission order, only when the owner waits
+      (`wait_one` / `wait_idle`): deterministic, for property tests and simulated replays.
     """
 
     device_pages: int
@@ -30,6 +34,7 @@ class CacheConfig:
     selective_threshold: int = 2
     remote_timeout_s: float = 10.0
     remote_load_margin: float = 1.0
+    remote_io: str = "thread"
 
     def __post_init__(self) -> None:
         for name in ("device_pages", "host_pages", "remote_pages"):
@@ -55,6 +60,10 @@ class CacheConfig:
         ):
             raise ValueError(
                 f"CacheConfig.remote_load_margin must be a finite number >= 0, got {self.remote_load_margin!r}"
+            )
+        if self.remote_io not in REMOTE_IO_MODES:
+            raise ValueError(
+                f"CacheConfig.remote_io must be one of {', '.join(REMOTE_IO_MODES)}, got {self.remote_io!r}"
             )
         from radixkv.eviction import make_policy
 

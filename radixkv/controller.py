@@ -5,6 +5,10 @@ I/O runs on an asyncio loop in a background thread, so it never blocks the calle
 remote call returns at once with a future, and completed futures are handed back by
 `completed()` for the owner of the tree to apply. The I/O thread only reads host pages pinned
 for it and writes host pages reserved for it; it never touches the tree.
+
+With `inline=True` there is no I/O thread: a remote call is queued and runs to completion on the
+owner's thread, oldest first, when the owner waits (`wait_one`). What completes when is then a
+function of the call sequence alone, which property tests and simulated replays need.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import concurrent.futures
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import torch
@@ -42,6 +47,8 @@ class CacheController:
         store: RemoteStore | None,
         namespace: bytes,
         timeout_s: float = 10.0,
+        *,
+        inline: bool = False,
     ) -> None:
         self.device_pool = device_pool
         self.host_pool = host_pool
@@ -68,7 +75,12 @@ class CacheController:
         self._side_stream = torch.cuda.Stream(device_pool.device) if cuda else None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        if store is not None:
+        # inline mode: calls submitted and not yet run, oldest first (see the module docstring)
+        self._deferred: deque[tuple[Callable[[], Coroutine], Callable]] | None = None
+        if store is not None and inline:
+            self._loop = asyncio.new_event_loop()
+            self._deferred = deque()
+        elif store is not None:
             self._loop = asyncio.new_event_loop()
             self._thread = threading.Thread(
                 target=self._loop.run_forever, name="radixkv-remote-io", daemon=True
@@ -155,7 +167,20 @@ class CacheController:
                 self.breaker.failure(permit, err if str(err) else type(err).__name__)
             self._done.put((f, on_done))
 
+        if self._deferred is not None:
+            self._deferred.append((guarded, finished))
+            return
         asyncio.run_coroutine_threadsafe(guarded(), self._loop).add_done_callback(finished)
+
+    def _run_deferred(self) -> None:
+        """Inline mode: run the oldest queued call to completion on this thread."""
+        coro_fn, finished = self._deferred.popleft()
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            fut.set_result(self._loop.run_until_complete(coro_fn()))
+        except Exception as err:  # the store's failure, delivered like the I/O thread's
+            fut.set_exception(err)
+        finished(fut)
 
     def put_blobs(self, items: list[tuple[str, bytes]], on_done: Callback) -> None:
         """Store framed blobs; `on_done` gets a future of per-item success flags."""
@@ -245,6 +270,8 @@ class CacheController:
         self, timeout: float | None = None
     ) -> tuple[concurrent.futures.Future, Callback] | None:
         """Block until one remote operation finishes (for flushes, tests and the replay)."""
+        if self._deferred and self._done.empty():
+            self._run_deferred()
         try:
             item = self._done.get(timeout=timeout)
         except queue.Empty:
@@ -254,6 +281,13 @@ class CacheController:
 
     def close(self) -> None:
         if self._loop is None:
+            return
+        if self._deferred is not None:
+            while self._deferred:  # the owner normally waited for these already
+                self._run_deferred()
+            self._loop.run_until_complete(self.store.close())
+            self._loop.close()
+            self._loop = None
             return
         if self.store is not None:
             asyncio.run_coroutine_threadsafe(self.store.close(), self._loop).result(

@@ -105,6 +105,7 @@ class HiRadixCache(RemoteReads):
             self.store,
             self.namespace.digest,
             config.remote_timeout_s,
+            inline=config.remote_io == "inline",
         )
         factory = policy_factory or (lambda: make_policy(config.policy))
         self.indexes = [EvictionIndex(tier, factory()) for tier in (DEVICE, HOST, REMOTE)]

@@ -5,6 +5,11 @@ Random insert / match / lock / unlock / evict / flush / prefetch / corrupt seque
 page served from any tier is checked bit for bit. In the lossless configuration (write-through
 into a remote tier big enough for everything) the cached length of every match must equal the
 reference exactly; otherwise it may only be shorter.
+
+Remote I/O runs inline (`CacheConfig.remote_io="inline"`): a remote call runs only when the
+machine waits or completes one explicitly, so every draw is a function of the rules drawn
+before it, never of thread timing, and hypothesis can replay and shrink any failure. The
+threaded I/O path has its own tests (test_cache_tiers, test_remote_faults).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, event, seed, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from radixkv import DEVICE, HOST, CacheConfig, CacheNamespace, HiRadixCache
@@ -58,6 +63,7 @@ class CacheMachine(RuleBasedStateMachine):
             remote_pages=10_000 if store else 0,
             policy=policy,
             write_policy=write_policy,
+            remote_io="inline",
         )
         self.cache = HiRadixCache(
             TINY, config, namespace=CacheNamespace("test-model", TINY), store=store
@@ -161,6 +167,14 @@ class CacheMachine(RuleBasedStateMachine):
     def release_prefetch(self, i):
         self.cache.release_prefetch(self.tickets.pop(i % len(self.tickets)))
 
+    @precondition(lambda self: self.cache.controller.inflight)
+    @rule()
+    def complete_one_remote_operation(self):
+        """The oldest remote call in flight finishes now (others stay in flight): prefetches,
+        write-throughs and demotions land between any two other rules (a finished existence
+        check may submit its read at once)."""
+        self.cache.wait_one()
+
     @rule(tier=st.sampled_from([DEVICE, HOST]), n=st.integers(1, 8))
     def evict(self, tier, n):
         self.cache.evict(tier, n)
@@ -216,4 +230,15 @@ class CacheMachine(RuleBasedStateMachine):
 CacheMachine.TestCase.settings = settings(
     max_examples=200, stateful_step_count=80, deadline=None, suppress_health_check=list(HealthCheck)
 )
-TestCacheStateful = CacheMachine.TestCase
+TestCacheStateful = CacheMachine.TestCase  # a fresh random seed each run (or --hypothesis-seed)
+
+
+def _seeded(n: int) -> type:
+    """The machine under a fixed seed: CI explores the same three runs every time."""
+    machine = seed(n)(type(f"CacheMachineSeed{n}", (CacheMachine,), {}))
+    return machine.TestCase
+
+
+TestCacheStatefulSeed1 = _seeded(1)
+TestCacheStatefulSeed2 = _seeded(2)
+TestCacheStatefulSeed3 = _seeded(3)

@@ -344,3 +344,25 @@ def test_bad_config_is_a_clear_value_error(kwargs):
 def test_remote_budget_without_store_is_rejected():
     with pytest.raises(ValueError, match="remote store"):
         HiRadixCache(TINY, CacheConfig(device_pages=4, remote_pages=4))
+
+
+def test_inline_remote_io_runs_only_when_the_owner_waits(tmp_path):
+    """remote_io="inline": a remote call runs on the owner's thread, oldest first, at a wait;
+    never behind its back (what makes the state machine deterministic)."""
+    config = CacheConfig(device_pages=8, host_pages=16, remote_pages=64, remote_io="inline")
+    store = FileStore(tmp_path)
+    with HiRadixCache(TINY, config, namespace=CacheNamespace("m", TINY), store=store) as cache:
+        tokens = list(range(4 * TINY.page_size))
+        pages = cache.alloc(4)
+        write_pages(cache, tokens, pages)
+        cache.insert(tokens, pages)  # write-through: device -> host now, host -> remote queued
+        assert cache.controller.inflight == 1
+        assert not list(tmp_path.glob("??/*")), "an inline write ran before anyone waited"
+        assert cache.poll() == 0  # polling never runs a queued call
+        cache.wait_one()
+        assert cache.controller.inflight == 0
+        assert len(list(tmp_path.glob("??/*"))) == 4
+        assert cache.match(tokens, touch=False).last_node.remote
+        cache.check_integrity()
+    with pytest.raises(ValueError, match="remote_io"):
+        CacheConfig(device_pages=8, remote_io="later")
