@@ -197,6 +197,7 @@ def _ttft(args, model, results, tokens, decode, hf_decode) -> int:
         device="cuda",
         kv_memory_gb=12,
         host_memory_gb=8,
+        remote_url=None,
         max_batch_tokens=8192,
         attention="flashinfer",
     )

@@ -23,23 +23,25 @@ import time
 import torch
 
 from radixkv import DEVICE, CacheConfig, HiRadixCache
-from radixkv.eviction import device_evictable
+from radixkv.eviction import device_evictable, make_policy
+from radixkv.evictor import Evictor
 from storage import KVLayout, OutOfPages
 
 PS = 16
 LAYOUT = KVLayout(num_layers=1, num_kv_heads=1, head_dim=1, page_size=PS, dtype=torch.float16)
 
 
-class ScanEvictionCache(HiRadixCache):
+class ScanEvictor(Evictor):
     """Baseline: each eviction call scans all nodes for evictable leaves and heapifies them."""
 
-    def _make_room(self, tier: int, num_pages: int) -> None:
+    def make_room(self, tier: int, num_pages: int) -> None:
         assert tier == DEVICE
-        pool = self.device_pool
+        pool = self.cache.device_pool
         if pool.allocator.num_free >= num_pages:
             return
         policy = self.indexes[DEVICE].policy
-        heap = [(policy.priority(n), id(n), n) for n in self.tree.nodes() if device_evictable(n)]
+        nodes = self.cache.tree.nodes()
+        heap = [(policy.priority(n), id(n), n) for n in nodes if device_evictable(n)]
         heapq.heapify(heap)
         while pool.allocator.num_free < num_pages:
             if not heap:
@@ -47,9 +49,15 @@ class ScanEvictionCache(HiRadixCache):
             _, _, node = heapq.heappop(heap)
             self.indexes[DEVICE].discard(node)
             parent = node.parent
-            self._evict_device(node)
+            self.evict_device(node)
             if parent is not None and parent.parent is not None and device_evictable(parent):
                 heapq.heappush(heap, (policy.priority(parent), id(parent), parent))
+
+
+class ScanEvictionCache(HiRadixCache):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.evictor = ScanEvictor(self, lambda: make_policy(self.config.policy))
 
 
 def make_cache(cls, device_tokens: int) -> HiRadixCache:

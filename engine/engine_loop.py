@@ -1,10 +1,11 @@
-"""The engine thread: one thread owns the scheduler and the cache; asyncio callers talk to it.
+"""The engine thread: one thread owns the `EngineCore`; asyncio callers talk to it.
 
 The scheduler and the cache are single-threaded by design (one owner of every page). A server
-has many coroutines on its own event loop, so they never touch either directly: they send
-commands (add a request, abort one, run a function) through a queue, and the engine thread
-sends each request's new tokens back to the caller's event loop. Between commands the thread
-steps the scheduler as long as there is work, and sleeps when there is none.
+(or `Engine.stream`) has many coroutines on an event loop, so they never touch either directly:
+they send commands (add a request, abort one, run a function) through a queue, and the engine
+thread sends each request's new tokens back to the caller's event loop. Between commands the
+thread runs the core's step loop (`EngineCore.iterate`) as long as there is work, and sleeps
+when there is none; a command wakes an iterate blocked on remote I/O.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.engine_core import EngineCore
 from engine.metrics import Histogram
 from engine.request import Request
 
 log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.05  # an idle engine still applies finished remote writes this often
-_WAIT_POLL_S = 0.002  # requests waiting only on remote prefetches: re-check this often
 
 
 @dataclass
@@ -73,11 +74,11 @@ class ServingStats:
 
 
 class EngineLoop:
-    """Runs an `Engine`'s scheduler on a dedicated thread (see the module docstring)."""
+    """Runs an `EngineCore` on a dedicated thread (see the module docstring)."""
 
-    def __init__(self, engine) -> None:
-        self.engine = engine
-        self.scheduler = engine.scheduler
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+        self.scheduler = core.scheduler
         self.stats = ServingStats()
         self._commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
         self._streams: dict[Request, _Stream] = {}  # engine thread only
@@ -98,7 +99,7 @@ class EngineLoop:
         """Abort what is in flight, stop the thread (the engine itself stays open)."""
         if self._thread is None:
             return
-        self._commands.put(("stop",))
+        self._command("stop")
         self._thread.join(timeout_s)
         self._thread = None
         self.scheduler.on_finish = None
@@ -114,7 +115,7 @@ class EngineLoop:
         if not self.alive:
             raise RuntimeError("the engine loop is not running")
         stream = _Stream(asyncio.get_running_loop())
-        self._commands.put(("add", req, stream))
+        self._command("add", req, stream)
         finished = False
         try:
             while not finished:
@@ -123,35 +124,39 @@ class EngineLoop:
                 yield out
         finally:
             if not finished:
-                self._commands.put(("abort", req))
+                self._command("abort", req)
+                with contextlib.suppress(RuntimeError):  # the loop thread stopped meanwhile
+                    await self.call(lambda: None)  # commands run in order: the abort is done
 
     async def call(self, fn: Callable[[], Any]) -> Any:
         """Run `fn()` on the engine thread between two steps; its result or exception."""
         if not self.alive:
             raise RuntimeError("the engine loop is not running")
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._commands.put(("call", fn, fut))
+        self._command("call", fn, fut)
         return await asyncio.wrap_future(fut)
+
+    def _command(self, *cmd) -> None:
+        self._commands.put(cmd)
+        self.core.wake()  # an iterate() blocked on remote I/O returns to take it
 
     # ---- the engine thread -------------------------------------------------------------------
     def _run(self) -> None:
-        sched = self.scheduler
+        core = self.core
         while True:
-            if not self._drain_commands(block=not sched.has_work):
+            if not self._drain_commands(block=not core.has_work):
                 break
-            if not sched.has_work:
-                sched.cache.poll()  # finished remote writes unpin their pages even when idle
+            if not core.has_work:
+                core.prefix_cache.poll()  # finished remote writes unpin their pages when idle
                 continue
             try:
-                progressed = sched.step()
+                progressed = core.iterate()
             except Exception:
                 log.exception("engine step failed; the requests in flight are ended with an error")
                 self.stats.step_errors += 1
                 self._fail_all("the engine failed while running this request (see server log)")
                 continue
             self._publish(progressed)
-            if not progressed and not sched.running:
-                self._drain_commands(block=True, timeout_s=_WAIT_POLL_S)  # only prefetches wait
         self._fail_all("the server is shutting down")
 
     def _drain_commands(self, block: bool, timeout_s: float = _IDLE_POLL_S) -> bool:

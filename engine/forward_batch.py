@@ -24,6 +24,9 @@ class ForwardBatch:
     out_offsets: torch.Tensor = field(init=False)  # [T] offset inside that page
     last_indices: torch.Tensor = field(init=False)  # [num sequences] each one's last new token
     layer_ready: list | None = None  # a CUDA event per layer: its loaded host pages have arrived
+    # per sequence: (SamplingParams, generator) to sample its next token, None for a prefill
+    # chunk that samples nothing; None for the whole batch: nothing samples
+    sampling: list | None = None
 
     def __post_init__(self) -> None:
         ps = self.page_size
@@ -49,8 +52,9 @@ class ForwardBatch:
         sequences: list[tuple[list[int], int, list[int]]],
         page_size: int,
         device: torch.device | str = "cpu",
+        sampling: list | None = None,
     ) -> ForwardBatch:
-        """From (new tokens, prefix_len, page_table) per sequence."""
+        """From (new tokens, prefix_len, page_table) per sequence, and what each samples."""
         ids, pos = [], []
         for new, prefix, _ in sequences:
             ids += new
@@ -62,6 +66,7 @@ class ForwardBatch:
             extend_lens=[len(s[0]) for s in sequences],
             page_tables=[s[2] for s in sequences],
             page_size=page_size,
+            sampling=sampling,
         )
 
     @property

@@ -84,7 +84,7 @@ def build_app(
     api_key: str | None = None,
 ) -> FastAPI:
     """The FastAPI app; starts the engine loop on startup and stops it on shutdown."""
-    engine = loop.engine
+    engine = loop.core
     created = int(time.time())
 
     @asynccontextmanager
@@ -151,7 +151,7 @@ def build_app(
 
     def encode(prompt) -> list[int]:
         try:
-            return engine._encode(prompt)
+            return engine.encode(prompt)
         except ValueError as err:
             raise APIError(400, str(err), "invalid_request_error", "prompt") from err
 
@@ -379,7 +379,7 @@ async def _wait_disconnect(http: Request) -> None:
 
 def cache_report(loop: EngineLoop, integrity: bool) -> dict:
     """The cache's state, on the engine thread: counters, pools, remote traffic, integrity."""
-    cache, sched = loop.engine.cache, loop.scheduler
+    cache, sched = loop.core.cache, loop.scheduler
     c = cache.counters
     queried = max(c.tokens_queried, 1)
     report = {
@@ -428,7 +428,7 @@ def prometheus_text(loop: EngineLoop) -> str:
     """The Prometheus exposition, on the engine thread."""
     r = cache_report(loop, integrity=False)
     s = loop.stats
-    page_bytes = loop.engine.cache.layout.page_bytes
+    page_bytes = loop.core.cache.layout.page_bytes
     e = Exposition()
     e.add(
         "radixkv_requests_running",

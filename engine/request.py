@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.sampling import SamplingParams
+from radixkv.prefix_cache import EMPTY, PrefixHandle
 
 
 class State(enum.Enum):
@@ -27,7 +28,7 @@ class Request:
     state: State = State.WAITING
     finish_reason: str | None = None  # "stop", "length", "abort"
     # cache bookkeeping (owned by the scheduler; pages by the cache)
-    node: object | None = None  # the locked tree node of its matched prefix
+    prefix: PrefixHandle = EMPTY  # the cached prefix it holds locked (EMPTY: none)
     page_table: list[int] = field(default_factory=list)
     tree_pages: int = 0  # page_table[:tree_pages] belong to the tree (locked), the rest to us
     num_computed: int = 0  # tokens whose KV is in page_table

@@ -1,6 +1,7 @@
-"""The continuous-batching scheduler on the HiRadixTree.
+"""The continuous-batching scheduler on the HiRadixTree: it decides, the model runner executes.
 
-One `step()`:
+`schedule()` (steps 1-4) returns the next batch; `process_outputs()` (step 5) applies the
+runner's tokens. The scheduler talks to the cache only through `radixkv.prefix_cache`.
   1. apply finished remote reads (`cache.poll()`);
   2. admit waiting requests, cache-aware: a request whose remote prefetch is still in flight waits
      without blocking the others; among ready ones, the longest cached prefix goes first unless
@@ -12,7 +13,7 @@ One `step()`:
      (all_ids[num_computed:]); those with one (decodes) go first, prefills get chunks of the rest;
   4. allocate device pages; when the pool runs dry, preempt the newest request: its computed
      pages go into the tree (nothing recomputed if it comes back soon), it rejoins the queue front;
-  5. one forward over the batch; sample where a request's pending tokens are all computed; a
+  5. (the runner: one forward; a token where a request's pending tokens are all computed) a
      finished prefill hands its prompt's pages to the tree at once (still locked by the request);
      stop on EOS, stop tokens, stop strings or max_tokens, and hand finished pages to the tree.
 
@@ -27,11 +28,13 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
 
 from engine.forward_batch import ForwardBatch
 from engine.request import Request, State
-from engine.sampling import sample
-from radixkv import HiRadixCache
+from radixkv.prefix_cache import EMPTY, PrefixCache
 from storage import OutOfPages
 
 _PREFILL_SAMPLE_MIN_TOKENS = 64  # steps with fewer prefill tokens say little about its speed
@@ -50,16 +53,22 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return lo
 
 
+@dataclass
+class ScheduledBatch:
+    """What one step runs: (request, tokens to compute) per sequence, and its forward batch."""
+
+    plan: list[tuple[Request, int]]
+    forward: ForwardBatch
+
+
 class Scheduler:
     def __init__(
         self,
-        model,
-        backend,
-        cache: HiRadixCache,
+        cache: PrefixCache,
+        device: torch.device,
         *,
         max_batch_tokens: int = 2048,
         max_running: int = 64,
-        prefix_caching: bool = True,
         eos_token_ids: tuple[int, ...] = (),
         detokenize: Callable[[list[int]], str] | None = None,
         starvation_steps: int = 32,
@@ -67,10 +76,9 @@ class Scheduler:
     ) -> None:
         if max_batch_tokens < 1 or max_running < 1:
             raise ValueError("max_batch_tokens and max_running must be >= 1")
-        self.model, self.backend, self.cache = model, backend, cache
+        self.cache, self.device = cache, device
         self.page_size = cache.page_size
         self.max_batch_tokens, self.max_running = max_batch_tokens, max_running
-        self.prefix_caching = prefix_caching
         self.eos_token_ids = set(eos_token_ids)
         self.detokenize = detokenize
         self.starvation_steps = starvation_steps
@@ -85,9 +93,8 @@ class Scheduler:
 
     # ---- requests ----------------------------------------------------------------------------
     def add(self, req: Request) -> None:
-        if self.prefix_caching and self.cache.store is not None:
-            # remote -> host while it waits; held there until it attaches or finishes
-            req.prefetch = self.cache.prefetch(req.prompt_ids[:-1], hold=True)
+        # remote -> host while it waits; held there until it attaches or finishes
+        req.prefetch = self.cache.prefetch(req.prompt_ids[:-1])
         self.waiting.append(req)
         self._waited[req.rid] = self.steps
 
@@ -102,45 +109,42 @@ class Scheduler:
             self.waiting.remove(req)
         self._finish(req, "abort")
 
-    def wait_for_remote(self, timeout_s: float = 0.05) -> None:
-        """For a caller whose step made no progress with nothing running (the waiting requests'
-        prefetches are in flight): block until a remote operation completes, at most
-        `timeout_s`, instead of spinning, which would also starve the cache's I/O thread."""
-        if self.cache.store is not None and self.cache.controller.inflight:
-            self.cache.wait_one(timeout_s)
-
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
     # ---- one step ----------------------------------------------------------------------------
-    def step(self) -> list[Request]:
-        """Run one batch; returns the requests that produced a token (or finished) this step."""
+    def schedule(self) -> ScheduledBatch | None:
+        """Admit, plan and reserve pages for the next batch; None when nothing can run."""
         self.steps += 1
         self.cache.poll()
         self._admit()
         plan = self._plan()
         if not plan:
-            return []
-        batch = ForwardBatch.build(
-            [
+            return None
+        sequences, sampling = [], []
+        for r, n in plan:
+            sequences.append(
                 (r.all_ids[r.num_computed : r.num_computed + n], r.num_computed, r.page_table)
-                for r, n in plan
-            ],
-            self.page_size,
-            self.cache.device_pool.device,
-        )
-        batch.layer_ready = self.cache.controller.take_layer_events()
-        started = time.perf_counter()
-        logits = self.model(batch, self.backend)
+            )
+            samples = r.num_computed + n == len(r.all_ids)  # else a prefill chunk: more to come
+            sampling.append((r.params, r.generator) if samples else None)
+        forward = ForwardBatch.build(sequences, self.page_size, self.device, sampling)
+        forward.layer_ready = self.cache.take_layer_events()
+        return ScheduledBatch(plan, forward)
+
+    def process_outputs(
+        self, batch: ScheduledBatch, tokens: list[int | None], seconds: float
+    ) -> list[Request]:
+        """Apply a step's tokens; returns the requests that produced a token (or finished).
+        `seconds`: the forward's time, for the cache's prefill-speed estimate."""
         progressed = []
-        for (req, n), row in zip(plan, logits, strict=True):
+        for (req, n), token in zip(batch.plan, tokens, strict=True):
             req.num_computed += n
-            if req.num_computed < len(req.all_ids):
+            if token is None:
                 continue  # a prefill chunk: more to compute before sampling
-            if self.prefix_caching and len(req.output_ids) == 0:
+            if len(req.output_ids) == 0:
                 self._cache_prompt(req)  # requests queued behind it can reuse it right away
-            token = sample(row, req.params, req.generator)  # int(): the step's one GPU sync
             req.output_ids.append(token)
             if req.first_token_at is None:
                 req.first_token_at = time.perf_counter()
@@ -150,9 +154,9 @@ class Scheduler:
                 self.running.remove(req)
                 self._release(req)
                 self._finish(req, reason)
-        prefill = sum(n for _, n in plan if n > 1)
-        if prefill >= _PREFILL_SAMPLE_MIN_TOKENS:  # sampling synced: the time is the forward's
-            self.cache.cost.observe_prefill(prefill, time.perf_counter() - started)
+        prefill = sum(n for _, n in batch.plan if n > 1)
+        if prefill >= _PREFILL_SAMPLE_MIN_TOKENS:  # the runner synced: the time is the forward's
+            self.cache.observe_prefill(prefill, seconds)
         if self.check_integrity:
             self.cache.check_integrity()
         return progressed
@@ -197,7 +201,7 @@ class Scheduler:
             return
         starving = [r for r in ready if self.steps - self._waited[r.rid] >= self.starvation_steps]
         hits: dict[int, int] = {}
-        if self.prefix_caching and not starving:
+        if self.cache.reuses_prefixes and not starving:
             hits = {
                 r.rid: self.cache.match(r.all_ids[:-1], touch=False).device_tokens for r in ready
             }
@@ -229,15 +233,13 @@ class Scheduler:
 
     def _attach(self, req: Request) -> None:
         """Match the request's prefix, lock it, load its host part; the page table starts there."""
-        if not self.prefix_caching:
-            return
         tokens = req.all_ids[:-1]  # the last token is always computed: its logits pick the next
         m = self.cache.match(tokens)
-        self.cache.lock(m.last_node)
+        self.cache.lock(m)
         try:
-            self.cache.load(m, overlap=True)  # the next forward waits per layer
+            loaded = self.cache.load(m)  # the next forward waits per layer
         except OutOfPages:
-            self.cache.unlock(m.last_node)
+            self.cache.unlock(m)
             raise
         fetched = min(req.prefetch.fetched_tokens, m.host_tokens) if req.prefetch is not None else 0
         self.cache.release_prefetch(req.prefetch)  # its pages are locked by the request now
@@ -247,8 +249,7 @@ class Scheduler:
                 "host": m.host_tokens - fetched,
                 "remote": fetched,
             }
-        loaded = self.cache.match(tokens, touch=False)
-        req.node = m.last_node
+        req.prefix = m
         req.page_table = list(loaded.device_pages)
         req.tree_pages = len(req.page_table)
         req.num_computed = len(req.page_table) * self.page_size
@@ -286,7 +287,7 @@ class Scheduler:
                     self._release(req)
                     if (
                         len(req.all_ids) - 1
-                        > (self.cache.device_pool.num_pages - 1) * self.page_size
+                        > (self.cache.device_capacity_pages - 1) * self.page_size
                     ):
                         self._finish(req, "abort")  # can never fit: larger than the device tier
                     else:
@@ -314,25 +315,18 @@ class Scheduler:
         full = req.num_computed // ps
         if full <= req.tree_pages:
             return
-        tokens = req.all_ids[: full * ps]
-        node = cache.insert(tokens, req.page_table[:full])
-        cache.lock(node)
-        if req.node is not None:
-            cache.unlock(req.node)
-        req.node = node
-        req.page_table[:full] = cache.match(tokens, touch=False).device_pages
-        req.tree_pages = full
+        inserted = cache.insert(req.all_ids[: full * ps], req.page_table[:full])
+        cache.lock(inserted)
+        cache.unlock(req.prefix)
+        req.prefix = inserted
+        req.page_table[: inserted.num_pages] = inserted.device_pages
+        req.tree_pages = inserted.num_pages
 
     def _release(self, req: Request) -> None:
         """Hand computed full pages to the tree (or back, caching off), free the rest, unlock."""
         ps, cache = self.page_size, self.cache
         full = req.num_computed // ps
-        own = req.page_table[req.tree_pages :]
-        if self.prefix_caching and full:
-            cache.insert(req.all_ids[: full * ps], req.page_table[:full])
-            cache.free(req.page_table[max(full, req.tree_pages) :])
-        else:
-            cache.free(own)
-        if req.node is not None:
-            cache.unlock(req.node)
-        req.node, req.page_table, req.tree_pages, req.num_computed = None, [], 0, 0
+        kept = cache.insert(req.all_ids[: full * ps], req.page_table[:full]) if full else EMPTY
+        cache.free(req.page_table[max(kept.num_pages, req.tree_pages) :])
+        cache.unlock(req.prefix)
+        req.prefix, req.page_table, req.tree_pages, req.num_computed = EMPTY, [], 0, 0

@@ -63,8 +63,8 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args()
     with (
-        Engine(device=args.device) as cached,
-        Engine(device=args.device, prefix_caching=False) as uncached,
+        Engine(device=args.device, remote_url=None) as cached,
+        Engine(device=args.device, remote_url=None, prefix_caching=False) as uncached,
     ):
         doc = document(cached, args.context_tokens)
         conversation(cached, "warm-up", 1, 2)  # first-call costs out of the measurement

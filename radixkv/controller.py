@@ -37,6 +37,7 @@ from storage.remote import read_pages
 from storage.transfer import copy_host_to_device_by_layer, host_ready
 
 Callback = Callable[[concurrent.futures.Future], None]
+_WAKE = (None, None)  # put on the completion queue by `wake()`: no operation finished
 
 
 class CacheController:
@@ -255,14 +256,20 @@ class CacheController:
     def exists(self, keys: list[bytes], on_done: Callback) -> None:
         self._submit(lambda: self.store.exists([k.hex() for k in keys]), on_done, empty=not keys)
 
+    def wake(self) -> None:
+        """Make a `wait_one` in progress return now (thread-safe): the owner has new work."""
+        self._done.put(_WAKE)
+
     def completed(self) -> list[tuple[concurrent.futures.Future, Callback]]:
         """Finished remote operations, in completion order (non-blocking)."""
         out = []
         while True:
             try:
-                out.append(self._done.get_nowait())
+                item = self._done.get_nowait()
             except queue.Empty:
                 break
+            if item is not _WAKE:
+                out.append(item)
         self._inflight -= len(out)
         return out
 
@@ -275,6 +282,8 @@ class CacheController:
         try:
             item = self._done.get(timeout=timeout)
         except queue.Empty:
+            return None
+        if item is _WAKE:
             return None
         self._inflight -= 1
         return item

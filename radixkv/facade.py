@@ -1,21 +1,19 @@
 """`radixkv.Engine`: the embedded library: a model, the hierarchical cache and the scheduler
-behind one object. The serving engine is imported here, inside functions, so that importing
-radixkv alone never pulls in a model."""
+behind one object (an `engine.EngineCore`), with generate, chat, stream and sessions. An entry
+point: it imports the serving engine, which is loaded on first use of `radixkv.Engine`."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import torch
 
-from radixkv.config import CacheConfig
+from engine.config import EngineConfig
+from engine.engine_core import EngineCore
+from engine.engine_loop import EngineLoop
+from engine.text_stream import TextStream
 from radixkv.hicache import HiRadixCache
-from radixkv.namespace import CacheNamespace
-from storage import KVLayout
 
 
 @dataclass
@@ -28,46 +26,6 @@ class GenerationResult:
     finish_reason: str | None = None
     ttft_s: float | None = None
     latency_s: float | None = None
-
-
-def _load(model: str | None, device: torch.device, dtype: torch.dtype):
-    """(model, fingerprint, tokenizer or None) for a path, a GGUF file, a preset or None."""
-    from engine.default_model import default_model_path
-    from engine.gguf_loader import load_gguf, open_gguf
-    from engine.model_config import PRESETS
-    from engine.tokenizer import Tokenizer
-    from engine.weights import dummy_model, load_hf_directory
-
-    if model is None:
-        model = str(default_model_path())
-    if model in PRESETS:
-        m, fp = dummy_model(model, dtype=dtype, device=device)
-        return m, fp, None
-    path = Path(model)
-    if path.is_file() and path.suffix == ".gguf":
-        reader = open_gguf(path)  # parsed once for both the weights and the tokenizer
-        m, fp, _ = load_gguf(reader, dtype=dtype, device=device)
-        return m, fp, Tokenizer.from_gguf(reader)
-    if path.is_dir():
-        m, fp = load_hf_directory(path, dtype=dtype, device=device)
-        return (
-            m,
-            fp,
-            Tokenizer.from_hf_directory(path) if (path / "tokenizer.json").is_file() else None,
-        )
-    raise ValueError(
-        f"model {model!r} is not a GGUF file, a Hugging Face directory or a preset ({', '.join(PRESETS)})"
-    )
-
-
-def _model_name(model: str | None) -> str:
-    """The name a server reports: the default model's, a preset's, or the file or folder name."""
-    if model is None:
-        return "SmolLM2-135M-Instruct"
-    path = Path(model)
-    if path.suffix == ".gguf":
-        return path.stem
-    return path.name or model
 
 
 @dataclass
@@ -97,171 +55,133 @@ class Session:
         return result
 
     def _keep_warm(self) -> None:
-        tok = self.engine.tokenizer
+        tok, cache = self.engine.tokenizer, self.engine.cache
         context = tok.encode(tok.apply_chat_template(self.messages, add_generation_prompt=False))
-        self.engine.cache.match(context)  # recency: this context was just used
-        self.engine.cache.prefetch(context)  # any remote part comes to host before the next turn
+
+        def warm() -> None:
+            cache.match(context)  # recency: this context was just used
+            cache.prefetch(context)  # any remote part comes to host before the next turn
+
+        self.engine.on_engine_thread(warm)
 
 
 class Engine:
-    """Generate with a hierarchical prefix cache. `model`: a HF directory, a .gguf file, a preset
-    name (dummy weights) or None for SmolLM2-135M-Instruct (fetched on first use).
+    """Generate with a hierarchical prefix cache, in this process.
 
-    `remote_url` picks the shared remote tier: file:///dir, redis://[:password@]host:port/db,
-    rediss://..., or mooncake://master-host:port (see `storage.open_store` for query options).
-    Remote calls slower than `remote_timeout_s` fail into a recompute; a read estimated slower
-    than recomputing (times `remote_load_margin`) is skipped.
+    `Engine()` uses every `EngineConfig` default; `Engine(config)` takes a config;
+    `Engine(**overrides)` or `Engine(config, **overrides)` changes fields of it, and a string
+    first argument is the model (`Engine("path/to/model.gguf", kv_memory_gb=4)`). See
+    `engine.config.EngineConfig` for every option (model, device, tiers, policies, batching).
+
+    `generate`, `chat` and `stream` share one engine: while a stream (or a server) runs the
+    engine thread, `generate` goes through it too.
     """
 
-    def __init__(
-        self,
-        model: str | None = None,
-        *,
-        device: str = "auto",
-        dtype: torch.dtype | None = None,
-        page_size: int = 16,
-        kv_memory_gb: float = 1.0,
-        host_memory_gb: float = 0.0,
-        remote_url: str | None = None,
-        remote_pages: int = 1 << 20,
-        remote_timeout_s: float = 10.0,
-        remote_load_margin: float = 1.0,
-        policy: str = "workload",
-        write_policy: str = "write_through",
-        tenant: str = "",
-        prefix_caching: bool = True,
-        max_batch_tokens: int = 2048,
-        max_running: int = 64,
-        check_integrity: bool = False,
-        attention: str = "auto",
-    ) -> None:
-        from engine.attention import TorchPagedAttention
-        from engine.attention.flashinfer_backend import (
-            FlashInferPagedAttention,
-            flashinfer_available,
-        )
-        from engine.scheduler import Scheduler
+    def __init__(self, config: EngineConfig | str | None = None, /, **overrides) -> None:
+        if isinstance(overrides.get("dtype"), torch.dtype):
+            overrides["dtype"] = str(overrides["dtype"]).removeprefix("torch.")
+        if isinstance(config, EngineConfig):
+            config = config.replace(**overrides)
+        elif config is None or isinstance(config, str):
+            config = EngineConfig(**({"model": config} if config is not None else {}), **overrides)
+        else:
+            raise TypeError(f"Engine() takes an EngineConfig or a model name, got {config!r}")
+        self.config = config
+        self.core = EngineCore(config)
+        self._loop = None  # the engine thread, started by the first stream (or a server)
 
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        self.model, self.fingerprint, self.tokenizer = _load(model, self.device, dtype)
-        cfg = self.model.config
-        layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, page_size, dtype)
-        if kv_memory_gb <= 0 or host_memory_gb < 0:
-            raise ValueError("kv_memory_gb must be > 0 and host_memory_gb >= 0")
-        device_pages = max(1, int(kv_memory_gb * 2**30) // layout.page_bytes)
-        host_pages = int(host_memory_gb * 2**30) // layout.page_bytes
-        config = CacheConfig(
-            device_pages=device_pages,
-            host_pages=host_pages,
-            remote_pages=remote_pages if remote_url else 0,
-            remote_timeout_s=remote_timeout_s,
-            remote_load_margin=remote_load_margin,
-            policy=policy,
-            write_policy=write_policy,
-        )
-        self.cache = HiRadixCache(
-            layout,
-            config,
-            namespace=CacheNamespace(self.fingerprint, layout, tenant),
-            remote_url=remote_url,
-            device=str(self.device),
-        )
-        if attention == "auto":
-            attention = (
-                "flashinfer" if self.device.type == "cuda" and flashinfer_available() else "torch"
-            )
-        if attention not in ("torch", "flashinfer"):
-            raise ValueError(f"attention must be auto, torch or flashinfer, got {attention!r}")
-        backend_cls = FlashInferPagedAttention if attention == "flashinfer" else TorchPagedAttention
-        backend = backend_cls(self.cache.device_pool, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-        self.attention = attention
-        self.scheduler = Scheduler(
-            self.model,
-            backend,
-            self.cache,
-            max_batch_tokens=max_batch_tokens,
-            max_running=max_running,
-            prefix_caching=prefix_caching,
-            eos_token_ids=cfg.eos_token_ids,
-            detokenize=self.tokenizer.decode if self.tokenizer else None,
-            check_integrity=check_integrity,
-        )
-        self._rids = itertools.count(1)  # next() is atomic: requests are made on any thread
-        self.model_name = _model_name(model)
-        self._step_lock = asyncio.Lock()
+    # ---- what the engine is made of ----------------------------------------------------------
+    @property
+    def cache(self) -> HiRadixCache:
+        return self.core.cache
 
-    def _encode(self, prompt) -> list[int]:
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ValueError("this model has no tokenizer: pass token id lists")
-            return self.tokenizer.encode(prompt)
-        ids = list(prompt)
-        vocab = self.model.config.vocab_size
-        if not ids or not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
-            raise ValueError(
-                f"a prompt must be a non-empty string or list of token ids in [0, {vocab})"
-            )
-        return ids
+    @property
+    def scheduler(self):
+        return self.core.scheduler
+
+    @property
+    def model(self):
+        return self.core.model
+
+    @property
+    def tokenizer(self):
+        return self.core.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.core.device
+
+    @property
+    def attention(self) -> str:
+        return self.core.runner.attention
+
+    @property
+    def model_name(self) -> str:
+        return self.core.model_name
+
+    @property
+    def fingerprint(self) -> str:
+        return self.core.fingerprint
 
     @property
     def context_length(self) -> int:
-        return self.model.config.max_position_embeddings
+        return self.core.context_length
 
+    @property
+    def loop(self):
+        """The engine thread (an `EngineLoop`, not started until a stream or a server starts
+        it); while it runs, it alone steps the engine."""
+        if self._loop is None:
+            self._loop = EngineLoop(self.core)
+        return self._loop
+
+    def _threaded(self) -> bool:
+        return self._loop is not None and self._loop.alive
+
+    # ---- requests --------------------------------------------------------------------------------
     def make_request(self, prompt, **sampling):
-        """Validate a prompt and sampling options into a Request, not yet queued (thread-safe).
-
-        Raises ValueError saying what is wrong: an empty or out-of-vocabulary prompt, invalid
-        sampling values, a prompt plus max_tokens beyond the context or the device tier.
-        """
-        from engine.request import Request
-        from engine.sampling import SamplingParams
-
-        ids = self._encode(prompt)
-        unknown = set(sampling) - set(SamplingParams.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
-        params = SamplingParams(
-            **{
-                k: tuple(v) if k in ("stop", "stop_token_ids") and isinstance(v, list) else v
-                for k, v in sampling.items()
-            }
-        )
-        total = len(ids) + params.max_tokens
-        if total > self.context_length:
-            raise ValueError(
-                f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) is "
-                f"{total} tokens, longer than the model's context ({self.context_length})"
-            )
-        device_tokens = self.cache.device_pool.num_pages * self.cache.page_size
-        if total > device_tokens:
-            raise ValueError(
-                f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) needs "
-                f"more KV memory than the device tier holds ({device_tokens} tokens)"
-            )
-        return Request(next(self._rids), ids, params)
+        """Validate a prompt and sampling options into a Request, not yet queued (thread-safe)."""
+        return self.core.make_request(prompt, **sampling)
 
     def submit(self, prompt, **sampling):
-        """Queue one prompt; returns its Request (advance with `step()`)."""
-        req = self.make_request(prompt, **sampling)
-        self.scheduler.add(req)
+        """Queue one prompt; returns its Request (advance it with `step()`)."""
+        self._require_unthreaded("submit")
+        req = self.core.make_request(prompt, **sampling)
+        self.core.scheduler.add(req)
         return req
 
     def step(self):
-        return self.scheduler.step()
+        """One engine step by hand (see `EngineCore.step`)."""
+        self._require_unthreaded("step")
+        return self.core.step()
+
+    def _require_unthreaded(self, what: str) -> None:
+        if self._threaded():
+            raise RuntimeError(
+                f"{what}() by hand while the engine thread runs (a stream or server)"
+            )
 
     def generate(self, prompts, **sampling) -> list[GenerationResult]:
         """Generate for each prompt (strings or token-id lists), batched; results in order."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             raise ValueError("generate() takes a list of prompts")
         t0 = time.perf_counter()
-        reqs = [self.submit(p, **sampling) for p in prompts]
-        while any(r.finish_reason is None for r in reqs):
-            if not self.scheduler.step() and not self.scheduler.running:
-                self.scheduler.wait_for_remote()  # only prefetches are pending
+        reqs = [self.core.make_request(p, **sampling) for p in prompts]
+        if self._threaded():
+            asyncio.run(self._through_loop(reqs))
+        else:
+            for r in reqs:
+                self.core.scheduler.add(r)
+            while any(r.finish_reason is None for r in reqs):
+                self.core.iterate()
         return [self._result(r, t0) for r in reqs]
+
+    async def _through_loop(self, reqs) -> None:
+        async def one(req) -> None:
+            async for _ in self._loop.generate(req):
+                pass
+
+        await asyncio.gather(*(one(r) for r in reqs))
 
     def chat(self, messages: list[dict], **sampling) -> GenerationResult:
         if self.tokenizer is None or not self.tokenizer.chat_template:
@@ -284,42 +204,36 @@ class Engine:
     async def stream(self, prompt, **sampling):
         """Yield `StreamChunk`s (new token ids and text) as they are generated.
 
-        Concurrent streams share the scheduler: whichever stream is awaiting steps the whole
-        batch, so every stream advances together. A stream closed early aborts its request and
-        frees its pages.
+        Streams run on the engine thread (started on first use), so concurrent streams advance
+        together in one batch. A stream closed early aborts its request and frees its pages.
         """
-        from engine.text_stream import TextStream
+        req = self.core.make_request(prompt, **sampling)
+        if not self.loop.alive:
+            self.loop.start()
+        decode = self.tokenizer.decode if self.tokenizer else lambda _ids: ""
+        text, ids = TextStream(decode, req.params.stop), []
+        async for out in self.loop.generate(req):
+            if out.finish_reason == "error":
+                raise RuntimeError(out.error)
+            ids.extend(out.new_token_ids)
+            if out.finish_reason is None:
+                yield StreamChunk(out.new_token_ids, text.push(ids))
+            else:
+                yield StreamChunk(out.new_token_ids, text.finish(out.text or ""), out.finish_reason)
 
-        req = self.submit(prompt, **sampling)
-        text = TextStream(
-            self.tokenizer.decode if self.tokenizer else lambda _: "", req.params.stop
-        )
-        sent_tokens = 0
-        try:
-            while True:
-                if len(req.output_ids) > sent_tokens or req.finish_reason is not None:
-                    new_ids = req.output_ids[sent_tokens:]
-                    sent_tokens = len(req.output_ids)
-                    if req.finish_reason is None:
-                        yield StreamChunk(new_ids, text.push(req.output_ids))
-                        continue
-                    yield StreamChunk(new_ids, text.finish(req.text), req.finish_reason)
-                    return
-                progressed = True
-                async with self._step_lock:
-                    if req.finish_reason is None and len(req.output_ids) == sent_tokens:
-                        progressed = bool(self.scheduler.step()) or bool(self.scheduler.running)
-                await asyncio.sleep(0 if progressed else 0.002)  # only prefetches are pending
-        finally:
-            if req.finish_reason is None:
-                self.scheduler.abort(req)
+    def on_engine_thread(self, fn):
+        """Run `fn()` where the engine's state may be touched: the engine thread while it runs,
+        else here."""
+        return asyncio.run(self._loop.call(fn)) if self._threaded() else fn()
 
     def session(self, system: str | None = None) -> Session:
         """A conversation whose context stays cached between turns (see `Session`)."""
         return Session(self, system)
 
     def close(self) -> None:
-        self.cache.close()
+        if self._loop is not None:
+            self._loop.stop()
+        self.core.close()
 
     def __enter__(self) -> Engine:
         return self

@@ -12,63 +12,32 @@ Residency rules:
     resident node is resident somewhere;
   - the host tier is inclusive (a device node keeps its host copy) and so should be larger.
 
-Use from a scheduler:  m = match(tokens) -> lock(m.last_node) -> load(m) (and prefetch() for a
-remote part) -> alloc(n) for new pages -> compute -> insert(tokens, pages) -> unlock(node).
+Use: match -> lock -> load (prefetch first for a remote part) -> alloc -> compute -> insert ->
+unlock. The serving engine goes through `radixkv.prefix_cache.PrefixCache` instead.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
+from radixkv.cache_types import CacheCounters, MatchResult
 from radixkv.config import CacheConfig
 from radixkv.controller import CacheController
 from radixkv.cost_model import LoadCostModel
-from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionIndex, EvictionPolicy, make_policy
+from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionPolicy, make_policy
+from radixkv.evictor import Evictor
+from radixkv.integrity import check_integrity
 from radixkv.namespace import CacheNamespace
-from radixkv.prefetch import RemoteReads
+from radixkv.prefetch import Prefetch, RemoteReads
 from radixkv.tree import RadixTree, TreeNode
-from storage import DevicePool, HostPool, KVLayout, OutOfPages, RemoteStore, open_store
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class MatchResult:
-    """The cached prefix of a token sequence, tier by tier (token counts, page-aligned).
-
-    tokens [0, device_tokens) are on device (`device_pages`); the next `host_tokens` on host;
-    the next `remote_tokens` on host or remote (a prefetch brings them to host).
-    """
-
-    device_pages: list[int]
-    device_tokens: int
-    host_tokens: int
-    remote_tokens: int
-    last_device_node: TreeNode
-    last_node: TreeNode
-
-    @property
-    def cached_tokens(self) -> int:
-        return self.device_tokens + self.host_tokens + self.remote_tokens
+from radixkv.writes import TierWrites
+from storage import DevicePool, HostPool, KVLayout, RemoteStore, open_store
 
 
-@dataclass
-class CacheCounters:
-    matches: int = 0
-    tokens_queried: int = 0
-    tokens_hit: list[int] = field(default_factory=lambda: [0, 0, 0])  # by tier
-    evicted_pages: list[int] = field(default_factory=lambda: [0, 0, 0])  # by tier
-    inserted_pages: int = 0
-    duplicate_pages: int = 0
-    remote_write_failures: int = 0
-    remote_read_misses: int = 0
-
-
-class HiRadixCache(RemoteReads):
-    """The hierarchical cache; remote reads, polling and flushing live in `radixkv.prefetch`."""
+class HiRadixCache:
+    """The hierarchical cache. Collaborators it owns: `evictor` (eviction indexes and demotion,
+    `radixkv.evictor`), `writes` (write policies, `radixkv.writes`) and `reads` (remote reads
+    and their completions, `radixkv.prefetch`)."""
 
     def __init__(
         self,
@@ -108,18 +77,17 @@ class HiRadixCache(RemoteReads):
             inline=config.remote_io == "inline",
         )
         factory = policy_factory or (lambda: make_policy(config.policy))
-        self.indexes = [EvictionIndex(tier, factory()) for tier in (DEVICE, HOST, REMOTE)]
+        self.evictor = Evictor(self, factory)
         self.request_pages: set[int] = set()  # device pages owned by running requests
-        self.reserved_host: set[int] = set()  # host pages reserved by remote reads in flight
         self.remote_pages_known = 0
-        self.prefetch_held_pages = 0  # host pages pinned for waiting requests (`release_prefetch`)
         self.clock = 0
         self.counters = CacheCounters()
         self.cost = LoadCostModel(margin=config.remote_load_margin)
         self.controller.read_observer = lambda nbytes, secs: self.cost.observe_remote_read(
             nbytes, secs, small_bytes=layout.page_bytes
         )
-        self._selective = config.write_policy == "write_through_selective"
+        self.writes = TierWrites(self)
+        self.reads = RemoteReads(self)
 
     # ---- queries ---------------------------------------------------------------------------
     def match(self, tokens: Sequence[int], *, touch: bool = True) -> MatchResult:
@@ -159,9 +127,9 @@ class HiRadixCache(RemoteReads):
                 self._refresh(node)
                 if node is last:
                     break
-            if self._selective:
+            if self.writes.selective:
                 for node in path[: path.index(last) + 1] if last is not root else ():
-                    self._apply_write_policy(node)
+                    self.writes.apply(node)
         return MatchResult(device_pages, lens[DEVICE], lens[HOST], lens[REMOTE], last_device, last)
 
     # ---- references --------------------------------------------------------------------------
@@ -200,13 +168,11 @@ class HiRadixCache(RemoteReads):
             self._drop(orphan)
 
     def _on_split(self, upper: TreeNode, lower: TreeNode) -> None:
-        self._refresh(upper)
-        self._refresh(lower)  # its key now starts elsewhere: size- and key-aware priorities change
+        for n in (upper, lower):  # lower's key starts elsewhere: key-aware priorities change
+            self._refresh(n)
 
     def _refresh(self, node: TreeNode) -> None:
-        if node.parent is not None:  # removed nodes and the root are never indexed
-            for index in self.indexes:
-                index.update(node)
+        self.evictor.refresh(node)  # re-rank it in every tier's eviction index
 
     # ---- request pages -----------------------------------------------------------------------
     def alloc(self, num_pages: int) -> list[int]:
@@ -278,46 +244,13 @@ class HiRadixCache(RemoteReads):
             self.counters.inserted_pages += len(n.device)
             self._refresh(n)
             self._refresh(n.parent)
-            self._apply_write_policy(n)
+            self.writes.apply(n)
         return node
 
     def _take_request_pages(self, pages: list[int]) -> None:
         for p in pages:
             assert p in self.request_pages, f"device page {p} is not owned by a request"
         self.request_pages.difference_update(pages)
-
-    # ---- write policies ----------------------------------------------------------------------
-    def _wants_copy(self, node: TreeNode) -> bool:
-        wp = self.config.write_policy
-        return wp == "write_through" or (
-            wp == "write_through_selective" and node.hits >= self.config.selective_threshold
-        )
-
-    def _apply_write_policy(self, node: TreeNode) -> None:
-        """Copy a node one or two tiers down now if the write policy says so."""
-        if not self._wants_copy(node):
-            return
-        if node.device is not None and node.host is None and self.config.host_pages:
-            self._backup_to_host(node)
-        if (
-            node.host is not None
-            and not node.remote
-            and self.store is not None
-            and node.io_ref == 0
-        ):
-            self._write_remote(node)
-
-    def _backup_to_host(self, node: TreeNode) -> bool:
-        """Copy a device node to host; False if the host tier has no room."""
-        try:
-            self._make_room(HOST, len(node.device))
-        except OutOfPages:
-            return False
-        host = self.host_pool.allocator.alloc(len(node.device))
-        self.controller.device_to_host(node.device, host)
-        node.host = host
-        self._refresh(node)
-        return True
 
     def page_keys(self, node: TreeNode) -> list[bytes]:
         """The chained remote keys of a node's pages (computed once, cached on the node)."""
@@ -329,25 +262,6 @@ class HiRadixCache(RemoteReads):
             )
         return node.page_keys
 
-    def _write_remote(self, node: TreeNode) -> None:
-        """Write-through host -> remote, asynchronously; the node is pinned until acknowledged."""
-        covered = len(node.key)
-        self._pin(node)
-
-        def done(fut) -> None:
-            self._unpin(node)
-            ok = fut.exception() is None and all(fut.result())
-            if not ok:
-                self.counters.remote_write_failures += 1
-                return
-            n, span = node, 0  # mark the written range, which splits may have spread over ancestors
-            while n.parent is not None and span + len(n.key) <= covered:
-                self._set_remote(n, True)
-                span += len(n.key)
-                n = n.parent
-
-        self.controller.put_from_host(list(node.host), self.page_keys(node), done)
-
     def _set_remote(self, node: TreeNode, on: bool) -> None:
         if node.remote != on:
             node.remote = on
@@ -356,93 +270,13 @@ class HiRadixCache(RemoteReads):
             if on:
                 self._make_room(REMOTE, 0)
 
-    # ---- eviction ----------------------------------------------------------------------------
+    # ---- eviction (`radixkv.evictor`) --------------------------------------------------------
     def _make_room(self, tier: int, num_pages: int) -> None:
-        """Evict from `tier` until `num_pages` are free (remote: until within its budget)."""
-        if tier == REMOTE:
-            while self.remote_pages_known > self.config.remote_pages:
-                node = self.indexes[REMOTE].pop()
-                if node is None:
-                    return  # a soft budget: the store's own cap bounds what it holds
-                self.counters.evicted_pages[REMOTE] += len(node.key) // self.page_size
-                self._set_remote(node, False)
-                self._drop(node)
-            return
-        pool = self.device_pool if tier == DEVICE else self.host_pool
-        if num_pages > pool.num_pages:
-            raise OutOfPages(
-                f"{num_pages} pages asked of a {pool.num_pages}-page {('device', 'host')[tier]} pool"
-            )
-        while pool.allocator.num_free < num_pages:
-            node = self.indexes[tier].pop()
-            if node is None and self.controller.inflight:
-                # Pages are pinned by remote copies in flight: wait for one to finish (an
-                # unavoidable wait, bounded by remote_timeout_s) and try again.
-                self.wait_one()
-                continue
-            if node is None:
-                raise OutOfPages(
-                    f"{('device', 'host')[tier]} pool: {num_pages} pages needed, "
-                    f"{pool.allocator.num_free} free and nothing evictable"
-                )
-            self._evict_device(node) if tier == DEVICE else self._evict_host(node)
+        self.evictor.make_room(tier, num_pages)
 
     def evict(self, tier: int, num_pages: int) -> int:
         """Free at least `num_pages` of a tier by eviction if possible; returns pages freed."""
-        pool = self.device_pool if tier == DEVICE else self.host_pool
-        before = pool.allocator.num_free
-        target = min(pool.num_pages, before + num_pages)
-        with contextlib.suppress(OutOfPages):
-            self._make_room(tier, target)
-        return pool.allocator.num_free - before
-
-    def _evict_device(self, node: TreeNode) -> None:
-        # (its insert found the host full); write-through then copies it on to remote too
-        if (
-            node.host is None
-            and self.config.host_pages
-            and self._keep_on_demotion(node)
-            and self._backup_to_host(node)
-        ):
-            self._apply_write_policy(node)
-        pages, node.device = node.device, None
-        self.device_pool.allocator.free(pages)
-        node.parent.device_children -= 1
-        self.counters.evicted_pages[DEVICE] += len(pages)
-        self._refresh(node.parent)
-        self._drop_or_refresh(node)
-
-    def _drop_or_refresh(self, node: TreeNode) -> None:
-        if node.resident_anywhere():
-            self._refresh(node)
-        else:
-            self._drop(node)
-
-    def _evict_host(self, node: TreeNode) -> None:
-        if not node.remote and self.store is not None and self._keep_on_demotion(node):
-            self._demote_to_remote(node)
-        pages, node.host = node.host, None
-        self.host_pool.allocator.free(pages)
-        self.counters.evicted_pages[HOST] += len(pages)
-        self._drop_or_refresh(node)
-
-    def _keep_on_demotion(self, node: TreeNode) -> bool:
-        """Write-back and write-through save an evicted page a tier down; selective only a hot one."""
-        return not self._selective or node.hits >= self.config.selective_threshold
-
-    def _demote_to_remote(self, node: TreeNode) -> None:
-        """Write-back host -> remote: snapshot now (the host pages are freed next), store async.
-
-        The node is marked remote at once; if the write fails, a later read misses and recomputes.
-        """
-        blobs = self.controller.encode(node.host, self.page_keys(node))
-
-        def done(fut) -> None:
-            if fut.exception() is not None or not all(fut.result()):
-                self.counters.remote_write_failures += 1
-
-        self.controller.put_blobs(blobs, done)
-        self._set_remote(node, True)
+        return self.evictor.evict(tier, num_pages)
 
     def _drop(self, node: TreeNode) -> None:
         """Remove a node no tier holds, with any subtree (unreachable without this prefix)."""
@@ -462,8 +296,7 @@ class HiRadixCache(RemoteReads):
                 n.host = None
             if n.remote:
                 self._set_remote(n, False)
-            for index in self.indexes:
-                index.discard(n)
+            self.evictor.discard(n)
             parent = n.parent
             self.tree.remove_leaf(n)
             self._refresh(parent)
@@ -504,21 +337,55 @@ class HiRadixCache(RemoteReads):
             self._refresh(n.parent)
         return need * self.page_size
 
+    # ---- remote reads (`radixkv.prefetch`) ------------------------------------------------------
+    def prefetch(self, tokens: Sequence[int], **options: bool) -> Prefetch:
+        """Start bringing the remote part of `tokens`' cached prefix to host (`discover`, `hold`:
+        see `RemoteReads.prefetch`)."""
+        return self.reads.prefetch(tokens, **options)
+
+    def release_prefetch(self, ticket: Prefetch | None) -> None:
+        self.reads.release_prefetch(ticket)
+
+    def poll(self) -> int:
+        return self.reads.poll()  # finished remote operations applied to the tree; never blocks
+
+    def wait_one(self, timeout_s: float | None = None) -> None:
+        self.reads.wait_one(timeout_s)
+
+    def wait_idle(self, timeout_s: float | None = None) -> None:
+        self.reads.wait_idle(timeout_s)
+
+    @property
+    def prefetch_held_pages(self) -> int:
+        return self.reads.held_pages
+
+    def flush(self) -> int:
+        """Drop every cached page not held by a running request; returns nodes dropped.
+
+        Remote entries stay in the store (other processes may use them); the tree forgets them.
+        """
+        self.wait_idle()
+        before = self.tree.num_nodes
+        stack = [self.tree.root]
+        while stack:
+            node = stack.pop()
+            for child in list(node.children.values()):
+                if child.lock_ref == 0 and child.io_ref == 0:
+                    self._drop(child)
+                else:
+                    stack.append(child)
+        return before - self.tree.num_nodes
+
     def remote_status(self) -> dict | None:
         """The remote tier's health (None without one): its circuit breaker and the
         load-or-recompute estimate."""
         if self.store is None:
             return None
-        return {
-            "store": self.store.describe(),
-            **self.controller.breaker.as_dict(),
-            **self.cost.as_dict(),
-        }
+        breaker, cost = self.controller.breaker.as_dict(), self.cost.as_dict()
+        return {"store": self.store.describe(), **breaker, **cost}
 
     def check_integrity(self) -> dict:
         """Prove every page is owned exactly once and the tree's invariants hold (a full scan)."""
-        from radixkv.integrity import check_integrity
-
         return check_integrity(self)
 
     def close(self) -> None:

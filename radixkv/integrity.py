@@ -105,15 +105,16 @@ def check_integrity(cache: HiRadixCache) -> dict:
     )
     for t in range(3):
         _require(
-            cache.indexes[t].live == evictable_nodes[t], f"{TIER_NAMES[t]} index live count off"
+            cache.evictor.indexes[t].live == evictable_nodes[t],
+            f"{TIER_NAMES[t]} index live count off",
         )
     own(0, sorted(cache.request_pages), "a request")
-    own(1, sorted(cache.reserved_host), "a remote read in flight")
+    own(1, sorted(cache.reads.reserved_host), "a remote read in flight")
 
     report = {}
     for tier, pool, extra in (
         (0, cache.device_pool, len(cache.request_pages)),
-        (1, cache.host_pool, len(cache.reserved_host)),
+        (1, cache.host_pool, len(cache.reads.reserved_host)),
     ):
         pool.allocator.check()
         free = pool.allocator.free_set()

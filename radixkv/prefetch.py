@@ -1,12 +1,15 @@
 """Remote reads: discovering and prefetching remote pages into host, and applying completions.
 
-A mixin of `HiRadixCache` kept apart because it is the asynchronous half of the cache: every
-method here returns at once; results are applied to the tree by `poll()` in the owner's thread.
+`RemoteReads` is a collaborator owned by `HiRadixCache` (`cache.reads`): the asynchronous half of
+the cache. Every method here returns at once; results are applied to the tree by `poll()` in
+the owner's thread. It owns the host pages reserved by reads in flight and the count of pages
+held for queued requests; the tree, the pools and the references stay the cache's.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -43,8 +46,13 @@ class Prefetch:
 
 
 class RemoteReads:
+    def __init__(self, cache: HiRadixCache) -> None:
+        self.cache = cache
+        self.reserved_host: set[int] = set()  # host pages reserved by remote reads in flight
+        self.held_pages = 0  # host pages pinned for waiting requests (`release_prefetch`)
+
     def prefetch(
-        self: HiRadixCache, tokens: Sequence[int], *, discover: bool = True, hold: bool = False
+        self, tokens: Sequence[int], *, discover: bool = True, hold: bool = False
     ) -> Prefetch:
         """Start bringing the remote part of `tokens`' cached prefix into the host tier.
 
@@ -54,24 +62,24 @@ class RemoteReads:
         `poll()`.
         """
         ticket = Prefetch(hold=hold)
-        if self.store is None or not self.config.host_pages:
+        if self.cache.store is None or not self.cache.config.host_pages:
             ticket.done = True
             return ticket
-        tokens = tuple(tokens[: self.tree.aligned(len(tokens))])
-        m = self.match(tokens, touch=False)
+        tokens = tuple(tokens[: self.cache.tree.aligned(len(tokens))])
+        m = self.cache.match(tokens, touch=False)
         start = m.last_node
         if not discover or start.depth >= len(tokens):
             self._fetch_remote_run(tokens, ticket, m)
             return ticket
         depth = start.depth
-        prev = None if start.is_root else self.page_keys(start)[-1]
-        keys = self.namespace.page_keys(
-            prev, tokens[depth:], (len(tokens) - depth) // self.page_size
+        prev = None if start.is_root else self.cache.page_keys(start)[-1]
+        keys = self.cache.namespace.page_keys(
+            prev, tokens[depth:], (len(tokens) - depth) // self.cache.page_size
         )
-        self._pin(start)
+        self.cache._pin(start)
 
         def on_exists(fut) -> None:
-            self._unpin(start)
+            self.cache._unpin(start)
             found = 0
             if fut.exception() is None:
                 for present in fut.result():
@@ -82,28 +90,26 @@ class RemoteReads:
                 ticket.discovered_tokens = self._add_remote_nodes(tokens, depth, keys[:found])
             self._fetch_remote_run(tokens, ticket)
 
-        self.controller.exists(keys, on_exists)
+        self.cache.controller.exists(keys, on_exists)
         return ticket
 
-    def _add_remote_nodes(
-        self: HiRadixCache, tokens: tuple[int, ...], depth: int, keys: list[bytes]
-    ) -> int:
+    def _add_remote_nodes(self, tokens: tuple[int, ...], depth: int, keys: list[bytes]) -> int:
         """Record that the store holds pages [depth, depth + len(keys) pages) of `tokens`."""
-        ps = self.page_size
+        ps = self.cache.page_size
         end = depth + len(keys) * ps
-        path, pos = self.tree.walk(tokens[:end])
+        path, pos = self.cache.tree.walk(tokens[:end])
         if pos >= end or pos < depth:
             return 0  # already known, or the prefix it hangs from is gone meanwhile
-        parent = path[-1] if path else self.tree.root
-        node = self.tree.add_child(parent, tokens[pos:end])
+        parent = path[-1] if path else self.cache.tree.root
+        node = self.cache.tree.add_child(parent, tokens[pos:end])
         node.page_keys = keys[(pos - depth) // ps :]
-        node.last_access = self.clock
-        self._set_remote(node, True)
-        self._refresh(parent)
+        node.last_access = self.cache.clock
+        self.cache._set_remote(node, True)
+        self.cache._refresh(parent)
         return end - pos
 
     def _fetch_remote_run(
-        self: HiRadixCache,
+        self,
         tokens: tuple[int, ...],
         ticket: Prefetch,
         m: MatchResult | None = None,
@@ -113,7 +119,7 @@ class RemoteReads:
             ticket.done = True
             return
         if m is None:
-            m = self.match(tokens, touch=False)
+            m = self.cache.match(tokens, touch=False)
         nodes: list[TreeNode] = []
         n = m.last_node
         while n is not m.last_device_node and n.parent is not None:
@@ -123,23 +129,23 @@ class RemoteReads:
         nodes.reverse()
         # (node, pages) as submitted: a completion that finds a node split meanwhile by another
         # read's completion must not slice the reserved pages by its new length
-        spans = [(x, len(x.key) // self.page_size) for x in nodes]
+        spans = [(x, len(x.key) // self.cache.page_size) for x in nodes]
         need = sum(k for _, k in spans)
-        if need == 0 or not self.cost.worth_loading(
-            need * self.page_size, need * self.layout.page_bytes
+        if need == 0 or not self.cache.cost.worth_loading(
+            need * self.cache.page_size, need * self.cache.layout.page_bytes
         ):
             ticket.done = True  # nothing remote, or recomputing is estimated faster
             return
         anchor = m.last_node
-        keys = [k for x in nodes for k in self.page_keys(x)]  # host page i <- keys[i]
-        self._pin(anchor)  # keeps the whole run from eviction on every tier while in flight
+        keys = [k for x in nodes for k in self.cache.page_keys(x)]  # host page i <- keys[i]
+        self.cache._pin(anchor)  # keeps the whole run from eviction on every tier while in flight
         try:
-            self._make_room(HOST, need)
+            self.cache._make_room(HOST, need)
         except OutOfPages:
-            self._unpin(anchor)
+            self.cache._unpin(anchor)
             ticket.done = True
             return
-        host = self.host_pool.allocator.alloc(need)
+        host = self.cache.host_pool.allocator.alloc(need)
         self.reserved_host.update(host)
 
         def on_read(fut) -> None:
@@ -153,96 +159,84 @@ class RemoteReads:
                 part, flags = host[pos : pos + k], ok[pos : pos + k]
                 pos += k
                 good = k if all(flags) else flags.index(False)
-                if failed is not None or x.host is not None or len(x.key) != k * self.page_size:
+                if (
+                    failed is not None
+                    or x.host is not None
+                    or len(x.key) != k * self.cache.page_size
+                ):
                     # after a miss nothing is usable; a node filled or split meanwhile (by
                     # another read) is left as it is
                     good = 0
                 elif good < k:
                     failed = x  # keep the verified pages before the first bad one
                 if 0 < good < k:
-                    x = self.tree.split(x, good * self.page_size)
+                    x = self.cache.tree.split(x, good * self.cache.page_size)
                 if good:
                     x.host = part[:good]
-                    ticket.fetched_tokens += good * self.page_size
-                    self._refresh(x)
-                self.host_pool.allocator.free(part[good:])
+                    ticket.fetched_tokens += good * self.cache.page_size
+                    self.cache._refresh(x)
+                self.cache.host_pool.allocator.free(part[good:])
             if failed is not None:
                 ticket.missed = True
-                self.counters.remote_read_misses += 1
-                self._set_remote(failed, False)
+                self.cache.counters.remote_read_misses += 1
+                self.cache._set_remote(failed, False)
             # a failed node left with no copy anywhere is dropped (with what hangs below it) when
             # its last reference goes: here, or when another read or the hold lets go of it
             self._hold_or_unpin(ticket, anchor)
             ticket.done = True
 
-        self.controller.get_into_host(keys, host, on_read)
+        self.cache.controller.get_into_host(keys, host, on_read)
 
-    def _hold_or_unpin(self: HiRadixCache, ticket: Prefetch, anchor: TreeNode) -> None:
+    def _hold_or_unpin(self, ticket: Prefetch, anchor: TreeNode) -> None:
         """Keep a finished fetch's pin for the waiting request, within the hold cap."""
-        pages = ticket.fetched_tokens // self.page_size
-        cap = self.config.host_pages // 2
-        if (
-            ticket.hold
-            and not ticket.released
-            and pages
-            and self.prefetch_held_pages + pages <= cap
-        ):
+        pages = ticket.fetched_tokens // self.cache.page_size
+        cap = self.cache.config.host_pages // 2
+        if ticket.hold and not ticket.released and pages and self.held_pages + pages <= cap:
             ticket.held, ticket.held_pages = anchor, pages
-            self.prefetch_held_pages += pages
+            self.held_pages += pages
         else:
-            self._unpin(anchor)
+            self.cache._unpin(anchor)
 
-    def release_prefetch(self: HiRadixCache, ticket: Prefetch | None) -> None:
+    def release_prefetch(self, ticket: Prefetch | None) -> None:
         """Give up a prefetch's hold on its host pages (idempotent; safe before it is done)."""
         if ticket is None:
             return
         ticket.released = True
         if ticket.held is not None:
-            self._unpin(ticket.held)
-            self.prefetch_held_pages -= ticket.held_pages
+            self.cache._unpin(ticket.held)
+            self.held_pages -= ticket.held_pages
             ticket.held, ticket.held_pages = None, 0
 
     # ---- completion --------------------------------------------------------------------------
-    def poll(self: HiRadixCache) -> int:
+    def poll(self) -> int:
         """Apply finished remote operations to the tree; returns how many. Never blocks."""
-        done = self.controller.completed()
+        done = self.cache.controller.completed()
         for fut, callback in done:
             callback(fut)
         return len(done)
 
-    def wait_one(self: HiRadixCache, timeout_s: float | None = None) -> None:
+    def wait_one(self, timeout_s: float | None = None) -> None:
         """Block until one remote operation finishes (at most `timeout_s`, by default twice the
         remote timeout), then apply it and any others done."""
-        wait = self.config.remote_timeout_s * 2 if timeout_s is None else timeout_s
-        item = self.controller.wait_one(wait)
+        wait = self.cache.config.remote_timeout_s * 2 if timeout_s is None else timeout_s
+        item = self.cache.controller.wait_one(wait)
         if item is not None:
             fut, callback = item
             callback(fut)
         self.poll()
 
-    def wait_idle(self: HiRadixCache, timeout_s: float | None = None) -> None:
+    def wait_idle(self, timeout_s: float | None = None) -> None:
         """Block until every remote operation in flight has finished and been applied."""
-        while self.controller.inflight:
-            item = self.controller.wait_one(timeout_s)
-            if item is None:
-                raise TimeoutError(f"{self.controller.inflight} remote operations still in flight")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while self.cache.controller.inflight:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            item = self.cache.controller.wait_one(left)
+            if item is None:  # timed out, or woken (`wake()`) with nothing finished
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(
+                        f"{self.cache.controller.inflight} remote operations still in flight"
+                    )
+                continue
             fut, callback = item
             callback(fut)
             self.poll()
-
-    def flush(self: HiRadixCache) -> int:
-        """Drop every cached page not held by a running request; returns nodes dropped.
-
-        Remote entries stay in the store (other processes may use them); the tree forgets them.
-        """
-        self.wait_idle()
-        before = self.tree.num_nodes
-        stack = [self.tree.root]
-        while stack:
-            node = stack.pop()
-            for child in list(node.children.values()):
-                if child.lock_ref == 0 and child.io_ref == 0:
-                    self._drop(child)
-                else:
-                    stack.append(child)
-        return before - self.tree.num_nodes

@@ -10,7 +10,6 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from engine.engine_loop import EngineLoop
 from engine.http_app import build_app
 
 
@@ -23,7 +22,7 @@ def free_port() -> int:
 @contextmanager
 def live_server(engine, api_key: str | None = None):
     """Yields (base_url, EngineLoop); stops the server and the loop on exit."""
-    loop = EngineLoop(engine)
+    loop = engine.loop
     app = build_app(loop, model_name=engine.model_name, api_key=api_key)
     port = free_port()
     server = uvicorn.Server(

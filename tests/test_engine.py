@@ -27,6 +27,7 @@ PROMPTS = [SYSTEM + [60 + i, 70 + i, 80 + i] for i in range(4)]
 
 
 def engine(path, pages=64, **kw) -> Engine:
+    kw = {"host_memory_gb": 0, "remote_url": None, **kw}  # one tier unless a test asks for more
     return Engine(str(path), device="cpu", kv_memory_gb=gb(pages), check_integrity=True, **kw)
 
 
@@ -94,7 +95,13 @@ def test_a_thousand_mixed_requests_with_cancellations_leak_nothing(tiny_dir):
     path, _ = tiny_dir
     rng = random.Random(0)
     with Engine(
-        str(path), device="cpu", kv_memory_gb=gb(40), max_running=16, max_batch_tokens=256
+        str(path),
+        device="cpu",
+        kv_memory_gb=gb(40),
+        host_memory_gb=0,
+        remote_url=None,
+        max_running=16,
+        max_batch_tokens=256,
     ) as eng:
         live, done, aborted = [], 0, 0
         for i in range(1000):
@@ -219,6 +226,7 @@ def test_gpu_host_hit_loads_layer_by_layer_with_the_same_tokens(tiny_dir):
         dtype=torch.float32,
         kv_memory_gb=gb(64),
         host_memory_gb=gb(256),
+        remote_url=None,
         attention="torch",
         check_integrity=True,
     ) as eng:

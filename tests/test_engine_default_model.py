@@ -14,7 +14,9 @@ from radixkv import Engine  # noqa: E402
 
 @pytest.fixture(scope="module")
 def eng():
-    with Engine(device="cpu", kv_memory_gb=0.25, check_integrity=True) as e:
+    with Engine(
+        device="cpu", kv_memory_gb=0.25, host_memory_gb=0, remote_url=None, check_integrity=True
+    ) as e:
         yield e
 
 

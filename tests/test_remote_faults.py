@@ -47,7 +47,9 @@ def _run(eng: Engine, prompts, on_request=None) -> list:
 def test_redis_killed_mid_run_costs_no_request_and_no_token(tiny_dir):
     path, _ = tiny_dir
     prompts = _prompts(200)
-    with Engine(str(path), device="cpu", kv_memory_gb=gb(32), host_memory_gb=gb(48)) as ref:
+    with Engine(
+        str(path), device="cpu", kv_memory_gb=gb(32), host_memory_gb=gb(48), remote_url=None
+    ) as ref:
         want = [r.token_ids for r in _run(ref, prompts)]
     server = RedisServer().start()
     seen = {"degraded": False, "recovered": False}
@@ -209,13 +211,13 @@ def test_generate_waits_for_a_slow_prefetch_without_spinning(tiny_dir, tmp_path)
             return await get(keys)
 
         store.get = slow_get
-        steps, step = [0], b.scheduler.step
+        steps, step = [0], b.scheduler.schedule
 
         def counted():
             steps[0] += 1
             return step()
 
-        b.scheduler.step = counted
+        b.scheduler.schedule = counted
         r = b.generate([prompt], max_tokens=2, ignore_eos=True)[0]
     assert r.token_ids == want and r.cached_tokens_by_tier["remote"] == 144
     assert steps[0] < 100, f"{steps[0]} scheduler steps while waiting 0.5 s for one read"

@@ -1,0 +1,265 @@
+"""`EngineConfig`: every engine and cache option, with its one default and its help, in one frozen
+dataclass. The library (`Engine(config)` / `Engine(**overrides)`), `python -m radixkv.serve` and
+`python -m radixkv.bench` all build from it: command-line flags are generated from its fields
+(`add_config_flags`), and `--config FILE` (YAML or JSON) fills the same fields.
+
+Each field's metadata holds its help text and the flag names other engines' users type (vLLM's
+and SGLang's), which map to the same field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+ATTENTION = ("auto", "torch", "flashinfer")
+DEFAULT_REMOTE = "default"  # the file tier under the radixkv cache directory
+
+
+def _opt(default: Any, help_text: str, *aliases: str, negative: tuple[str, ...] = ()) -> Any:
+    """A field with its help and flag aliases (`negative`: flags that set a bool to False)."""
+    return field(
+        default=default, metadata={"help": help_text, "aliases": aliases, "negative": negative}
+    )
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything an engine is built from. Invalid values raise ValueError naming the field."""
+
+    model: str | None = _opt(
+        None,
+        "a Hugging Face directory, a .gguf file or a preset (llama-3-8b, qwen2.5-7b: dummy "
+        "weights); default: SmolLM2-135M-Instruct, fetched on first use",
+        "--model-path",
+    )
+    device: str = _opt("auto", "cuda, cuda:N, cpu, or auto (the GPU if there is one)")
+    dtype: str = _opt(
+        "auto", "weights and KV dtype: auto (bf16 on GPU, fp32 on CPU), " + ", ".join(DTYPES[1:])
+    )
+    attention: str = _opt(
+        "auto", "attention backend: auto (flashinfer on GPU if installed), torch, flashinfer"
+    )
+    page_size: int = _opt(
+        16, "tokens per KV page: the unit that is cached and shared", "--block-size"
+    )
+    kv_memory_gb: float = _opt(1.0, "device tier: GiB of KV pages on the device")
+    host_memory_gb: float = _opt(
+        2.0, "host tier: GiB of KV pages in (pinned) host memory; 0 disables it"
+    )
+    remote_url: str | None = _opt(
+        DEFAULT_REMOTE,
+        "remote tier shared across processes: file:///dir, redis://[:password@]host:port/db, "
+        "rediss://..., mooncake://master-host:port, 'default' (a file tier under "
+        "$RADIXKV_CACHE or ~/.cache/radixkv) or 'none'; options as query parameters",
+    )
+    remote_max_gb: float | None = _opt(
+        None,
+        "size cap of a file remote tier, shared by every process using the directory "
+        "(default: 10%% of the disk's free space when the engine starts)",
+    )
+    remote_pages: int = _opt(1 << 20, "remote pages the tree keeps track of")
+    remote_timeout_s: float = _opt(
+        10.0, "a remote call slower than this fails and the request recomputes"
+    )
+    remote_load_margin: float = _opt(
+        1.0, "load remote pages only if estimated load time x this < recompute time; 0: always"
+    )
+    policy: str = _opt("workload", "eviction policy: workload, lru, lfu, slru")
+    write_policy: str = _opt(
+        "write_through",
+        "write_through, write_through_selective or write_back (device -> host -> remote)",
+        "--hicache-write-policy",
+    )
+    tenant: str = _opt("", "salt that isolates this tenant's cache entries from other tenants'")
+    prefix_caching: bool = _opt(
+        True,
+        "reuse cached prefixes (off: every prompt is recomputed)",
+        "--enable-prefix-caching",
+        negative=(
+            "--disable-radix-cache",
+        ),  # --no-prefix-caching, --no-enable-prefix-caching: automatic
+    )
+    max_batch_tokens: int = _opt(
+        2048,
+        "tokens per forward step (long prompts are prefilled in chunks of this size)",
+        "--max-num-batched-tokens",
+        "--chunked-prefill-size",
+    )
+    max_running: int = _opt(
+        64, "requests in the running batch at most", "--max-num-seqs", "--max-running-requests"
+    )
+    check_integrity: bool = _opt(False, "prove page ownership after every step (slow; for tests)")
+
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> ValueError:
+            return ValueError(f"EngineConfig.{name} {rule}, got {getattr(self, name)!r}")
+
+        for name in ("page_size", "max_batch_tokens", "max_running", "remote_pages"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise bad(name, "must be an integer >= 1")
+        for name, low, strict in (
+            ("kv_memory_gb", 0, True),
+            ("host_memory_gb", 0, False),
+            ("remote_timeout_s", 0, True),
+            ("remote_load_margin", 0, False),
+        ):
+            v = getattr(self, name)
+            if (
+                not isinstance(v, (int, float))
+                or isinstance(v, bool)
+                or not math.isfinite(v)
+                or (v <= low if strict else v < low)
+            ):
+                raise bad(name, f"must be a finite number {'>' if strict else '>='} {low}")
+        if self.remote_max_gb is not None and not (
+            isinstance(self.remote_max_gb, (int, float)) and 0 < self.remote_max_gb < math.inf
+        ):
+            raise bad("remote_max_gb", "must be a finite number > 0 (or None: automatic)")
+        if self.dtype not in DTYPES:
+            raise bad("dtype", f"must be one of {', '.join(DTYPES)}")
+        if self.attention not in ATTENTION:
+            raise bad("attention", f"must be one of {', '.join(ATTENTION)}")
+        if not isinstance(self.device, str) or not self.device:
+            raise bad("device", "must be a device name such as cuda or cpu")
+        for name in ("prefix_caching", "check_integrity"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be true or false")
+        if self.remote_url is not None and not isinstance(self.remote_url, str):
+            raise bad("remote_url", "must be a URL, 'default' or 'none'")
+        from radixkv.config import WRITE_POLICIES
+        from radixkv.eviction import make_policy
+
+        try:
+            make_policy(self.policy)
+        except ValueError as err:
+            raise ValueError(f"EngineConfig.policy: {err}") from None
+        if self.write_policy not in WRITE_POLICIES:
+            raise bad("write_policy", f"must be one of {', '.join(WRITE_POLICIES)}")
+
+    @property
+    def remote_enabled(self) -> bool:
+        return self.remote_url is not None and self.remote_url.lower() != "none"
+
+    def replace(self, **overrides: Any) -> EngineConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> EngineConfig:
+        """Fields from a YAML or JSON file (names with - or _), then `overrides` on top."""
+        return cls(**{**read_config_file(path), **overrides})
+
+
+FIELDS = {f.name: f for f in fields(EngineConfig)}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The fields a YAML (.yaml, .yml) or JSON file sets; unknown names are an error."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"cannot read config file {path}: {err.strerror}") from err
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as err:  # the parsers' own error types differ
+        raise ValueError(f"config file {path} does not parse: {err}") from err
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of option names to values")
+    out = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(out) - set(FIELDS))
+    if unknown:
+        raise ValueError(
+            f"config file {path}: unknown option(s) {', '.join(unknown)} "
+            f"(known: {', '.join(FIELDS)})"
+        )
+    return out
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _parse_optional(kind: type):
+    def parse(text: str):
+        return None if text.lower() in ("none", "auto", "") else kind(text)
+
+    return parse
+
+
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def add_config_flags(
+    parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), title: str | None = None
+) -> None:
+    """One flag per EngineConfig field (with its aliases), plus --config FILE. Flags default to
+    'not given', so a config file and the dataclass defaults fill what the command line omits."""
+    group = parser.add_argument_group(title or "engine and cache options (EngineConfig)")
+    group.add_argument(
+        "--config", metavar="FILE", help="YAML or JSON file of these options (flags override it)"
+    )
+    default = EngineConfig()
+    for f in fields(EngineConfig):
+        names = [n for n in (flag_name(f.name), *f.metadata["aliases"]) if n not in skip]
+        if not names:
+            continue
+        shown = getattr(default, f.name)
+        help_text = f.metadata["help"]
+        if "default:" not in help_text:
+            help_text += (
+                f" (default: {shown!r})" if isinstance(shown, str) else f" (default: {shown})"
+            )
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
+        if f.type in ("bool",):
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
+            for neg in f.metadata["negative"]:
+                group.add_argument(
+                    neg,
+                    dest=f.name,
+                    action="store_false",
+                    default=argparse.SUPPRESS,
+                    help=f"same as --no-{f.name.replace('_', '-')}",
+                )
+            continue
+        base = f.type.split(" | ")[0]
+        kind = _TYPES[base]
+        optional = "None" in f.type
+        group.add_argument(*names, type=_parse_optional(kind) if optional else kind, **kw)
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> EngineConfig:
+    """The EngineConfig the parsed flags describe: --config file, then flags, then overrides."""
+    values = read_config_file(args.config) if getattr(args, "config", None) else {}
+    values.update({k: v for k, v in vars(args).items() if k in FIELDS})
+    values.update(overrides)
+    return EngineConfig(**values)
+
+
+def config_to_flags(config: EngineConfig) -> list[str]:
+    """The command line that rebuilds `config` (only fields that differ from the defaults)."""
+    default, out = EngineConfig(), []
+    for f in fields(EngineConfig):
+        v = getattr(config, f.name)
+        if v == getattr(default, f.name):
+            continue
+        if isinstance(v, bool):
+            out.append(flag_name(f.name) if v else "--no-" + f.name.replace("_", "-"))
+        else:
+            out += [flag_name(f.name), "none" if v is None else str(v)]
+    return out

@@ -1,0 +1,190 @@
+"""`EngineCore`: a model, the hierarchical cache, the scheduler and the model runner, built from
+one `EngineConfig`, and the one step loop every caller uses.
+
+    step():    schedule -> run -> process outputs
+    iterate(): a step; when nothing ran and only remote I/O is pending, block on its completion
+               (or a `wake()`), never spin
+
+`radixkv.Engine` (the library), the server's `EngineLoop` thread and the benchmarks all drive
+the engine through `iterate()`. The core is single-threaded: one thread at a time owns it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from engine.config import DEFAULT_REMOTE, EngineConfig
+from engine.model_loader import load_model, model_name
+from engine.model_runner import ModelRunner, make_backend
+from engine.request import Request
+from engine.sampling import SamplingParams
+from engine.scheduler import Scheduler
+from radixkv.config import CacheConfig
+from radixkv.hicache import HiRadixCache
+from radixkv.namespace import CacheNamespace
+from radixkv.prefix_cache import NoPrefixCache, PrefixCache
+from storage import KVLayout, RemoteStore, open_store
+
+log = logging.getLogger(__name__)
+
+IO_WAIT_S = 0.05  # longest block on remote I/O per iterate() (a `wake()` ends it early)
+AUTO_REMOTE_FRACTION = 0.10  # a file tier's default cap: this share of the disk's free space
+
+
+def default_remote_dir() -> Path:
+    from engine.default_model import cache_dir
+
+    return (cache_dir() / "remote-tier").resolve()
+
+
+def open_remote_tier(config: EngineConfig) -> RemoteStore | None:
+    """The remote store `config.remote_url` names (None: no remote tier). A file tier is capped at
+    `remote_max_gb`, by default a tenth of the disk's free space, across processes."""
+    if not config.remote_enabled:
+        return None
+    url = config.remote_url
+    if url == DEFAULT_REMOTE:
+        url = default_remote_dir().as_uri()
+    if not url.startswith("file://"):
+        if config.remote_max_gb is not None:
+            raise ValueError(
+                "remote_max_gb caps a file tier; cap Redis or Mooncake with their own settings"
+            )
+        return open_store(url)
+    root = Path(url[len("file://") :])
+    if config.remote_max_gb is not None:
+        cap = int(config.remote_max_gb * 2**30)
+    else:
+        probe = next(p for p in (root, *root.parents) if p.exists())
+        cap = max(1 << 20, int(shutil.disk_usage(probe).free * AUTO_REMOTE_FRACTION))
+    return open_store(url, capacity_bytes=cap)
+
+
+class EngineCore:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        dtype = (
+            (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+            if config.dtype == "auto"
+            else getattr(torch, config.dtype)
+        )
+        self.model, self.fingerprint, self.tokenizer = load_model(config.model, self.device, dtype)
+        cfg = self.model.config
+        layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, config.page_size, dtype)
+        store = open_remote_tier(config)
+        cache_config = CacheConfig(
+            device_pages=max(1, int(config.kv_memory_gb * 2**30) // layout.page_bytes),
+            host_pages=int(config.host_memory_gb * 2**30) // layout.page_bytes,
+            remote_pages=config.remote_pages if store is not None else 0,
+            remote_timeout_s=config.remote_timeout_s,
+            remote_load_margin=config.remote_load_margin,
+            policy=config.policy,
+            write_policy=config.write_policy,
+        )
+        namespace = CacheNamespace(self.fingerprint, layout, config.tenant)
+        self.cache = HiRadixCache(
+            layout, cache_config, namespace=namespace, store=store, device=str(self.device)
+        )
+        self.prefix_cache = (PrefixCache if config.prefix_caching else NoPrefixCache)(self.cache)
+        backend, attention = make_backend(config.attention, self.cache.device_pool, self.model)
+        self.runner = ModelRunner(self.model, backend, attention)
+        self.scheduler = Scheduler(
+            self.prefix_cache,
+            self.device,
+            max_batch_tokens=config.max_batch_tokens,
+            max_running=config.max_running,
+            eos_token_ids=cfg.eos_token_ids,
+            detokenize=self.tokenizer.decode if self.tokenizer else None,
+            check_integrity=config.check_integrity,
+        )
+        self.model_name = model_name(config.model)
+        self._rids = itertools.count(1)  # next() is atomic: requests are made on any thread
+
+    # ---- requests ------------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int:
+        return self.model.config.max_position_embeddings
+
+    def encode(self, prompt) -> list[int]:
+        """Token ids of a prompt (a string, or a list of ids that is checked)."""
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ValueError("this model has no tokenizer: pass token id lists")
+            return self.tokenizer.encode(prompt)
+        ids = list(prompt)
+        vocab = self.model.config.vocab_size
+        if not ids or not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+            raise ValueError(
+                f"a prompt must be a non-empty string or list of token ids in [0, {vocab})"
+            )
+        return ids
+
+    def make_request(self, prompt, **sampling) -> Request:
+        """Validate a prompt and sampling options into a Request, not yet queued (thread-safe).
+
+        Raises ValueError saying what is wrong: an empty or out-of-vocabulary prompt, invalid
+        sampling values, a prompt plus max_tokens beyond the context or the device tier.
+        """
+        ids = self.encode(prompt)
+        unknown = set(sampling) - set(SamplingParams.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
+        params = SamplingParams(
+            **{
+                k: tuple(v) if k in ("stop", "stop_token_ids") and isinstance(v, list) else v
+                for k, v in sampling.items()
+            }
+        )
+        total = len(ids) + params.max_tokens
+        if total > self.context_length:
+            raise ValueError(
+                f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) is "
+                f"{total} tokens, longer than the model's context ({self.context_length})"
+            )
+        device_tokens = self.prefix_cache.device_capacity_pages * self.prefix_cache.page_size
+        if total > device_tokens:
+            raise ValueError(
+                f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) needs "
+                f"more KV memory than the device tier holds ({device_tokens} tokens)"
+            )
+        return Request(next(self._rids), ids, params)
+
+    # ---- the step loop ---------------------------------------------------------------------------
+    def step(self) -> list[Request]:
+        """One engine step; returns the requests that produced a token (or finished)."""
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return []
+        started = time.perf_counter()
+        tokens = self.runner.run(batch.forward)  # host ints: the step's one device sync
+        return self.scheduler.process_outputs(batch, tokens, time.perf_counter() - started)
+
+    def iterate(self) -> list[Request]:
+        """A step; when it ran nothing and nothing is running, the waiting requests wait on remote
+        prefetches: block until one completes (or `wake()`), at most IO_WAIT_S."""
+        progressed = self.step()
+        if not progressed and not self.scheduler.running:
+            self.prefix_cache.wait_for_io(IO_WAIT_S)
+        return progressed
+
+    def wake(self) -> None:
+        """End an `iterate()` blocked on remote I/O now (thread-safe): new work arrived."""
+        self.prefix_cache.wake()
+
+    @property
+    def has_work(self) -> bool:
+        return self.scheduler.has_work
+
+    def close(self) -> None:
+        """Finish remote writes in flight and close the cache (and its store)."""
+        self.cache.close()

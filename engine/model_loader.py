@@ -1,0 +1,49 @@
+"""Load what `EngineConfig.model` names: a GGUF file, a Hugging Face directory, a preset (dummy
+weights for benchmarks) or, by default, SmolLM2-135M-Instruct."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from engine.default_model import default_model_path
+from engine.gguf_loader import load_gguf, open_gguf
+from engine.llama import CausalLM
+from engine.model_config import PRESETS
+from engine.tokenizer import Tokenizer
+from engine.weights import dummy_model, load_hf_directory
+
+
+def load_model(
+    model: str | None, device: torch.device, dtype: torch.dtype
+) -> tuple[CausalLM, str, Tokenizer | None]:
+    """(model, weights fingerprint, tokenizer or None); raises ValueError naming the model."""
+    if model is None:
+        model = str(default_model_path())
+    if model in PRESETS:
+        m, fp = dummy_model(model, dtype=dtype, device=device)
+        return m, fp, None
+    path = Path(model)
+    if path.is_file() and path.suffix == ".gguf":
+        reader = open_gguf(path)  # parsed once for both the weights and the tokenizer
+        m, fp, _ = load_gguf(reader, dtype=dtype, device=device)
+        return m, fp, Tokenizer.from_gguf(reader)
+    if path.is_dir():
+        m, fp = load_hf_directory(path, dtype=dtype, device=device)
+        has_tokenizer = (path / "tokenizer.json").is_file()
+        return m, fp, Tokenizer.from_hf_directory(path) if has_tokenizer else None
+    raise ValueError(
+        f"model {model!r} is not a GGUF file, a Hugging Face directory or a preset "
+        f"({', '.join(PRESETS)})"
+    )
+
+
+def model_name(model: str | None) -> str:
+    """The name a server reports: the default model's, a preset's, or the file or folder name."""
+    if model is None:
+        return "SmolLM2-135M-Instruct"
+    path = Path(model)
+    if path.suffix == ".gguf":
+        return path.stem
+    return path.name or model

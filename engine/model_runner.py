@@ -1,0 +1,60 @@
+"""The model runner: owns the model, the attention backend and sampling. A `ForwardBatch` goes
+in, each sequence's next token (or None for a prefill chunk that samples nothing) comes out.
+
+It decides nothing about which requests run; that is the scheduler's. Its outputs reach the
+host in one device-to-host copy per step for greedy rows (the step's one unavoidable sync).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from engine.attention import TorchPagedAttention
+from engine.forward_batch import ForwardBatch
+from engine.llama import CausalLM
+from engine.sampling import sample
+from storage import DevicePool
+
+
+def make_backend(kind: str, pool: DevicePool, model: CausalLM):
+    """The attention backend by name (`auto`: flashinfer on CUDA when installed, else torch)."""
+    from engine.attention.flashinfer_backend import FlashInferPagedAttention, flashinfer_available
+
+    cfg = model.config
+    if kind == "auto":
+        kind = "flashinfer" if pool.device.type == "cuda" and flashinfer_available() else "torch"
+    if kind not in ("torch", "flashinfer"):
+        raise ValueError(f"attention must be auto, torch or flashinfer, got {kind!r}")
+    cls = FlashInferPagedAttention if kind == "flashinfer" else TorchPagedAttention
+    return cls(pool, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), kind
+
+
+class ModelRunner:
+    def __init__(self, model: CausalLM, backend, attention: str) -> None:
+        self.model, self.backend, self.attention = model, backend, attention
+
+    @property
+    def device(self) -> torch.device:
+        return self.backend.pool.device
+
+    def run(self, batch: ForwardBatch) -> list[int | None]:
+        """One forward over the batch, then a token for every sequence that samples."""
+        logits = self.model(batch, self.backend)
+        return sample_rows(logits, batch.sampling)
+
+
+def sample_rows(logits: torch.Tensor, sampling: list | None) -> list[int | None]:
+    """Sample row i with `sampling[i]` = (SamplingParams, generator), or None to skip it.
+    Greedy rows are picked together on the device and copied to the host once."""
+    rows = len(logits)
+    sampling = sampling if sampling is not None else [None] * rows
+    out: list[int | None] = [None] * rows
+    greedy = [i for i, s in enumerate(sampling) if s is not None and s[0].temperature == 0]
+    if greedy:
+        picked = logits[greedy].argmax(-1).tolist()  # one copy for all greedy rows
+        for i, token in zip(greedy, picked, strict=True):
+            out[i] = token
+    for i, s in enumerate(sampling):
+        if s is not None and s[0].temperature != 0:
+            out[i] = sample(logits[i], s[0], s[1])
+    return out

@@ -1,0 +1,109 @@
+"""The evictor: per-tier priority indexes of evictable nodes, and eviction itself.
+
+`Evictor` is a collaborator owned by `HiRadixCache` (`cache.evictor`). It keeps one
+`EvictionIndex` per tier up to date as nodes change (`refresh`), so making room costs O(log n)
+per evicted node, never a scan; evicting a device node demotes it to host (and a host node to
+remote) when the write policy keeps it. Pages and nodes stay the cache's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionIndex, EvictionPolicy
+from storage import OutOfPages
+
+if TYPE_CHECKING:
+    from radixkv.hicache import HiRadixCache
+    from radixkv.tree import TreeNode
+
+
+class Evictor:
+    def __init__(self, cache: HiRadixCache, policy_factory: Callable[[], EvictionPolicy]) -> None:
+        self.cache = cache
+        self.indexes = [EvictionIndex(tier, policy_factory()) for tier in (DEVICE, HOST, REMOTE)]
+
+    def refresh(self, node: TreeNode) -> None:
+        """Re-rank a node whose state changed (residency, references, hits, children)."""
+        if node.parent is not None:  # removed nodes and the root are never indexed
+            for index in self.indexes:
+                index.update(node)
+
+    def discard(self, node: TreeNode) -> None:
+        for index in self.indexes:
+            index.discard(node)
+
+    def make_room(self, tier: int, num_pages: int) -> None:
+        """Evict from `tier` until `num_pages` are free (remote: until within its budget)."""
+        if tier == REMOTE:
+            while self.cache.remote_pages_known > self.cache.config.remote_pages:
+                node = self.indexes[REMOTE].pop()
+                if node is None:
+                    return  # a soft budget: the store's own cap bounds what it holds
+                self.cache.counters.evicted_pages[REMOTE] += len(node.key) // self.cache.page_size
+                self.cache._set_remote(node, False)
+                self.cache._drop(node)
+            return
+        pool = self.cache.device_pool if tier == DEVICE else self.cache.host_pool
+        if num_pages > pool.num_pages:
+            raise OutOfPages(
+                f"{num_pages} pages asked of a {pool.num_pages}-page {('device', 'host')[tier]} pool"
+            )
+        while pool.allocator.num_free < num_pages:
+            node = self.indexes[tier].pop()
+            if node is None and self.cache.controller.inflight:
+                # Pages are pinned by remote copies in flight: wait for one to finish (an
+                # unavoidable wait, bounded by remote_timeout_s) and try again.
+                self.cache.wait_one()
+                continue
+            if node is None:
+                raise OutOfPages(
+                    f"{('device', 'host')[tier]} pool: {num_pages} pages needed, "
+                    f"{pool.allocator.num_free} free and nothing evictable"
+                )
+            self.evict_device(node) if tier == DEVICE else self.evict_host(node)
+
+    def evict(self, tier: int, num_pages: int) -> int:
+        """Free at least `num_pages` of a tier by eviction if possible; returns pages freed."""
+        pool = self.cache.device_pool if tier == DEVICE else self.cache.host_pool
+        before = pool.allocator.num_free
+        target = min(pool.num_pages, before + num_pages)
+        with contextlib.suppress(OutOfPages):
+            self.make_room(tier, target)
+        return pool.allocator.num_free - before
+
+    def evict_device(self, node: TreeNode) -> None:
+        # (its insert found the host full); write-through then copies it on to remote too
+        if (
+            node.host is None
+            and self.cache.config.host_pages
+            and self.cache.writes.keep_on_demotion(node)
+            and self.cache.writes.backup_to_host(node)
+        ):
+            self.cache.writes.apply(node)
+        pages, node.device = node.device, None
+        self.cache.device_pool.allocator.free(pages)
+        node.parent.device_children -= 1
+        self.cache.counters.evicted_pages[DEVICE] += len(pages)
+        self.cache._refresh(node.parent)
+        self.drop_or_refresh(node)
+
+    def drop_or_refresh(self, node: TreeNode) -> None:
+        if node.resident_anywhere():
+            self.cache._refresh(node)
+        else:
+            self.cache._drop(node)
+
+    def evict_host(self, node: TreeNode) -> None:
+        if (
+            not node.remote
+            and self.cache.store is not None
+            and self.cache.writes.keep_on_demotion(node)
+        ):
+            self.cache.writes.demote_to_remote(node)
+        pages, node.host = node.host, None
+        self.cache.host_pool.allocator.free(pages)
+        self.cache.counters.evicted_pages[HOST] += len(pages)
+        self.drop_or_refresh(node)

@@ -1,0 +1,166 @@
+"""The cache as the serving engine sees it: a small typed interface over `HiRadixCache`.
+
+The engine never holds a tree node, the controller or a pool. It gets `PrefixHandle`s (opaque
+apart from their lengths by tier and their device pages), locks and unlocks by handle, loads a
+handle's host part to the device, allocates and frees request pages, inserts computed pages,
+prefetches for queued requests and reports prefill speed for the load-or-recompute estimate.
+
+`NoPrefixCache` is the same interface with prefix reuse turned off (`--no-prefix-caching`): it
+matches nothing and keeps nothing, and still owns every device page (a do-nothing cache, not a
+flag the scheduler tests everywhere).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from radixkv.cache_types import MatchResult
+from radixkv.hicache import HiRadixCache
+from radixkv.prefetch import Prefetch
+from radixkv.tree import TreeNode
+
+
+@dataclass(frozen=True)
+class PrefixHandle:
+    """A cached prefix: tokens [0, device_tokens) on device in `device_pages`, then host, then
+    remote tokens. Lock it while a request runs on its pages; unlock the same handle."""
+
+    device_tokens: int
+    host_tokens: int
+    remote_tokens: int
+    device_pages: tuple[int, ...]
+    _node: TreeNode | None = field(default=None, repr=False, compare=False)  # what lock() pins
+    _match: MatchResult | None = field(default=None, repr=False, compare=False)
+    _tokens: Sequence[int] = field(default=(), repr=False, compare=False)
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.device_tokens + self.host_tokens + self.remote_tokens
+
+    @property
+    def num_pages(self) -> int:
+        """Device pages of the prefix, which the cache owns."""
+        return len(self.device_pages)
+
+
+EMPTY = PrefixHandle(0, 0, 0, ())
+
+
+class PrefixCache:
+    """The engine's view of a `HiRadixCache` (which it owns and closes)."""
+
+    reuses_prefixes = True
+
+    def __init__(self, cache: HiRadixCache) -> None:
+        self._cache = cache
+        self.page_size = cache.page_size
+        self.device_capacity_pages = cache.device_pool.num_pages
+        self.has_remote = cache.store is not None
+
+    # ---- prefixes ------------------------------------------------------------------------------
+    def match(self, tokens: Sequence[int], *, touch: bool = True) -> PrefixHandle:
+        """The cached prefix of `tokens`; `touch` counts it as a hit for the eviction policy."""
+        return self._handle(self._cache.match(tokens, touch=touch), tokens)
+
+    @staticmethod
+    def _handle(
+        m: MatchResult, tokens: Sequence[int], node: TreeNode | None = None
+    ) -> PrefixHandle:
+        pages = tuple(m.device_pages)
+        node = m.last_node if node is None else node
+        return PrefixHandle(m.device_tokens, m.host_tokens, m.remote_tokens, pages, node, m, tokens)
+
+    def lock(self, handle: PrefixHandle) -> None:
+        """Keep the prefix's pages on every tier until `unlock(handle)`."""
+        if handle._node is not None:
+            self._cache.lock(handle._node)
+
+    def unlock(self, handle: PrefixHandle) -> None:
+        if handle._node is not None:
+            self._cache.unlock(handle._node)
+
+    def load(self, handle: PrefixHandle) -> PrefixHandle:
+        """Copy the locked prefix's host part to the device (the next forward waits for it layer
+        by layer); returns the handle with its device pages now. Raises OutOfPages when the
+        device cannot make room (locked pages fill it)."""
+        if handle._match is None or not handle.host_tokens:
+            return handle
+        self._cache.load(handle._match, overlap=True)
+        now = self._cache.match(handle._tokens, touch=False)
+        return self._handle(now, handle._tokens, node=handle._node)  # the node locked stays
+
+    def insert(self, tokens: Sequence[int], pages: Sequence[int]) -> PrefixHandle:
+        """Hand request pages for `tokens[: len(pages) * page_size]` to the cache. The returned
+        handle's pages are the cache's copies (where it held one already, the request's duplicate
+        is freed); `num_pages` of them are the cache's now."""
+        node = self._cache.insert(tokens, pages)
+        covered = tokens[: len(pages) * self.page_size]
+        return self._handle(self._cache.match(covered, touch=False), covered, node=node)
+
+    # ---- request pages ---------------------------------------------------------------------------
+    def alloc(self, num_pages: int) -> list[int]:
+        """Device pages for a request (evicting as needed); raises OutOfPages."""
+        return self._cache.alloc(num_pages)
+
+    def free(self, pages: Sequence[int]) -> None:
+        """Give back request pages that were not inserted."""
+        self._cache.free(pages)
+
+    # ---- remote tier -------------------------------------------------------------------------------
+    def prefetch(self, tokens: Sequence[int]) -> Prefetch | None:
+        """Bring a queued request's remote prefix to host, held there until `release_prefetch`;
+        None when there is no remote tier."""
+        return self._cache.prefetch(tokens, hold=True) if self.has_remote else None
+
+    def release_prefetch(self, ticket: Prefetch | None) -> None:
+        self._cache.release_prefetch(ticket)
+
+    def poll(self) -> None:
+        """Apply finished remote operations (never blocks)."""
+        self._cache.poll()
+
+    @property
+    def io_pending(self) -> bool:
+        return self._cache.controller.inflight > 0
+
+    def wait_for_io(self, timeout_s: float) -> None:
+        """Block until a remote operation finishes (applying it) or `wake()` is called, at most
+        `timeout_s`: how a step loop waits when only remote I/O is pending."""
+        if self.io_pending:
+            self._cache.wait_one(timeout_s)
+
+    def wake(self) -> None:
+        """Return a `wait_for_io` early (from any thread): new work has arrived."""
+        self._cache.controller.wake()
+
+    # ---- measurements and checks -----------------------------------------------------------------
+    def observe_prefill(self, tokens: int, seconds: float) -> None:
+        """A prefill step's speed, for the load-or-recompute estimate."""
+        self._cache.cost.observe_prefill(tokens, seconds)
+
+    def take_layer_events(self) -> list | None:
+        """Per-layer CUDA events of loads the next forward must wait for (once)."""
+        return self._cache.controller.take_layer_events()
+
+    def check_integrity(self) -> dict:
+        return self._cache.check_integrity()
+
+
+class NoPrefixCache(PrefixCache):
+    """Prefix reuse off: nothing matches, nothing is kept; pages still come from the cache."""
+
+    reuses_prefixes = False
+
+    def __init__(self, cache: HiRadixCache) -> None:
+        super().__init__(cache)
+        self.has_remote = False
+
+    def match(self, tokens: Sequence[int], *, touch: bool = True) -> PrefixHandle:
+        return EMPTY
+
+    def insert(self, tokens: Sequence[int], pages: Sequence[int]) -> PrefixHandle:
+        return EMPTY  # the request keeps its pages and frees them when it ends
+
+    def prefetch(self, tokens: Sequence[int]) -> Prefetch | None:
+        return None

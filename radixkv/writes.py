@@ -1,0 +1,93 @@
+"""Write policies: when a page is copied a tier down (device -> host -> remote).
+
+write_through copies every new page down at once; write_through_selective only once a node has
+been hit `selective_threshold` times; write_back copies on demotion (eviction). Host -> remote
+follows the same rule. `TierWrites` is a collaborator owned by `HiRadixCache` (`cache.writes`):
+it decides and starts copies; pages, nodes and references stay the cache's.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from radixkv.eviction import HOST
+from storage import OutOfPages
+
+if TYPE_CHECKING:
+    from radixkv.hicache import HiRadixCache
+    from radixkv.tree import TreeNode
+
+
+class TierWrites:
+    def __init__(self, cache: HiRadixCache) -> None:
+        self.cache = cache
+        self.selective = cache.config.write_policy == "write_through_selective"
+
+    def wants_copy(self, node: TreeNode) -> bool:
+        wp = self.cache.config.write_policy
+        return wp == "write_through" or (
+            wp == "write_through_selective" and node.hits >= self.cache.config.selective_threshold
+        )
+
+    def apply(self, node: TreeNode) -> None:
+        """Copy a node one or two tiers down now if the write policy says so."""
+        if not self.wants_copy(node):
+            return
+        if node.device is not None and node.host is None and self.cache.config.host_pages:
+            self.backup_to_host(node)
+        if (
+            node.host is not None
+            and not node.remote
+            and self.cache.store is not None
+            and node.io_ref == 0
+        ):
+            self.write_remote(node)
+
+    def backup_to_host(self, node: TreeNode) -> bool:
+        """Copy a device node to host; False if the host tier has no room."""
+        try:
+            self.cache._make_room(HOST, len(node.device))
+        except OutOfPages:
+            return False
+        host = self.cache.host_pool.allocator.alloc(len(node.device))
+        self.cache.controller.device_to_host(node.device, host)
+        node.host = host
+        self.cache._refresh(node)
+        return True
+
+    def write_remote(self, node: TreeNode) -> None:
+        """Write-through host -> remote, asynchronously; the node is pinned until acknowledged."""
+        covered = len(node.key)
+        self.cache._pin(node)
+
+        def done(fut) -> None:
+            self.cache._unpin(node)
+            ok = fut.exception() is None and all(fut.result())
+            if not ok:
+                self.cache.counters.remote_write_failures += 1
+                return
+            n, span = node, 0  # mark the written range, which splits may have spread over ancestors
+            while n.parent is not None and span + len(n.key) <= covered:
+                self.cache._set_remote(n, True)
+                span += len(n.key)
+                n = n.parent
+
+        self.cache.controller.put_from_host(list(node.host), self.cache.page_keys(node), done)
+
+    def keep_on_demotion(self, node: TreeNode) -> bool:
+        """Write-back and write-through save an evicted page a tier down; selective only a hot one."""
+        return not self.selective or node.hits >= self.cache.config.selective_threshold
+
+    def demote_to_remote(self, node: TreeNode) -> None:
+        """Write-back host -> remote: snapshot now (the host pages are freed next), store async.
+
+        The node is marked remote at once; if the write fails, a later read misses and recomputes.
+        """
+        blobs = self.cache.controller.encode(node.host, self.cache.page_keys(node))
+
+        def done(fut) -> None:
+            if fut.exception() is not None or not all(fut.result()):
+                self.cache.counters.remote_write_failures += 1
+
+        self.cache.controller.put_blobs(blobs, done)
+        self.cache._set_remote(node, True)
