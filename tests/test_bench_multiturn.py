@@ -43,7 +43,10 @@ def test_harness_reports_growing_cache_hits_per_round(tmp_path):
         arrival="poisson",
         max_concurrency=2,
     )
-    with Engine(device="cpu", kv_memory_gb=0.25, host_memory_gb=0, remote_url=None) as eng, live_server(eng) as (url, _loop):
+    with (
+        Engine(device="cpu", kv_memory_gb=0.25, host_memory_gb=0, remote_url=None) as eng,
+        live_server(eng) as (url, _loop),
+    ):
         report = asyncio.run(run_multiturn(url + "/v1", spec, progress=False))
         assert (
             bench_main(
