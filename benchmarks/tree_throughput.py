@@ -23,8 +23,9 @@ import time
 import torch
 
 from radixkv import DEVICE, CacheConfig, HiRadixCache
-from radixkv.eviction import device_evictable, make_policy
+from radixkv.eviction import device_evictable
 from radixkv.evictor import Evictor
+from radixkv.policies import make_policy
 from storage import KVLayout, OutOfPages
 
 PS = 16

@@ -17,6 +17,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from radixkv.config import WRITE_POLICIES
+from radixkv.policies import make_policy
+
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("auto", "torch", "flashinfer")
 DEFAULT_REMOTE = "default"  # the file tier under the radixkv cache directory
@@ -134,9 +137,6 @@ class EngineConfig:
                 raise bad(name, "must be true or false")
         if self.remote_url is not None and not isinstance(self.remote_url, str):
             raise bad("remote_url", "must be a URL, 'default' or 'none'")
-        from radixkv.config import WRITE_POLICIES
-        from radixkv.eviction import make_policy
-
         try:
             make_policy(self.policy)
         except ValueError as err:
@@ -206,16 +206,26 @@ _TYPES = {"int": int, "float": float, "str": str}
 
 
 def add_config_flags(
-    parser: argparse.ArgumentParser, *, skip: tuple[str, ...] = (), title: str | None = None
+    parser: argparse.ArgumentParser,
+    *,
+    skip: tuple[str, ...] = (),
+    only: tuple[str, ...] | None = None,
+    title: str | None = None,
 ) -> None:
     """One flag per EngineConfig field (with its aliases), plus --config FILE. Flags default to
-    'not given', so a config file and the dataclass defaults fill what the command line omits."""
+    'not given', so a config file and the dataclass defaults fill what the command line omits.
+    `skip`: flag names the parser uses otherwise; `only`: just these fields (and no --config)."""
     group = parser.add_argument_group(title or "engine and cache options (EngineConfig)")
-    group.add_argument(
-        "--config", metavar="FILE", help="YAML or JSON file of these options (flags override it)"
-    )
+    if only is None:
+        group.add_argument(
+            "--config",
+            metavar="FILE",
+            help="YAML or JSON file of these options (flags override it)",
+        )
     default = EngineConfig()
     for f in fields(EngineConfig):
+        if only is not None and f.name not in only:
+            continue
         names = [n for n in (flag_name(f.name), *f.metadata["aliases"]) if n not in skip]
         if not names:
             continue

@@ -4,10 +4,11 @@ Importing radixkv loads the cache only; the serving engine is imported on first 
 """
 
 from radixkv.config import CacheConfig
-from radixkv.eviction import DEVICE, HOST, REMOTE, make_policy
+from radixkv.eviction import DEVICE, HOST, REMOTE
 from radixkv.hicache import HiRadixCache, MatchResult
 from radixkv.integrity import IntegrityError
 from radixkv.namespace import CacheNamespace
+from radixkv.policies import make_policy
 from radixkv.prefetch import Prefetch
 
 __version__ = "0.1.0"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from radixkv.policies import make_policy
+
 WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")
 REMOTE_IO_MODES = ("thread", "inline")
 
@@ -65,6 +67,4 @@ class CacheConfig:
             raise ValueError(
                 f"CacheConfig.remote_io must be one of {', '.join(REMOTE_IO_MODES)}, got {self.remote_io!r}"
             )
-        from radixkv.eviction import make_policy
-
         make_policy(self.policy)  # raises ValueError naming the choices

@@ -107,18 +107,6 @@ POLICIES: dict[str, Callable[[], EvictionPolicy]] = {
 }
 
 
-def make_policy(name: str) -> EvictionPolicy:
-    """A policy by name: lru, lfu, slru, or workload (the default)."""
-    from radixkv.workload_policy import WorkloadAwarePolicy
-
-    factories = {**POLICIES, WorkloadAwarePolicy.name: WorkloadAwarePolicy}
-    if name not in factories:
-        raise ValueError(
-            f"unknown eviction policy {name!r} (choose from {', '.join(sorted(factories))})"
-        )
-    return factories[name]()
-
-
 class EvictionIndex:
     """The evictable leaves of one tier, in policy order."""
 

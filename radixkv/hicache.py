@@ -24,10 +24,11 @@ from radixkv.cache_types import CacheCounters, MatchResult
 from radixkv.config import CacheConfig
 from radixkv.controller import CacheController
 from radixkv.cost_model import LoadCostModel
-from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionPolicy, make_policy
+from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionPolicy
 from radixkv.evictor import Evictor
 from radixkv.integrity import check_integrity
 from radixkv.namespace import CacheNamespace
+from radixkv.policies import make_policy
 from radixkv.prefetch import Prefetch, RemoteReads
 from radixkv.tree import RadixTree, TreeNode
 from radixkv.writes import TierWrites

@@ -7,8 +7,9 @@ from storage.allocator import OutOfPages, PageAllocator
 from storage.codec import PageFormatError, decode_page, encode_page
 from storage.file_store import FileStore
 from storage.layout import KVLayout
+from storage.open_store import open_store
 from storage.pools import DevicePool, HostPool
-from storage.remote import RemoteStats, RemoteStore, open_store
+from storage.remote import RemoteStats, RemoteStore
 from storage.transfer import copy_device_to_host, copy_host_to_device
 
 __all__ = [

@@ -4,7 +4,8 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from radixkv.eviction import DEVICE, EvictionIndex, LRUPolicy, make_policy
+from radixkv.eviction import DEVICE, EvictionIndex, LRUPolicy
+from radixkv.policies import make_policy
 from radixkv.tree import TreeNode
 
 

@@ -6,8 +6,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
+
+from engine.config import EngineConfig, add_config_flags, config_from_args, config_to_flags
 
 
 def _trace_command(args: argparse.Namespace) -> int:
@@ -102,10 +105,15 @@ def _multiturn_command(args: argparse.Namespace) -> int:
         seed=args.seed,
         ignore_eos=not args.no_ignore_eos,
     )
+    engine_flags = config_to_flags(config_from_args(args))  # for the local server
+    remote_url = getattr(args, "remote_url", None)
     with contextlib.ExitStack() as stack:
-        if args.url and args.remote_url:
-            raise ValueError("--remote-url configures the local server; a --url server has its own")
-        url = args.url or stack.enter_context(local_server(args.serve_args, args.remote_url))
+        if args.url and (engine_flags or args.serve_args):
+            raise ValueError(
+                "engine options configure the local server; a --url server has its own"
+            )
+        serve_args = shlex.join(engine_flags + shlex.split(args.serve_args))
+        url = args.url or stack.enter_context(local_server(serve_args))
         base = url.rstrip("/")
         base = base if base.endswith("/v1") else base + "/v1"
         print(
@@ -120,8 +128,8 @@ def _multiturn_command(args: argparse.Namespace) -> int:
                 base, spec, model=args.model, api_key=args.api_key, progress=not args.quiet
             )
         )
-    report["serve_args"] = None if args.url else args.serve_args
-    report["remote_url"] = args.remote_url
+    report["serve_args"] = None if args.url else serve_args
+    report["remote_url"] = remote_url
     print(format_report(report))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -158,15 +166,14 @@ def _add_multiturn(sub) -> None:
         default="",
         help="extra arguments for the local server, e.g. '--no-prefix-caching'",
     )
-    m.add_argument(
-        "--remote-url",
-        default=None,
-        help="the local server's remote tier (file:///, redis://, mooncake://; default: a fresh "
-        "directory); only without --url",
-    )
     m.add_argument("--json", type=Path, default=None, help="write the full report here")
     m.add_argument("--plot", type=Path, default=None, help="write PNG plots into this directory")
     m.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_config_flags(
+        m,
+        skip=("--model",),  # here: the model name requests carry; the server's is --model-path
+        title="the local server's engine, without --url (default remote tier: a fresh directory)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,16 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     t.add_argument("--host-frac", type=float, default=0.20, help="host tier (0 disables)")
     t.add_argument("--remote-frac", type=float, default=0.0, help="remote file tier (0 disables)")
-    t.add_argument("--page-size", type=int, default=16)
     t.add_argument(
         "--policy",
         default="workload,lru",
         help="eviction policies, comma-separated (the first fills the top-level JSON fields)",
-    )
-    t.add_argument(
-        "--write-policy",
-        default="write_through",
-        choices=["write_through", "write_through_selective", "write_back"],
     )
     t.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
     t.add_argument(
@@ -198,8 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     t.add_argument("--json", type=Path, default=None, help="write results here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_config_flags(t, only=("page_size", "write_policy"), title="cache options (EngineConfig)")
     _add_multiturn(sub)
     args = parser.parse_args(argv)
+    if args.command == "trace":  # options not given take EngineConfig's defaults
+        for name in ("page_size", "write_policy"):
+            if not hasattr(args, name):
+                setattr(args, name, getattr(EngineConfig(), name))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "multiturn":

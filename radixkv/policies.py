@@ -1,0 +1,17 @@
+"""Eviction policies by name: the classic ones (`radixkv.eviction`) and the workload-aware
+default (`radixkv.workload_policy`)."""
+
+from __future__ import annotations
+
+from radixkv.eviction import POLICIES, EvictionPolicy
+from radixkv.workload_policy import WorkloadAwarePolicy
+
+
+def make_policy(name: str) -> EvictionPolicy:
+    """A policy by name: lru, lfu, slru, or workload (the default)."""
+    factories = {**POLICIES, WorkloadAwarePolicy.name: WorkloadAwarePolicy}
+    if name not in factories:
+        raise ValueError(
+            f"unknown eviction policy {name!r} (choose from {', '.join(sorted(factories))})"
+        )
+    return factories[name]()
