@@ -378,8 +378,7 @@ class HiRadixCache:
         return before - self.tree.num_nodes
 
     def remote_status(self) -> dict | None:
-        """The remote tier's health (None without one): its circuit breaker and the
-        load-or-recompute estimate."""
+        """The remote tier's health (None without one): breaker and load-or-recompute estimate."""
         if self.store is None:
             return None
         breaker, cost = self.controller.breaker.as_dict(), self.cost.as_dict()

@@ -14,6 +14,7 @@ import os
 import sys
 
 from engine.config import add_config_flags, config_from_args
+from engine.http_app import build_app
 from radixkv.facade import Engine
 
 log = logging.getLogger("radixkv.serve")
@@ -46,8 +47,6 @@ def parser() -> argparse.ArgumentParser:
 
 def build(args: argparse.Namespace):
     """(app, engine) from parsed arguments; raises ValueError for bad settings."""
-    from engine.http_app import build_app
-
     if args.port < 0 or args.port > 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
     config = config_from_args(args)

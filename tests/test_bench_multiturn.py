@@ -15,7 +15,8 @@ pytest.importorskip("openai")
 
 from radixkv import Engine  # noqa: E402
 from radixkv.bench.__main__ import main as bench_main  # noqa: E402
-from radixkv.bench.multiturn import MultiturnSpec, percentile, run_multiturn  # noqa: E402
+from radixkv.bench.multiturn import MultiturnSpec, run_multiturn  # noqa: E402
+from radixkv.bench.report import percentile  # noqa: E402
 from tests.live_server import live_server  # noqa: E402
 
 

@@ -295,7 +295,7 @@ def test_metrics_are_prometheus_text(served, client):
         "radixkv_requests_running",
         "radixkv_requests_waiting",
         "radixkv_cache_hit_rate",
-        'radixkv_cache_pages{tier="device",state="used"}',
+        'radixkv_cache_pages{state="used",tier="device"}',  # labels in sorted order
         'radixkv_cache_evicted_pages_total{tier="host"}',
         'radixkv_transfer_bytes_total{direction="host_to_device"}',
         "radixkv_remote_queue_depth",
@@ -306,7 +306,34 @@ def test_metrics_are_prometheus_text(served, client):
     ttft = [
         ln for ln in text.splitlines() if ln.startswith("radixkv_time_to_first_token_seconds_count")
     ]
-    assert int(ttft[0].split()[-1]) >= 1
+    assert float(ttft[0].split()[-1]) >= 1  # prometheus_client writes counts as floats
+
+
+def test_metrics_parse_with_prometheus_client_and_keep_their_names(served, client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.completions.create(model=MODEL, prompt="One two three", max_tokens=2)
+    families = {
+        f.name: f for f in text_string_to_metric_families(httpx.get(served[0] + "/metrics").text)
+    }
+    for name, kind in (
+        ("radixkv_requests_running", "gauge"),
+        ("radixkv_requests_finished", "counter"),
+        ("radixkv_cache_pages", "gauge"),
+        ("radixkv_transfer_bytes", "counter"),
+        ("radixkv_cached_prompt_tokens", "counter"),
+        ("radixkv_time_to_first_token_seconds", "histogram"),
+        ("radixkv_request_latency_seconds", "histogram"),
+    ):
+        assert families[name].type == kind, name
+    finished = {s.labels["reason"]: s.value for s in families["radixkv_requests_finished"].samples}
+    assert finished.get("length", 0) >= 1
+    pages = {
+        (s.labels["tier"], s.labels["state"]): s.value
+        for s in families["radixkv_cache_pages"].samples
+    }
+    stats = httpx.get(served[0] + "/cache/stats").json()["pages"]["device"]
+    assert pages[("device", "free")] + pages[("device", "used")] == stats["capacity"]
 
 
 def test_api_key_is_required_except_for_health(served):

@@ -91,7 +91,8 @@ def _multiturn_command(args: argparse.Namespace) -> int:
     import math
 
     from radixkv.bench.local_server import local_server
-    from radixkv.bench.multiturn import MultiturnSpec, format_report, plot_report, run_multiturn
+    from radixkv.bench.multiturn import MultiturnSpec, run_multiturn
+    from radixkv.bench.report import format_report, plot_report
 
     spec = MultiturnSpec(
         clients=args.clients,

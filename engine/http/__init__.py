@@ -1,0 +1,1 @@
+"""The HTTP routers of the server (`engine.http_app` assembles them)."""

@@ -1,0 +1,96 @@
+"""Operations routes: /health, Prometheus /metrics, /cache/stats and /cache/flush."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from engine.engine_loop import EngineLoop
+from engine.http.common import ServingContext, error_response
+from engine.metrics import ServingCollector, exposition
+
+
+def admin_router(ctx: ServingContext) -> APIRouter:
+    router = APIRouter()
+    loop = ctx.loop
+
+    @router.get("/health")
+    async def health():
+        if not loop.alive:
+            return error_response(503, "the engine thread is not running", "server_error")
+        remote = ctx.core.cache.remote_status()  # thread-safe reads: answers while steps run
+        return {
+            "status": "ok",  # degraded remote tier: still ready, requests recompute
+            "model": ctx.model_name,
+            "remote_tier": "off" if remote is None else "degraded" if remote["degraded"] else "ok",
+            "remote": remote,
+        }
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        report = await loop.call(lambda: cache_report(loop, integrity=False))
+        page_bytes = ctx.core.cache.layout.page_bytes
+        body = exposition(ServingCollector(report, loop.stats, page_bytes))
+        return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @router.get("/cache/stats")
+    async def cache_stats() -> dict:
+        return await loop.call(lambda: cache_report(loop, integrity=True))
+
+    @router.post("/cache/flush")
+    async def cache_flush() -> dict:
+        def flush() -> dict:
+            cache = ctx.core.cache
+            nodes = cache.flush()
+            return {"flushed_nodes": nodes, "integrity": cache.check_integrity()}
+
+        return await loop.call(flush)
+
+    return router
+
+
+def cache_report(loop: EngineLoop, integrity: bool) -> dict:
+    """The cache's state, on the engine thread: counters, pools, remote traffic, integrity."""
+    cache, sched = loop.core.cache, loop.scheduler
+    c = cache.counters
+    queried = max(c.tokens_queried, 1)
+    report = {
+        "page_size": cache.page_size,
+        "pages": {
+            "device": {
+                "capacity": cache.device_pool.num_pages,
+                "free": cache.device_pool.allocator.num_free,
+            },
+            "host": {
+                "capacity": cache.host_pool.num_pages,
+                "free": cache.host_pool.allocator.num_free,
+            },
+            "remote": {"known": cache.remote_pages_known, "budget": cache.config.remote_pages},
+        },
+        "token_hit_rate": sum(c.tokens_hit) / queried,
+        "hit_rate_by_tier": dict(
+            zip(("device", "host", "remote"), (h / queried for h in c.tokens_hit), strict=True)
+        ),
+        "counters": {
+            "matches": c.matches,
+            "tokens_queried": c.tokens_queried,
+            "tokens_hit": dict(zip(("device", "host", "remote"), c.tokens_hit, strict=True)),
+            "evicted_pages": dict(zip(("device", "host", "remote"), c.evicted_pages, strict=True)),
+            "inserted_pages": c.inserted_pages,
+            "remote_write_failures": c.remote_write_failures,
+        },
+        "pages_moved": dict(cache.controller.moved),
+        "remote_inflight": cache.controller.inflight,
+        "remote": None
+        if cache.store is None
+        else {**cache.remote_status(), "traffic": cache.store.stats.as_dict()},
+        "scheduler": {
+            "running": len(sched.running),
+            "waiting": len(sched.waiting),
+            "preemptions": sched.preemptions,
+        },
+        "tree_nodes": cache.tree.num_nodes,
+    }
+    if integrity:
+        report["integrity"] = cache.check_integrity()
+    return report

@@ -1,0 +1,146 @@
+"""What the HTTP routers share: OpenAI-shaped errors, SSE framing, and the serving context
+(the engine loop, the served model's name and the helpers every generation route uses).
+
+Every error is a JSON body in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`,
+with a 4xx status for bad input and 5xx only for the server's own failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from engine.engine_loop import EngineLoop, RequestOutput
+from engine.text_stream import TextStream
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, kind: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
+def error_response(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+    return JSONResponse(body, status_code=status)
+
+
+def validation_message(err: RequestValidationError) -> tuple[str, str | None]:
+    parts, param = [], None
+    for e in err.errors():
+        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        if e.get("type") == "json_invalid":
+            return f"the request body is not valid JSON: {e.get('msg')}", None
+        where = ".".join(loc)
+        param = param or where or None
+        parts.append(f"{where}: {e.get('msg')}" if where else str(e.get("msg")))
+    return "invalid request: " + "; ".join(parts), param
+
+
+def sse(payload: dict | str) -> bytes:
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()
+
+
+def stream_error(out: RequestOutput) -> bytes:
+    """The last SSE event of a stream the engine failed (the status line has gone already)."""
+    return sse({"error": {"message": out.error, "type": "server_error", "code": 500}})
+
+
+def usage(out: RequestOutput) -> dict:
+    return {
+        "prompt_tokens": out.prompt_tokens,
+        "completion_tokens": out.num_output_tokens,
+        "total_tokens": out.prompt_tokens + out.num_output_tokens,
+        "prompt_tokens_details": {
+            "cached_tokens": out.cached_tokens,
+            "cached_tokens_by_tier": out.cached_by_tier,  # radixkv: device, host, remote
+        },
+    }
+
+
+async def wait_disconnect(http: Request) -> None:
+    """Returns when the client has gone (the body was read already: only a disconnect comes)."""
+    while True:
+        message = await http.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+@dataclass
+class ServingContext:
+    """The engine loop and the served model, with the helpers of the generation routes."""
+
+    loop: EngineLoop
+    model_name: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def core(self):
+        return self.loop.core
+
+    def check_model(self, name: str) -> None:
+        if name != self.model_name:
+            raise APIError(
+                404,
+                f"model {name!r} does not exist here; this server serves {self.model_name!r}",
+                "invalid_request_error",
+                "model",
+            )
+
+    def make_request(self, prompt, sampling: dict):
+        try:
+            return self.core.make_request(prompt, **sampling)
+        except ValueError as err:
+            raise APIError(400, str(err), "invalid_request_error") from err
+
+    def max_tokens_for(self, prompt_len: int, requested: int | None) -> int:
+        if requested is None:
+            return max(1, self.core.context_length - prompt_len)
+        return requested
+
+    def encode(self, prompt) -> list[int]:
+        try:
+            return self.core.encode(prompt)
+        except ValueError as err:
+            raise APIError(400, str(err), "invalid_request_error", "prompt") from err
+
+    async def run_to_end(self, http: Request, req) -> tuple[list[int], RequestOutput]:
+        """Collect a whole request; abort it if the client disconnects first."""
+        ids: list[int] = []
+
+        async def collect() -> RequestOutput:
+            async for out in self.loop.generate(req):
+                ids.extend(out.new_token_ids)
+                if out.finish_reason is not None:
+                    return out
+            raise AssertionError("the output stream ended without a finish")
+
+        task = asyncio.ensure_future(collect())
+        watcher = asyncio.ensure_future(wait_disconnect(http))
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()  # closes the generator: the request is aborted, its pages freed
+            await asyncio.gather(task, return_exceptions=True)
+            raise APIError(499, "client closed the request", "invalid_request_error")
+        watcher.cancel()
+        out = task.result()
+        if out.finish_reason == "error":
+            raise APIError(500, out.error or "the engine failed", "server_error")
+        return ids, out
+
+    def text_stream(self, req) -> TextStream:
+        tok = self.core.tokenizer
+        return TextStream(tok.decode if tok else lambda _ids: "", req.params.stop)
+
+
+def delta_text(stream: TextStream, ids: list[int], out: RequestOutput) -> str:
+    if out.finish_reason is None:
+        return stream.push(ids)
+    return stream.finish(out.text or "")
