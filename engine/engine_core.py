@@ -25,6 +25,7 @@ from engine.model_runner import ModelRunner, make_backend
 from engine.request import Request
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
+from radixkv.cache_report import cache_report
 from radixkv.config import CacheConfig
 from radixkv.hicache import HiRadixCache
 from radixkv.namespace import CacheNamespace
@@ -180,6 +181,10 @@ class EngineCore:
     def wake(self) -> None:
         """End an `iterate()` blocked on remote I/O now (thread-safe): new work arrived."""
         self.prefix_cache.wake()
+
+    def cache_report(self, *, integrity: bool = False) -> dict:
+        """The cache's state (see `radixkv.cache_report`); on the thread that owns the core."""
+        return cache_report(self.cache, integrity=integrity)
 
     @property
     def has_work(self) -> bool:

@@ -50,47 +50,12 @@ def admin_router(ctx: ServingContext) -> APIRouter:
 
 
 def cache_report(loop: EngineLoop, integrity: bool) -> dict:
-    """The cache's state, on the engine thread: counters, pools, remote traffic, integrity."""
-    cache, sched = loop.core.cache, loop.scheduler
-    c = cache.counters
-    queried = max(c.tokens_queried, 1)
-    report = {
-        "page_size": cache.page_size,
-        "pages": {
-            "device": {
-                "capacity": cache.device_pool.num_pages,
-                "free": cache.device_pool.allocator.num_free,
-            },
-            "host": {
-                "capacity": cache.host_pool.num_pages,
-                "free": cache.host_pool.allocator.num_free,
-            },
-            "remote": {"known": cache.remote_pages_known, "budget": cache.config.remote_pages},
-        },
-        "token_hit_rate": sum(c.tokens_hit) / queried,
-        "hit_rate_by_tier": dict(
-            zip(("device", "host", "remote"), (h / queried for h in c.tokens_hit), strict=True)
-        ),
-        "counters": {
-            "matches": c.matches,
-            "tokens_queried": c.tokens_queried,
-            "tokens_hit": dict(zip(("device", "host", "remote"), c.tokens_hit, strict=True)),
-            "evicted_pages": dict(zip(("device", "host", "remote"), c.evicted_pages, strict=True)),
-            "inserted_pages": c.inserted_pages,
-            "remote_write_failures": c.remote_write_failures,
-        },
-        "pages_moved": dict(cache.controller.moved),
-        "remote_inflight": cache.controller.inflight,
-        "remote": None
-        if cache.store is None
-        else {**cache.remote_status(), "traffic": cache.store.stats.as_dict()},
-        "scheduler": {
-            "running": len(sched.running),
-            "waiting": len(sched.waiting),
-            "preemptions": sched.preemptions,
-        },
-        "tree_nodes": cache.tree.num_nodes,
+    """The cache's and the scheduler's state, on the engine thread."""
+    sched = loop.scheduler
+    report = loop.core.cache_report(integrity=integrity)
+    report["scheduler"] = {
+        "running": len(sched.running),
+        "waiting": len(sched.waiting),
+        "preemptions": sched.preemptions,
     }
-    if integrity:
-        report["integrity"] = cache.check_integrity()
     return report
