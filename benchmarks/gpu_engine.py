@@ -1,13 +1,16 @@
 """GPU engine benchmark: llama-3-8b shapes with dummy weights, bf16, flashinfer, one run.
 
-1. correctness: flashinfer vs the torch reference backend on one mixed batch (a cached-prefix
-   prefill, a cold prefill and a decode), logits compared;
-2. prefill tokens/s (4 x 2,048 tokens) and decode tokens/s at batch 1, 16 and 64 (1,024-token
-   contexts), radixkv's model runner with flashinfer;
-3. TTFT of a 4,096-token prompt through the Engine: cold, cached on device, cached on host;
+0. the hardware's floors, measured in the same run: HBM bandwidth (device copy and read), bf16
+   matmul peak (8192^3), pinned host -> device bandwidth;
+1. correctness: flashinfer vs the torch reference on one mixed batch; the fused model (merged
+   projections, flashinfer norms and RoPE) vs the unfused one; CUDA-graph decode vs eager;
+2. prefill tokens/s (4 x 2,048) against the matmul floor, and the decode step at batch 1, 16
+   and 64 (1,024-token contexts), eager and CUDA graph, against (weights + KV) / HBM bandwidth;
+3. TTFT of a 4,096-token prompt through the Engine: cold, cached on device, cached on host,
+   against its floor;
 4. the same prefill and decode in Hugging Face transformers on the same weights, as ratios.
 
-    python benchmarks/gpu_engine.py [--json PATH]
+    python benchmarks/gpu_engine.py [--json PATH] [--skip-hf]
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import torch
 
 from engine.attention import TorchPagedAttention
 from engine.attention.flashinfer_backend import FlashInferPagedAttention
+from engine.cuda_graph import DecodeGraphs
 from engine.forward_batch import ForwardBatch
+from engine.model_runner import ModelRunner
+from engine.sampling import SamplingParams
 from engine.weights import dummy_model
 from storage import DevicePool, KVLayout, PageAllocator
 
@@ -40,6 +46,43 @@ def cuda_time(fn, iters: int = 5, warmup: int = 2) -> float:
     return (time.perf_counter() - t) / iters
 
 
+def measure_floors(dev: torch.device) -> dict:
+    """What this GPU can do, measured now: the figures every floor below divides by."""
+    n = 1 << 30  # 1 GiB
+    a = torch.empty(n // 2, dtype=torch.bfloat16, device=dev).normal_()
+    b = torch.empty_like(a)
+    copy = cuda_time(lambda: b.copy_(a), iters=10, warmup=2)
+    read = cuda_time(lambda: a.sum(dtype=torch.float32), iters=10, warmup=2)
+    x = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
+    mm = cuda_time(lambda: x @ x, iters=10, warmup=3)
+    host = torch.empty(n, dtype=torch.uint8, pin_memory=True)
+    dst = torch.empty(n, dtype=torch.uint8, device=dev)
+    h2d = cuda_time(lambda: dst.copy_(host, non_blocking=True), iters=5, warmup=1)
+    floors = {
+        "hbm_copy_gbps": 2 * n / copy / 1e9,  # read + write
+        "hbm_read_gbps": n / read / 1e9,
+        "matmul_tflops": 2 * 8192**3 / mm / 1e12,
+        "h2d_pinned_gbps": n / h2d / 1e9,
+    }
+    floors["hbm_gbps"] = max(floors["hbm_copy_gbps"], floors["hbm_read_gbps"])
+    print(
+        "floors: HBM {hbm_read_gbps:,.0f} GB/s read, {hbm_copy_gbps:,.0f} GB/s copy; bf16 matmul "
+        "{matmul_tflops:,.0f} TFLOP/s; pinned host->device {h2d_pinned_gbps:,.1f} GB/s".format(
+            **floors
+        ),
+        flush=True,
+    )
+    return floors
+
+
+def weight_bytes(model) -> int:
+    """Bytes a decode step reads: every weight but the embedding table (one row each)."""
+    embed = model.model.embed_tokens.weight
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    tied = model.lm_head.weight is embed
+    return total if tied else total - embed.numel() * embed.element_size()
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -49,8 +92,11 @@ def main() -> int:
     args = p.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
+    results: dict = {"floors": measure_floors(dev)}
+    hbm = results["floors"]["hbm_gbps"] * 1e9
     model, _ = dummy_model("llama-3-8b", dtype=torch.bfloat16, device=dev)
     cfg = model.config
+    hf = None if args.skip_hf else hf_twin(model, dev)  # shares the unfused weight tensors
     layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, PS, torch.bfloat16)
     pool = DevicePool(layout, 72 * 1024 * 2 // PS, dev)  # 147k tokens
     alloc = PageAllocator(pool.num_pages)
@@ -64,61 +110,89 @@ def main() -> int:
     def pages(n):
         return alloc.alloc(-(-n // PS))
 
-    results: dict = {}
-    # 1. correctness on a mixed batch
+    # 1. correctness on a mixed batch: flashinfer vs torch, then fused vs unfused
     a, b, c = tokens(300), tokens(200 + 100), tokens(500)
     tb, tc = pages(300), pages(501)
-    model(
-        ForwardBatch.build([(b[:200], 0, tb), (c, 0, tc)], PS, dev), fi
-    )  # b's prefix, c's context
+    model(ForwardBatch.build([(b[:200], 0, tb), (c, 0, tc)], PS, dev), fi)  # b's prefix, c's
     mixed = [(a, 0, pages(300)), (b[200:], 200, tb), ([7], 500, tc)]
     want = model(ForwardBatch.build(mixed, PS, dev), ref)
     got = model(ForwardBatch.build(mixed, PS, dev), fi)
-    rel = ((got - want).norm() / want.norm()).item()
-    agree = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
-    results["flashinfer_vs_torch"] = {"relative_error": rel, "argmax_agreement": agree}
-    print(
-        f"flashinfer vs torch reference (mixed batch): relative error {rel:.2e}, argmax agreement {agree:.0%}",
-        flush=True,
-    )
+    results["flashinfer_vs_torch"] = compare("flashinfer vs torch reference", got, want)
+    model.fuse()
+    fused = model(ForwardBatch.build(mixed, PS, dev), fi)
+    results["fused_vs_unfused"] = compare("fused model vs unfused (flashinfer)", fused, got)
+    w_bytes = weight_bytes(model)
 
-    # 2. prefill and decode throughput, radixkv runner + flashinfer
+    # 2. prefill against the matmul floor
     prompts = [tokens(2048) for _ in range(4)]
     tables = [pages(2048) for _ in range(4)]
     prefill = ForwardBatch.build(
         [(t, 0, tb) for t, tb in zip(prompts, tables, strict=True)], PS, dev
     )
     s = cuda_time(lambda: model(prefill, fi))
-    results["prefill_tokens_per_s"] = 8192 / s
-    print(f"prefill 4 x 2,048: {8192 / s:,.0f} tokens/s ({s * 1e3:.1f} ms)", flush=True)
+    params = w_bytes // 2
+    attn = 4 * cfg.num_layers * 2 * 2 * (2048 * 2048 / 2) * cfg.num_heads * cfg.head_dim
+    flops = 2 * params * 8192 + attn
+    results["prefill"] = {
+        "tokens_per_s": 8192 / s,
+        "ms": s * 1e3,
+        "floor_ms": flops / (results["floors"]["matmul_tflops"] * 1e12) * 1e3,
+        "fraction_of_matmul_peak": flops / s / 1e12 / results["floors"]["matmul_tflops"],
+    }
+    r = results["prefill"]
+    print(
+        f"prefill 4 x 2,048: {r['tokens_per_s']:,.0f} tokens/s ({r['ms']:.1f} ms; floor "
+        f"{r['floor_ms']:.1f} ms; {r['fraction_of_matmul_peak']:.0%} of the measured matmul peak)",
+        flush=True,
+    )
+
+    # decode: eager and CUDA graph, the runner's whole step (sampling and its sync included)
+    graphs = DecodeGraphs(model, pool, 64, 8192, PS)
+    results["graph_capture"] = {"seconds": graphs.capture_s, "mib": graphs.memory_bytes / 2**20}
+    eager, graphed = (
+        ModelRunner(model, fi, "flashinfer"),
+        ModelRunner(model, fi, "flashinfer", graphs),
+    )
     decode = {}
     for batch in (1, 16, 64):
         alloc = PageAllocator(pool.num_pages)  # a fresh page space for each batch size
         ctx = [tokens(1024) for _ in range(batch)]
         tabs = [pages(1024 + 64) for _ in range(batch)]
         for i in range(0, batch, 16):
-            model(
-                ForwardBatch.build(
-                    [(ctx[j], 0, tabs[j]) for j in range(i, min(batch, i + 16))], PS, dev
-                ),
-                fi,
-            )
-        step = [0]
+            chunk = [(ctx[j], 0, tabs[j]) for j in range(i, min(batch, i + 16))]
+            model(ForwardBatch.build(chunk, PS, dev), fi)
+        greedy = [(SamplingParams(), None)] * batch
+        kv_bytes = batch * 1024 * layout.page_bytes // PS  # every layer's K and V
+        row = {"floor_ms": (w_bytes + kv_bytes) / hbm * 1e3}
+        same = None
+        for name, runner in (("eager", eager), ("graph", graphed)):
+            step = [0]
 
-        def one_step(batch=batch, tabs=tabs, step=step):
-            pos = 1024 + step[0] % 60
-            step[0] += 1
-            return model(
-                ForwardBatch.build([([5], pos, tabs[j]) for j in range(batch)], PS, dev), fi
-            )
+            def one_step(runner=runner, batch=batch, tabs=tabs, step=step, greedy=greedy):
+                pos = 1024 + step[0] % 60
+                step[0] += 1
+                fb = ForwardBatch.build(
+                    [([5], pos, tabs[j]) for j in range(batch)], PS, dev, greedy
+                )
+                return runner.run(fb)
 
-        s = cuda_time(one_step, iters=20, warmup=3)
-        decode[batch] = batch / s
+            row[f"{name}_ms"] = cuda_time(one_step, iters=30, warmup=3) * 1e3
+            fb = ForwardBatch.build([([5], 1100, tabs[j]) for j in range(batch)], PS, dev, greedy)
+            logits = graphs.run(fb) if name == "graph" else model(fb, fi)
+            same = logits.clone() if same is None else (logits, same)
+        g, e = same
+        row["graph_vs_eager_max_abs"] = (g - e).abs().max().item()
+        row["graph_argmax_equal"] = bool(torch.equal(g.argmax(-1), e.argmax(-1)))
+        row["ratio_to_floor"] = row["graph_ms"] / row["floor_ms"]
+        decode[batch] = row
         print(
-            f"decode batch {batch:>2}: {batch / s:,.0f} tokens/s ({s * 1e3:.2f} ms/step)",
+            f"decode batch {batch:>2}: eager {row['eager_ms']:.2f} ms, graph {row['graph_ms']:.2f} ms "
+            f"({batch / row['graph_ms'] * 1e3:,.0f} tokens/s); floor {row['floor_ms']:.2f} ms -> "
+            f"{row['ratio_to_floor']:.2f}x; graph = eager argmax: {row['graph_argmax_equal']}",
             flush=True,
         )
-    results["decode_tokens_per_s"] = decode
+    results["decode"] = decode
+    graphs = eager = graphed = None
 
     # host <-> device transfer of 255 scattered pages (a 4,080-token prefix): kernel vs portable
     from storage import HostPool, copy_device_to_host, copy_host_to_device
@@ -138,18 +212,58 @@ def main() -> int:
             "d2h": nbytes / d2h / 1e9,
         }
         print(
-            f"transfer 255 pages ({nbytes / 2**20:.0f} MiB) {name}: host->device {nbytes / h2d / 1e9:.1f} GB/s, device->host {nbytes / d2h / 1e9:.1f} GB/s",
+            f"transfer 255 pages ({nbytes / 2**20:.0f} MiB) {name}: host->device "
+            f"{nbytes / h2d / 1e9:.1f} GB/s, device->host {nbytes / d2h / 1e9:.1f} GB/s",
             flush=True,
         )
-    pinned = plain = None
+    pinned = plain = pool = fi = ref = model = None
+    torch.cuda.empty_cache()
 
-    # 4. Hugging Face transformers on the same weights (shared tensors, no second copy)
-    if args.skip_hf:
-        pool = fi = ref = None  # release before the Engine takes its own pools
+    # 4. Hugging Face transformers on the same weights
+    if hf is not None:
+        ids = torch.tensor(prompts, device=dev)
+        with torch.inference_mode():
+            s = cuda_time(lambda: hf(ids, logits_to_keep=1), iters=3, warmup=1)
+        results["hf_prefill_tokens_per_s"] = 8192 / s
+        print(f"HF prefill 4 x 2,048: {8192 / s:,.0f} tokens/s", flush=True)
+        hf_decode = {}
+        for batch in (1, 16, 64):
+            ctx = torch.randint(0, cfg.vocab_size, (batch, 1024), generator=rng).to(dev)
+            with torch.inference_mode():
+                out = hf(ctx, use_cache=True, logits_to_keep=1)
+                cache = out.past_key_values
+                nxt = torch.full((batch, 1), 5, device=dev)
+
+                def hf_step(cache=cache, nxt=nxt):
+                    hf(nxt, past_key_values=cache, use_cache=True).logits.argmax(-1).tolist()
+
+                s = cuda_time(hf_step, iters=20, warmup=3)
+            hf_decode[batch] = s * 1e3
+            print(f"HF decode batch {batch:>2}: {s * 1e3:.2f} ms/step", flush=True)
+            del cache, out
+        results["hf_decode_ms"] = hf_decode
+        hf = None
         torch.cuda.empty_cache()
-        return _ttft(args, model, results, tokens, decode, None)
+    _ttft(results, tokens, layout, w_bytes, hbm)
+    _table(results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+def compare(label: str, got: torch.Tensor, want: torch.Tensor) -> dict:
+    rel = ((got - want).norm() / want.norm()).item()
+    agree = (got.argmax(-1) == want.argmax(-1)).float().mean().item()
+    print(f"{label}: relative error {rel:.2e}, argmax agreement {agree:.0%}", flush=True)
+    return {"relative_error": rel, "argmax_agreement": agree}
+
+
+def hf_twin(model, dev):
+    """transformers' Llama over the same (unfused) weight tensors: no second copy."""
     import transformers
 
+    cfg = model.config
     hf_cfg = transformers.LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
@@ -160,36 +274,11 @@ def main() -> int:
         hf = transformers.LlamaForCausalLM(hf_cfg)
     hf.load_state_dict(model.state_dict(), assign=True)
     hf.model.rotary_emb = type(hf.model.rotary_emb)(hf_cfg, device=dev)
-    hf = hf.to(dev).eval()
-    ids = torch.tensor(prompts, device=dev)
-    with torch.inference_mode():
-        s = cuda_time(lambda: hf(ids, logits_to_keep=1), iters=3, warmup=1)
-    results["hf_prefill_tokens_per_s"] = 8192 / s
-    print(f"HF prefill 4 x 2,048: {8192 / s:,.0f} tokens/s", flush=True)
-    hf_decode = {}
-    for batch in (1, 16, 64):
-        ctx = torch.randint(0, cfg.vocab_size, (batch, 1024), generator=rng).to(dev)
-        with torch.inference_mode():
-            out = hf(ctx, use_cache=True, logits_to_keep=1)
-            cache = out.past_key_values
-            nxt = torch.full((batch, 1), 5, device=dev)
-
-            def hf_step(cache=cache, nxt=nxt):
-                hf(nxt, past_key_values=cache, use_cache=True)
-
-            s = cuda_time(hf_step, iters=20, warmup=3)
-        hf_decode[batch] = batch / s
-        print(f"HF decode batch {batch:>2}: {batch / s:,.0f} tokens/s", flush=True)
-        del cache, out
-    results["hf_decode_tokens_per_s"] = hf_decode
-    hf = pool = fi = ref = None  # release before the Engine takes its own pools
-    torch.cuda.empty_cache()
-    return _ttft(args, model, results, tokens, decode, hf_decode)
+    return hf.to(dev).eval()
 
 
-def _ttft(args, model, results, tokens, decode, hf_decode) -> int:
-
-    # 3. TTFT of a 4,096-token prompt through the Engine
+def _ttft(results: dict, tokens, layout, w_bytes: int, hbm: float) -> None:
+    """3. TTFT of a 4,096-token prompt through the Engine (CUDA graphs on), with its floors."""
     from radixkv import DEVICE, Engine
 
     eng = Engine(
@@ -201,47 +290,72 @@ def _ttft(args, model, results, tokens, decode, hf_decode) -> int:
         max_batch_tokens=8192,
         attention="flashinfer",
     )
-    eng.model.load_state_dict(model.state_dict())
-    model = None
     eng.generate([tokens(4096)], max_tokens=1)  # warm-up: kernels, allocator
+    for _ in range(3):
+        eng.generate([tokens(4096)], max_tokens=1)
     prompt = tokens(4096)
+    kv = 4096 * layout.page_bytes // PS
+    h2d = results["floors"]["h2d_pinned_gbps"] * 1e9
+    floors = {
+        "cold": None,
+        "device": (w_bytes + kv) / hbm * 1e3,
+        "host": ((w_bytes + kv) / hbm + kv / h2d) * 1e3,
+    }
     ttft = {}
     for label in ("cold", "device", "host"):
         if label == "host":
             eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)
         torch.cuda.synchronize()
         r = eng.generate([prompt], max_tokens=1)[0]
-        ttft[label] = {"ttft_ms": r.ttft_s * 1e3, "cached_by_tier": r.cached_tokens_by_tier}
+        ttft[label] = {
+            "ttft_ms": r.ttft_s * 1e3,
+            "floor_ms": floors[label],
+            "cached_by_tier": r.cached_tokens_by_tier,
+        }
+        fl = f"floor {floors[label]:.1f} ms" if floors[label] else ""
         print(
-            f"TTFT 4,096 tokens {label:>6}: {r.ttft_s * 1e3:8.1f} ms  cached {r.cached_tokens_by_tier}",
+            f"TTFT 4,096 tokens {label:>6}: {r.ttft_s * 1e3:8.1f} ms {fl} cached {r.cached_tokens_by_tier}",
             flush=True,
         )
     results["ttft_4096"] = ttft
     eng.close()
 
-    print("\n| measure | radixkv (flashinfer) | HF transformers | ratio |")
-    print("|---|---|---|---|")
-    hf_prefill = results.get("hf_prefill_tokens_per_s")
-    if hf_prefill:
-        print(
-            f"| prefill tokens/s, 4 x 2,048 | {results['prefill_tokens_per_s']:,.0f} | {hf_prefill:,.0f} | {results['prefill_tokens_per_s'] / hf_prefill:.2f}x |"
-        )
-    for b in (1, 16, 64):
+
+def _table(results: dict) -> None:
+    f = results["floors"]
+    print(
+        f"\nfloors measured in this run: HBM {f['hbm_gbps']:,.0f} GB/s, bf16 matmul "
+        f"{f['matmul_tflops']:,.0f} TFLOP/s, pinned H2D {f['h2d_pinned_gbps']:.1f} GB/s"
+    )
+    print("\n| measure | radixkv | floor | ratio to floor | HF transformers |")
+    print("|---|---|---|---|---|")
+    p = results["prefill"]
+    hf_p = results.get("hf_prefill_tokens_per_s")
+    print(
+        f"| prefill 4 x 2,048 | {p['ms']:.1f} ms ({p['tokens_per_s']:,.0f} tok/s) | {p['floor_ms']:.1f} ms "
+        f"| {p['ms'] / p['floor_ms']:.2f}x ({p['fraction_of_matmul_peak']:.0%} of peak) | "
+        + (f"{hf_p:,.0f} tok/s |" if hf_p else "not run |")
+    )
+    hf_d = results.get("hf_decode_ms", {})
+    for b, row in results["decode"].items():
         hf_b = (
-            f"{hf_decode[b]:,.0f} | {decode[b] / hf_decode[b]:.2f}x" if hf_decode else "not run |"
+            f"{hf_d[b]:.2f} ms ({hf_d[b] / row['graph_ms']:.1f}x slower)"
+            if b in hf_d
+            else "not run"
         )
-        print(f"| decode tokens/s, batch {b} | {decode[b]:,.0f} | {hf_b} |")
-    for k, v in ttft.items():
-        print(f"| TTFT 4,096 tokens, {k} | {v['ttft_ms']:.1f} ms | | |")
-    for k in ("uva", "portable"):
-        t = results[f"transfer_{k}_gbps"]
         print(
-            f"| 255 scattered pages, {k} | host->device {t['h2d']:.1f} GB/s, device->host {t['d2h']:.1f} GB/s | | |"
+            f"| decode step, batch {b} x 1K context | graph {row['graph_ms']:.2f} ms, eager "
+            f"{row['eager_ms']:.2f} ms | {row['floor_ms']:.2f} ms | {row['ratio_to_floor']:.2f}x | {hf_b} |"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
+    for k, v in results["ttft_4096"].items():
+        fl = (
+            f"{v['floor_ms']:.1f} ms | {v['ttft_ms'] / v['floor_ms']:.2f}x"
+            if v["floor_ms"]
+            else "| "
+        )
+        print(f"| TTFT 4,096 tokens, {k} | {v['ttft_ms']:.1f} ms | {fl} | |")
+    g = results["graph_capture"]
+    print(f"| CUDA graph capture (64 sizes max) | {g['seconds']:.1f} s, {g['mib']:.0f} MiB | | | |")
 
 
 if __name__ == "__main__":

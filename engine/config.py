@@ -98,6 +98,12 @@ class EngineConfig:
     max_running: int = _opt(
         64, "requests in the running batch at most", "--max-num-seqs", "--max-running-requests"
     )
+    cuda_graph: bool = _opt(
+        True,
+        "replay CUDA graphs of the decode step (on CUDA with flashinfer; batch sizes up to "
+        "max_running, captured at start-up)",
+        negative=("--disable-cuda-graph",),
+    )
     check_integrity: bool = _opt(False, "prove page ownership after every step (slow; for tests)")
 
     def __post_init__(self) -> None:
@@ -132,7 +138,7 @@ class EngineConfig:
             raise bad("attention", f"must be one of {', '.join(ATTENTION)}")
         if not isinstance(self.device, str) or not self.device:
             raise bad("device", "must be a device name such as cuda or cpu")
-        for name in ("prefix_caching", "check_integrity"):
+        for name in ("prefix_caching", "cuda_graph", "check_integrity"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         if self.remote_url is not None and not isinstance(self.remote_url, str):

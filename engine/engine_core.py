@@ -80,6 +80,7 @@ class EngineCore:
             else getattr(torch, config.dtype)
         )
         self.model, self.fingerprint, self.tokenizer = load_model(config.model, self.device, dtype)
+        self.model.fuse()  # merged projections (and fused norms on CUDA): after loading
         cfg = self.model.config
         layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, config.page_size, dtype)
         store = open_remote_tier(config)
@@ -98,7 +99,18 @@ class EngineCore:
         )
         self.prefix_cache = (PrefixCache if config.prefix_caching else NoPrefixCache)(self.cache)
         backend, attention = make_backend(config.attention, self.cache.device_pool, self.model)
-        self.runner = ModelRunner(self.model, backend, attention)
+        graphs = None
+        if config.cuda_graph and attention == "flashinfer":
+            from engine.cuda_graph import DecodeGraphs  # needs CUDA and flashinfer
+
+            graphs = DecodeGraphs(
+                self.model,
+                self.cache.device_pool,
+                config.max_running,
+                self.model.config.max_position_embeddings,
+                config.page_size,
+            )
+        self.runner = ModelRunner(self.model, backend, attention, graphs)
         self.scheduler = Scheduler(
             self.prefix_cache,
             self.device,

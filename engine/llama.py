@@ -13,20 +13,59 @@ from torch import nn
 
 from engine.forward_batch import ForwardBatch
 from engine.model_config import ModelConfig
-from engine.rope import Rotary, apply_rotary
+from engine.rope import Rotary, apply_rotary, inverse_frequencies
+
+
+def _flashinfer_norm():
+    """flashinfer's fused RMSNorm kernels, or None (no flashinfer: the torch path)."""
+    try:
+        from flashinfer import norm
+    except ImportError:
+        return None
+    return norm
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm; on CUDA with flashinfer its kernels (one launch, and the residual add fused in
+    `add_forward`); the torch code is the reference everywhere else."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        self.fused = False  # set by CausalLM.fuse() on CUDA when flashinfer is there
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and x.dim() == 2:
+            return _FI_NORM.rmsnorm(x.contiguous(), self.weight, self.eps)
         dtype = x.dtype
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
+
+    def add_forward(
+        self, x: torch.Tensor, residual: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual)."""
+        if self.fused:
+            _FI_NORM.fused_add_rmsnorm(x, residual, self.weight, self.eps)  # in place: both
+            return x, residual
+        residual = x + residual
+        return self.forward(residual), residual
+
+
+_FI_NORM = _flashinfer_norm()
+
+
+def _flashinfer_rope():
+    try:
+        from flashinfer import rope
+    except ImportError:
+        return None
+    return rope
+
+
+_FI_ROPE = _flashinfer_rope()
 
 
 class Attention(nn.Module):
@@ -43,17 +82,51 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+        self.rope_cache: torch.Tensor | None = None  # set by CausalLM.fuse() for flashinfer RoPE
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def fuse(self) -> None:
+        """Merge q, k and v projections into one matmul (weights concatenated once, at load)."""
+        parts = (self.q_proj, self.k_proj, self.v_proj)
+        fused = nn.Linear(
+            parts[0].in_features,
+            sum(p.out_features for p in parts),
+            bias=parts[0].bias is not None,
+            device=parts[0].weight.device,
+            dtype=parts[0].weight.dtype,
+        )
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([p.weight for p in parts]))
+            if fused.bias is not None:
+                fused.bias.copy_(torch.cat([p.bias for p in parts]))
+        self.qkv_proj = fused
+        del self.q_proj, self.k_proj, self.v_proj
 
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch, backend
     ) -> torch.Tensor:
         t = x.shape[0]
-        q = self.q_proj(x).view(t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(t, self.num_kv_heads, self.head_dim)
+        if hasattr(self, "qkv_proj"):
+            q, k, v = self.qkv_proj(x).split(
+                [self.num_heads * self.head_dim, *(2 * [self.num_kv_heads * self.head_dim])], -1
+            )
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if self.rope_cache is not None and not hasattr(self, "q_norm"):
+            # flashinfer rotates q and k in place in one kernel (positions index the cache)
+            q, k = q.contiguous(), k.contiguous()
+            _FI_ROPE.apply_rope_with_cos_sin_cache_inplace(
+                batch.positions, q, k, self.head_dim, self.rope_cache, is_neox=True
+            )
+            q = q.view(t, self.num_heads, self.head_dim)
+            k = k.view(t, self.num_kv_heads, self.head_dim)
+            v = v.view(t, self.num_kv_heads, self.head_dim)
+            return self.o_proj(backend.forward(self.layer, q, k, v, batch))
+        q = q.view(t, self.num_heads, self.head_dim)
+        k = k.view(t, self.num_kv_heads, self.head_dim)
+        v = v.view(t, self.num_kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -67,7 +140,25 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
+    def fuse(self) -> None:
+        """Merge the gate and up projections into one matmul."""
+        g, u = self.gate_proj, self.up_proj
+        fused = nn.Linear(
+            g.in_features,
+            2 * g.out_features,
+            bias=False,
+            device=g.weight.device,
+            dtype=g.weight.dtype,
+        )
+        with torch.no_grad():
+            fused.weight.copy_(torch.cat([g.weight, u.weight]))
+        self.gate_up_proj = fused
+        del self.gate_proj, self.up_proj
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if hasattr(self, "gate_up_proj"):
+            gate, up = self.gate_up_proj(x).chunk(2, -1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -79,9 +170,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, batch, backend) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, backend)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos, sin, batch, backend):
+        """(output, residual): the residual stream is carried apart so that each norm can fuse
+        the add before it; the layer's result is output + residual."""
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm.add_forward(x, residual)
+        h = self.self_attn(h, cos, sin, batch, backend)
+        h, residual = self.post_attention_layernorm.add_forward(h, residual)
+        return self.mlp(h), residual
 
 
 class Backbone(nn.Module):
@@ -110,10 +208,33 @@ class CausalLM(nn.Module):
             self._rotary = Rotary(self.config, batch.positions.device)
         x = self.model.embed_tokens(batch.input_ids)
         cos, sin = self._rotary.cos_sin(batch.positions, x.dtype)
+        residual = None
         for i, layer in enumerate(self.model.layers):
             if batch.layer_ready is not None:  # layer i waits only for layer i's loaded pages
                 torch.cuda.current_stream(x.device).wait_event(batch.layer_ready[i])
-            x = layer(x, cos, sin, batch, backend)
+            x, residual = layer(x, residual, cos, sin, batch, backend)
+        x = x + residual
         if not all_logits:
             x = x[batch.last_token_indices()]
         return self.lm_head(self.model.norm(x)).float()
+
+    def fuse(self) -> CausalLM:
+        """Fewer, bigger kernels for serving: merged QKV and gate/up projections, and on CUDA
+        with flashinfer its RMSNorm kernels with the residual add fused. Changes the module
+        names (state dicts no longer match Hugging Face's), so it runs after loading."""
+        for layer in self.model.layers:
+            layer.self_attn.fuse()
+            layer.mlp.fuse()
+        on_cuda = self.lm_head.weight.is_cuda
+        for norm in self.modules():
+            if isinstance(norm, RMSNorm):
+                norm.fused = on_cuda and _FI_NORM is not None
+        if on_cuda and _FI_ROPE is not None:
+            # [max positions, head_dim] float32: cos of each frequency, then sin
+            inv = inverse_frequencies(self.config).to(self.lm_head.weight.device)
+            pos = torch.arange(self.config.max_position_embeddings, device=inv.device).float()
+            freqs = pos[:, None] * inv[None, :]
+            cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+            for layer in self.model.layers:
+                layer.self_attn.rope_cache = cache
+        return self

@@ -30,8 +30,12 @@ def make_backend(kind: str, pool: DevicePool, model: CausalLM):
 
 
 class ModelRunner:
-    def __init__(self, model: CausalLM, backend, attention: str) -> None:
+    """`graphs` (engine.cuda_graph.DecodeGraphs, or None) replays captured decode steps; every
+    other batch runs eagerly."""
+
+    def __init__(self, model: CausalLM, backend, attention: str, graphs=None) -> None:
         self.model, self.backend, self.attention = model, backend, attention
+        self.graphs = graphs
 
     @property
     def device(self) -> torch.device:
@@ -39,7 +43,10 @@ class ModelRunner:
 
     def run(self, batch: ForwardBatch) -> list[int | None]:
         """One forward over the batch, then a token for every sequence that samples."""
-        logits = self.model(batch, self.backend)
+        if self.graphs is not None and self.graphs.can_run(batch):
+            logits = self.graphs.run(batch)
+        else:
+            logits = self.model(batch, self.backend)
         return sample_rows(logits, batch.sampling)
 
 

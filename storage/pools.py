@@ -48,8 +48,11 @@ class DevicePool(_PagePool):
             else torch.device("cuda" if cuda_available() else "cpu")
         )
         L, two, ps, H, D = layout.page_shape
-        data = torch.zeros((L, num_pages, two, ps, H, D), dtype=layout.dtype, device=dev)
+        # one page past the allocator's: never handed out, it takes the KV writes of the padded
+        # rows of a CUDA-graph batch (`scratch_page`)
+        data = torch.zeros((L, num_pages + 1, two, ps, H, D), dtype=layout.dtype, device=dev)
         super().__init__(layout, num_pages, data)
+        self.scratch_page = num_pages
 
     def layer(self, i: int) -> torch.Tensor:
         """Layer i's cache, [pages, 2, page_size, heads, dim] (a view; kernels write into it)."""

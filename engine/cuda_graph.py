@@ -1,0 +1,183 @@
+"""CUDA graphs of the decode forward: one launch per step instead of ~1,900.
+
+For each batch size of a ladder up to `max_running`, the whole decode forward (embedding, every
+layer with flashinfer's decode kernel in its CUDA-graph mode, the final norm, the LM head) is
+captured once over fixed-address buffers: token ids, positions, KV output slots, and the page
+table in CSR form. A step copies its batch into those buffers, lets flashinfer plan (CPU work
+that fills the page-table buffers), and replays the graph of the next size up. Padded rows read
+and write only the device pool's scratch page, which no request owns.
+
+Prefill, mixed batches and decodes that wait on host loads layer by layer run eagerly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from engine.forward_batch import ForwardBatch
+from engine.llama import CausalLM
+from storage import DevicePool
+
+log = logging.getLogger(__name__)
+
+
+def batch_ladder(max_bs: int) -> list[int]:
+    """1, 2, 4, 8, then steps of 8 up to `max_bs` (a padded row costs little)."""
+    sizes = [b for b in (1, 2, 4) if b < max_bs]
+    sizes += list(range(8, max_bs, 8))
+    return sorted({*sizes, max_bs})
+
+
+@dataclass
+class _StaticBatch:
+    """The attributes the model and the backend read, as fixed-address views."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    out_pages: torch.Tensor
+    out_offsets: torch.Tensor
+    last_indices: torch.Tensor
+    layer_ready: list | None = None
+
+    def last_token_indices(self) -> torch.Tensor:
+        return self.last_indices
+
+
+class _GraphAttention:
+    """Decode attention for one captured batch size: write the new K/V, run flashinfer."""
+
+    def __init__(self, pool: DevicePool, wrapper, num_heads: int, head_dim: int) -> None:
+        self.pool, self.wrapper = pool, wrapper
+        self.num_heads, self.head_dim = num_heads, head_dim
+
+    def forward(self, layer: int, q, k, v, batch) -> torch.Tensor:
+        kv = self.pool.layer(layer)
+        kv[batch.out_pages, 0, batch.out_offsets] = k.to(kv.dtype)
+        kv[batch.out_pages, 1, batch.out_offsets] = v.to(kv.dtype)
+        out = self.wrapper.run(q.contiguous(), kv)
+        return out.reshape(q.shape[0], self.num_heads * self.head_dim)
+
+
+class DecodeGraphs:
+    def __init__(
+        self, model: CausalLM, pool: DevicePool, max_bs: int, max_context: int, page_size: int
+    ) -> None:
+        import flashinfer
+
+        cfg = model.config
+        self.model, self.pool, self.page_size = model, pool, page_size
+        self.sizes = batch_ladder(max_bs)
+        self.max_bs = self.sizes[-1]
+        self.max_pages_per_seq = -(-max_context // page_size)
+        dev = pool.device
+        n = self.max_bs
+        self.input_ids = torch.zeros(n, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(n, dtype=torch.long, device=dev)
+        self.out_pages = torch.full((n,), pool.scratch_page, dtype=torch.long, device=dev)
+        self.out_offsets = torch.zeros(n, dtype=torch.long, device=dev)
+        self.last_indices = torch.arange(n, device=dev)
+        self.indptr = torch.zeros(n + 1, dtype=torch.int32, device=dev)
+        self.indices = torch.zeros(n * self.max_pages_per_seq, dtype=torch.int32, device=dev)
+        self.last_len = torch.ones(n, dtype=torch.int32, device=dev)
+        self.workspace = torch.empty(256 << 20, dtype=torch.uint8, device=dev)
+        self.kv_dtype = pool.data.dtype
+        self.q_dtype = model.lm_head.weight.dtype
+        self.heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        tensor_cores = cfg.num_heads // cfg.num_kv_heads > 4
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.wrappers: dict[int, object] = {}
+        self.outputs: dict[int, torch.Tensor] = {}
+        mempool = torch.cuda.graph_pool_handle()
+        started, free_before = time.perf_counter(), torch.cuda.mem_get_info(dev)[0]
+        for bs in reversed(self.sizes):  # largest first: smaller graphs reuse its memory
+            wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+                self.workspace,
+                "NHD",
+                use_cuda_graph=True,
+                use_tensor_cores=tensor_cores,
+                paged_kv_indptr_buffer=self.indptr[: bs + 1],
+                paged_kv_indices_buffer=self.indices,
+                paged_kv_last_page_len_buffer=self.last_len[:bs],
+            )
+            self.wrappers[bs] = wrapper
+            batch = _StaticBatch(
+                self.input_ids[:bs],
+                self.positions[:bs],
+                self.out_pages[:bs],
+                self.out_offsets[:bs],
+                self.last_indices[:bs],
+            )
+            backend = _GraphAttention(pool, wrapper, cfg.num_heads, cfg.head_dim)
+            self._plan(bs, [], [])
+            stream = torch.cuda.Stream(dev)
+            stream.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # warm-up: lazy initialisations happen outside the capture
+                    model(batch, backend)
+            torch.cuda.current_stream(dev).wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=mempool):
+                self.outputs[bs] = model(batch, backend)
+            self.graphs[bs] = graph
+        torch.cuda.synchronize(dev)  # start-up only: the capture's cost, logged once
+        self.capture_s = time.perf_counter() - started
+        self.memory_bytes = max(0, free_before - torch.cuda.mem_get_info(dev)[0])
+        log.info(
+            "captured CUDA graphs of the decode step for batch sizes %s in %.1f s (%.0f MiB)",
+            ",".join(map(str, self.sizes)),
+            self.capture_s,
+            self.memory_bytes / 2**20,
+        )
+
+    def can_run(self, batch: ForwardBatch) -> bool:
+        """A pure decode batch within the ladder, with no host load to wait on per layer."""
+        return (
+            batch.layer_ready is None
+            and batch.num_sequences <= self.max_bs
+            and all(e == 1 for e in batch.extend_lens)
+            and all(p + 1 <= self.max_pages_per_seq * self.page_size for p in batch.prefix_lens)
+        )
+
+    def _plan(self, bs: int, kv_lens: list[int], tables: list[list[int]]) -> None:
+        """Page tables of the real rows, then padded rows on the scratch page."""
+        ps, pad = self.page_size, bs - len(kv_lens)
+        real = [-(-n // ps) for n in kv_lens]
+        flat = [p for t, k in zip(tables, real, strict=True) for p in t[:k]]
+        flat += [self.pool.scratch_page] * pad
+        pages = real + [1] * pad
+        indptr = torch.tensor([0, *pages], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+        last = [n - (k - 1) * ps for n, k in zip(kv_lens, real, strict=True)] + [1] * pad
+        num_heads, num_kv_heads, head_dim = self.heads
+        self.wrappers[bs].plan(
+            indptr,
+            torch.tensor(flat, dtype=torch.int32),
+            torch.tensor(last, dtype=torch.int32),
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            ps,
+            q_data_type=self.q_dtype,
+            kv_data_type=self.kv_dtype,
+        )
+
+    def run(self, batch: ForwardBatch) -> torch.Tensor:
+        """Logits [num_sequences, vocab] of a decode batch, by graph replay."""
+        n = batch.num_sequences
+        bs = next(b for b in self.sizes if b >= n)
+        self.input_ids[:n].copy_(batch.input_ids)
+        self.positions[:n].copy_(batch.positions)
+        self.out_pages[:n].copy_(batch.out_pages)
+        self.out_offsets[:n].copy_(batch.out_offsets)
+        if bs > n:  # padded rows: token 0 at position 0, KV to the scratch page
+            self.input_ids[n:bs].zero_()
+            self.positions[n:bs].zero_()
+            self.out_pages[n:bs].fill_(self.pool.scratch_page)
+            self.out_offsets[n:bs].zero_()
+        kv_lens = [p + 1 for p in batch.prefix_lens]
+        self._plan(bs, kv_lens, batch.page_tables)
+        self.graphs[bs].replay()
+        return self.outputs[bs][:n]
