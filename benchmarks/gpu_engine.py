@@ -177,7 +177,7 @@ def main() -> int:
                 return runner.run(fb)
 
             row[f"{name}_ms"] = cuda_time(one_step, iters=30, warmup=3) * 1e3
-            fb = ForwardBatch.build([([5], 1100, tabs[j]) for j in range(batch)], PS, dev, greedy)
+            fb = ForwardBatch.build([([5], 1080, tabs[j]) for j in range(batch)], PS, dev, greedy)
             logits = graphs.run(fb) if name == "graph" else model(fb, fi)
             same = logits.clone() if same is None else (logits, same)
         g, e = same

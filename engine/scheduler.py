@@ -25,6 +25,7 @@ the only owner that frees pages.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from storage import OutOfPages
 
 _PREFILL_SAMPLE_MIN_TOKENS = 64  # steps with fewer prefill tokens say little about its speed
 _DEFER_MIN_TOKENS = 64  # a shared, still-uncached prefix worth waiting for (see _admit)
+_RESERVE_CLIP_TOKENS = 4096  # admission reserves for at most this many more output tokens
+_RATIO_INIT, _RATIO_MIN, _RATIO_ALPHA = 0.7, 0.1, 0.1  # the new-token ratio's start, floor, EMA
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -88,6 +91,9 @@ class Scheduler:
         self.steps = 0
         self._waited: dict[int, int] = {}
         self.preemptions = 0
+        # the share of max_tokens requests actually produce (EMA over finished requests): how
+        # much decode room admission reserves per request; a preemption raises it
+        self.new_token_ratio = _RATIO_INIT
         # called with every request that finishes, whatever the reason (a server's output hook)
         self.on_finish: Callable[[Request], None] | None = None
 
@@ -177,6 +183,10 @@ class Scheduler:
         return None
 
     def _finish(self, req: Request, reason: str) -> None:
+        if reason in ("stop", "length"):
+            used = len(req.output_ids) / req.params.max_tokens
+            ratio = (1 - _RATIO_ALPHA) * self.new_token_ratio + _RATIO_ALPHA * used
+            self.new_token_ratio = min(1.0, max(_RATIO_MIN, ratio))
         req.state, req.finish_reason = State.FINISHED, reason
         self._waited.pop(req.rid, None)
         self.cache.release_prefetch(req.prefetch)
@@ -206,18 +216,37 @@ class Scheduler:
                 r.rid: self.cache.match(r.all_ids[:-1], touch=False).device_tokens for r in ready
             }
             ready.sort(key=lambda r: -hits[r.rid])  # resident prefixes first (stable: FIFO within)
+        room = self._uncommitted_pages()
         for req in starving + [r for r in ready if r not in starving]:
             if len(self.running) >= self.max_running:
                 break
             if req.rid in hits and self._shares_running_prefill(req, hits[req.rid]):
                 continue  # includes requests admitted just now, in this loop
+            need = self._expected_pages(req, hits.get(req.rid, 0))
+            if need > room and self.running:
+                break  # by memory: it would preempt others later; FIFO, so nobody overtakes it
             try:
                 self._attach(req)
             except OutOfPages:
                 break  # its host hit cannot be loaded while running requests hold the device
+            room -= need
             self.waiting.remove(req)
             req.state = State.RUNNING
             self.running.append(req)
+
+    def _expected_pages(self, req: Request, cached_on_device: int) -> int:
+        """Device pages `req` will still take: its uncached context, plus its remaining output as
+        the adaptive ratio predicts (a matched device prefix counts as committed already: shared
+        prefixes are mostly locked by the requests that share them)."""
+        left = min(req.params.max_tokens - len(req.output_ids), _RESERVE_CLIP_TOKENS)
+        total = len(req.all_ids) + math.ceil(left * self.new_token_ratio)
+        return max(0, -(-(total - cached_on_device) // self.page_size) - len(req.page_table))
+
+    def _uncommitted_pages(self) -> int:
+        """Device pages neither held by running requests (their own and the tree pages they lock)
+        nor promised to their expected growth."""
+        promised = sum(self._expected_pages(r, 0) for r in self.running)
+        return self.cache.device_capacity_pages - self.cache.device_pages_committed() - promised
 
     def _shares_running_prefill(self, req: Request, cached: int) -> bool:
         """Whether a running request is prefilling a prefix of `req` longer than what the cache
@@ -300,6 +329,7 @@ class Scheduler:
 
     def _requeue(self, req: Request) -> None:
         self.preemptions += 1
+        self.new_token_ratio = min(1.0, self.new_token_ratio + 0.2)  # admission was too hopeful
         req.state = State.WAITING
         self.cache.release_prefetch(req.prefetch)
         req.prefetch = None

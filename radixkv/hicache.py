@@ -30,6 +30,7 @@ from radixkv.integrity import check_integrity
 from radixkv.namespace import CacheNamespace
 from radixkv.policies import make_policy
 from radixkv.prefetch import Prefetch, RemoteReads
+from radixkv.promotion import load_host_part
 from radixkv.tree import RadixTree, TreeNode
 from radixkv.writes import TierWrites
 from storage import DevicePool, HostPool, KVLayout, RemoteStore, open_store
@@ -80,6 +81,7 @@ class HiRadixCache:
         factory = policy_factory or (lambda: make_policy(config.policy))
         self.evictor = Evictor(self, factory)
         self.request_pages: set[int] = set()  # device pages owned by running requests
+        self.locked_device_pages = 0  # device pages of nodes running requests lock (kept exact)
         self.remote_pages_known = 0
         self.clock = 0
         self.counters = CacheCounters()
@@ -150,6 +152,8 @@ class HiRadixCache:
 
     def _acquire(self, node: TreeNode, ref: str) -> None:
         for n in node.path_to_root():
+            if ref == "lock_ref" and n.device is not None and n.lock_ref == 0:
+                self.locked_device_pages += len(n.device)
             count = getattr(n, ref) + 1
             setattr(n, ref, count)
             if count == 1:
@@ -163,6 +167,8 @@ class HiRadixCache:
             setattr(n, ref, count)
             if count == 0:
                 self._refresh(n)
+            if ref == "lock_ref" and n.device is not None and n.lock_ref == 0:
+                self.locked_device_pages -= len(n.device)
             if n.lock_ref == 0 and n.io_ref == 0 and not n.resident_anywhere():
                 orphan = n
         if orphan is not None:
@@ -228,6 +234,8 @@ class HiRadixCache:
                 node.device = given
                 node.parent.device_children += 1
                 adopted.append(node)
+                if node.lock_ref:
+                    self.locked_device_pages += len(given)
             node.last_access = self.clock
             pos += len(node.key)
         if pos < n_tokens:
@@ -302,41 +310,10 @@ class HiRadixCache:
             self.tree.remove_leaf(n)
             self._refresh(parent)
 
-    # ---- promotion ---------------------------------------------------------------------------
+    # ---- promotion (`radixkv.promotion`) ----------------------------------------------------
     def load(self, match: MatchResult, *, overlap: bool = False) -> int:
-        """Copy the host-resident part of a match to the device; returns tokens loaded.
-
-        The caller holds a lock on `match.last_node`. Loading stops at the first node not on host
-        (a remote part needs `prefetch` first). Afterwards `match(tokens)` sees them on device.
-        With `overlap` (the scheduler), the next forward waits layer by layer on the events of
-        `controller.take_layer_events()`.
-        """
-        assert match.last_node.is_root or match.last_node.lock_ref > 0, (
-            "load() needs the match locked"
-        )
-        todo: list[TreeNode] = []
-        n = match.last_node
-        while n is not match.last_device_node and n.parent is not None:
-            todo.append(n)
-            n = n.parent
-        todo.reverse()
-        for i, n in enumerate(todo):
-            if n.host is None:
-                todo = todo[:i]
-                break
-        need = sum(len(n.host) for n in todo)
-        if need == 0:
-            return 0
-        self._make_room(DEVICE, need)
-        pages = self.device_pool.allocator.alloc(need)
-        self.controller.host_to_device([p for n in todo for p in n.host], pages, overlap=overlap)
-        pos = 0
-        for n in todo:
-            n.device, pos = pages[pos : pos + len(n.host)], pos + len(n.host)
-            n.parent.device_children += 1
-            self._refresh(n)
-            self._refresh(n.parent)
-        return need * self.page_size
+        """Copy the host-resident part of a locked match to the device; returns tokens loaded."""
+        return load_host_part(self, match, overlap=overlap)
 
     # ---- remote reads (`radixkv.prefetch`) ------------------------------------------------------
     def prefetch(self, tokens: Sequence[int], **options: bool) -> Prefetch:

@@ -32,6 +32,7 @@ def check_integrity(cache: HiRadixCache) -> dict:
     tree = cache.tree
     owner: list[dict[int, str]] = [{}, {}]  # device, host: page -> owner description
     held = [0, 0]  # pages of referenced (locked or pinned) nodes
+    locked_device = 0  # device pages of nodes a request locks
     unheld = [0, 0]
     remote_pages = 0
     evictable_nodes = [0, 0, 0]
@@ -47,6 +48,8 @@ def check_integrity(cache: HiRadixCache) -> dict:
 
     for node in tree.nodes():
         num_nodes += 1
+        if node.lock_ref and node.device is not None:
+            locked_device += len(node.device)
         who = f"node@{node.depth}"
         k = len(node.key) // ps
         _require(
@@ -108,6 +111,10 @@ def check_integrity(cache: HiRadixCache) -> dict:
             cache.evictor.indexes[t].live == evictable_nodes[t],
             f"{TIER_NAMES[t]} index live count off",
         )
+    _require(
+        locked_device == cache.locked_device_pages,
+        f"device pages of locked nodes: {locked_device}, counter {cache.locked_device_pages}",
+    )
     own(0, sorted(cache.request_pages), "a request")
     own(1, sorted(cache.reads.reserved_host), "a remote read in flight")
 

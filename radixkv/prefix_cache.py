@@ -107,6 +107,10 @@ class PrefixCache:
         """Give back request pages that were not inserted."""
         self._cache.free(pages)
 
+    def device_pages_committed(self) -> int:
+        """Device pages eviction cannot free now: requests' own and the tree pages they lock."""
+        return len(self._cache.request_pages) + self._cache.locked_device_pages
+
     # ---- remote tier -------------------------------------------------------------------------------
     def prefetch(self, tokens: Sequence[int]) -> Prefetch | None:
         """Bring a queued request's remote prefix to host, held there until `release_prefetch`;

@@ -60,6 +60,9 @@ def test_same_tokens_cold_device_host_remote_and_preempted(tiny_dir, tmp_path):
         remote_hit = other.generate(PROMPTS[3:4], max_tokens=12, ignore_eos=True)[0]
         assert remote_hit.token_ids == want[3] and remote_hit.cached_tokens_by_tier["remote"] == 48
     with engine(path, pages=9) as small:  # 4 requests x 4 pages do not fit in 9: preemption
+        # admission by memory would queue them; an admission that guesses too low (here: every
+        # request expected to need nothing) leaves preemption as the safety net, tested here
+        small.scheduler._expected_pages = lambda req, cached: 0
         got = small.generate(PROMPTS, max_tokens=12, ignore_eos=True)
         assert small.scheduler.preemptions > 0
         assert [g.token_ids for g in got] == want
@@ -246,3 +249,24 @@ def test_gpu_host_hit_loads_layer_by_layer_with_the_same_tokens(tiny_dir):
     assert host.cached_tokens_by_tier["host"] == 48
     assert host.token_ids == hf_greedy(hf, PROMPTS[1], 8)
     assert any(e is not None and len(e) == 2 for e in handed), "the forward got no per-layer events"
+
+
+def test_admission_by_memory_keeps_preemption_rare_in_a_burst(tiny_dir):
+    """60 requests at once into a device tier that holds a few of them: admission counts pages
+    (running requests' own and locked, plus their expected decode growth) before it admits, so
+    requests wait in the queue instead of being preempted. Admission by count alone (every
+    request expected to need nothing) thrashes on the same burst."""
+    path, _ = tiny_dir
+    prompts = [[(13 * i + j) % 97 + 1 for j in range(20 + (i * 7) % 40)] for i in range(60)]
+    preemptions = {}
+    for by_memory in (True, False):
+        with engine(path, pages=24, max_running=32) as eng:
+            if not by_memory:
+                eng.scheduler._expected_pages = lambda req, cached: 0
+            out = eng.generate(prompts, max_tokens=16, ignore_eos=True)
+            assert all(r.finish_reason == "length" and len(r.token_ids) == 16 for r in out)
+            preemptions[by_memory] = eng.scheduler.preemptions
+            report = eng.cache.check_integrity()
+            assert report["device"]["locked"] == 0
+    assert preemptions[True] <= 0.02 * len(prompts), preemptions
+    assert preemptions[False] > 10 * max(1, preemptions[True]), preemptions

@@ -1,0 +1,51 @@
+"""Promotion: a locked match's host-resident part copied to the device (a host hit loaded).
+
+On GPU the copy runs layer by layer on a side stream (`CacheController.host_to_device`); with
+`overlap`, the next forward waits per layer on the events of `controller.take_layer_events()`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from radixkv.eviction import DEVICE
+
+if TYPE_CHECKING:
+    from radixkv.cache_types import MatchResult
+    from radixkv.hicache import HiRadixCache
+    from radixkv.tree import TreeNode
+
+
+def load_host_part(cache: HiRadixCache, match: MatchResult, *, overlap: bool = False) -> int:
+    """Copy the host-resident part of a match to the device; returns tokens loaded.
+
+    The caller holds a lock on `match.last_node`. Loading stops at the first node not on host
+    (a remote part needs `prefetch` first). Afterwards `match(tokens)` sees them on device.
+    With `overlap` (the scheduler), the next forward waits layer by layer on the events of
+    `controller.take_layer_events()`.
+    """
+    assert match.last_node.is_root or match.last_node.lock_ref > 0, "load() needs the match locked"
+    todo: list[TreeNode] = []
+    n = match.last_node
+    while n is not match.last_device_node and n.parent is not None:
+        todo.append(n)
+        n = n.parent
+    todo.reverse()
+    for i, n in enumerate(todo):
+        if n.host is None:
+            todo = todo[:i]
+            break
+    need = sum(len(n.host) for n in todo)
+    if need == 0:
+        return 0
+    cache._make_room(DEVICE, need)
+    pages = cache.device_pool.allocator.alloc(need)
+    cache.controller.host_to_device([p for n in todo for p in n.host], pages, overlap=overlap)
+    pos = 0
+    for n in todo:
+        n.device, pos = pages[pos : pos + len(n.host)], pos + len(n.host)
+        n.parent.device_children += 1
+        cache.locked_device_pages += len(n.device)  # the caller's lock covers every node here
+        cache._refresh(n)
+        cache._refresh(n.parent)
+    return need * cache.page_size
