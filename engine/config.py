@@ -42,6 +42,12 @@ class EngineConfig:
         "weights); default: SmolLM2-135M-Instruct, fetched on first use",
         "--model-path",
     )
+    tokenizer: str | None = _opt(
+        None,
+        "a tokenizer for a model without one (a preset): a tokenizer.json, a Hugging Face "
+        "directory, a .gguf file, or 'default' (the default model's); its vocabulary must fit the "
+        "model's",
+    )
     device: str = _opt("auto", "cuda, cuda:N, cpu, or auto (the GPU if there is one)")
     dtype: str = _opt(
         "auto", "weights and KV dtype: auto (bf16 on GPU, fp32 on CPU), " + ", ".join(DTYPES[1:])

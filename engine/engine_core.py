@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from engine.config import DEFAULT_REMOTE, EngineConfig
-from engine.model_loader import load_model, model_name
+from engine.model_loader import load_model, load_tokenizer, model_name
 from engine.model_runner import ModelRunner, make_backend
 from engine.request import Request
 from engine.sampling import SamplingParams
@@ -81,6 +81,8 @@ class EngineCore:
         )
         self.model, self.fingerprint, self.tokenizer = load_model(config.model, self.device, dtype)
         self.model.fuse()  # merged projections (and fused norms on CUDA): after loading
+        if config.tokenizer is not None:
+            self.tokenizer = load_tokenizer(config.tokenizer, self.model.config.vocab_size)
         cfg = self.model.config
         layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, config.page_size, dtype)
         store = open_remote_tier(config)
@@ -116,12 +118,20 @@ class EngineCore:
             self.device,
             max_batch_tokens=config.max_batch_tokens,
             max_running=config.max_running,
-            eos_token_ids=cfg.eos_token_ids,
+            eos_token_ids=self._eos_ids(),
             detokenize=self.tokenizer.decode if self.tokenizer else None,
             check_integrity=config.check_integrity,
         )
         self.model_name = model_name(config.model)
         self._rids = itertools.count(1)  # next() is atomic: requests are made on any thread
+
+    def _eos_ids(self) -> tuple[int, ...]:
+        """The model's end-of-sequence ids, and its tokenizer's (a preset with a tokenizer)."""
+        ids = set(self.model.config.eos_token_ids)
+        if self.tokenizer is not None:
+            eos = self.tokenizer.token_id(self.tokenizer.eos_token)
+            ids |= {eos} if eos is not None else set()
+        return tuple(sorted(ids))
 
     # ---- requests ------------------------------------------------------------------------------
     @property

@@ -39,6 +39,18 @@ def load_model(
     )
 
 
+def load_tokenizer(path: str, model_vocab: int) -> Tokenizer:
+    """A tokenizer given apart from the model (`EngineConfig.tokenizer`); 'default' is the
+    default model's. Its ids must all be valid for the model's vocabulary."""
+    tok = Tokenizer.from_path(default_model_path() if path == "default" else path)
+    if tok.vocab_size > model_vocab:
+        raise ValueError(
+            f"tokenizer {path!r} has {tok.vocab_size} tokens, more than the model's vocabulary "
+            f"({model_vocab})"
+        )
+    return tok
+
+
 def model_name(model: str | None) -> str:
     """The name a server reports: the default model's, a preset's, or the file or folder name."""
     if model is None:

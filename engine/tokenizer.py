@@ -72,6 +72,31 @@ class Tokenizer:
             tokens[eos] if eos is not None else None,
         )
 
+    @classmethod
+    def from_path(cls, path: str | Path) -> Tokenizer:
+        """A tokenizer.json file, a Hugging Face directory or a GGUF file; ValueError otherwise."""
+        path = Path(path)
+        if path.is_dir() and (path / "tokenizer.json").is_file():
+            return cls.from_hf_directory(path)
+        if path.is_file() and path.suffix == ".gguf":
+            return cls.from_gguf(path)
+        if path.is_file() and path.suffix == ".json":
+            cfg = path.parent / "tokenizer_config.json"
+            if cfg.is_file():
+                return cls.from_hf_directory(path.parent)
+            return cls(_Tokenizer.from_file(str(path)), None, None, None)
+        raise ValueError(
+            f"tokenizer {str(path)!r} is not a tokenizer.json, a Hugging Face directory with one, "
+            "or a .gguf file"
+        )
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def token_id(self, token: str | None) -> int | None:
+        return None if token is None else self._tok.token_to_id(token)
+
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 

@@ -59,3 +59,35 @@ def test_chat_tokens_equal_transformers(eng):
     got = eng.chat(messages, max_tokens=16, ignore_eos=True)
     assert got.token_ids == want
     assert "Paris" in got.text
+
+
+def test_a_model_without_a_tokenizer_takes_one_apart(tmp_path):
+    """`tokenizer=` gives a model without one (as the presets are) a real tokenizer: the default
+    model's GGUF tokenizer fits any vocabulary of at least its 49,152 tokens; a smaller one is
+    refused by name."""
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=49_152,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "big-vocab")
+    common = dict(device="cpu", kv_memory_gb=0.05, host_memory_gb=0, remote_url=None)
+    with Engine(str(tmp_path / "big-vocab"), **common) as bare:
+        assert bare.tokenizer is None
+        with pytest.raises(ValueError, match="no tokenizer"):
+            bare.generate(["Hello"], max_tokens=2)
+    with Engine(str(tmp_path / "big-vocab"), tokenizer="default", **common) as eng:
+        r = eng.generate(["The capital of France is"], max_tokens=4, ignore_eos=True)[0]
+        assert len(r.token_ids) == 4 and isinstance(r.text, str) and r.prompt_tokens > 3
+        assert eng.tokenizer.token_id(eng.tokenizer.eos_token) in eng.scheduler.eos_token_ids
+    cfg.vocab_size = 1000
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "small-vocab")
+    with pytest.raises(ValueError, match="more than the model's vocabulary"):
+        Engine(str(tmp_path / "small-vocab"), tokenizer="default", **common)
+    with pytest.raises(ValueError, match="not a tokenizer.json"):
+        Engine(str(tmp_path / "small-vocab"), tokenizer=str(tmp_path), **common)
