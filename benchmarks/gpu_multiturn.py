@@ -1,0 +1,211 @@
+"""GPU multi-turn benchmark through the engine: C clients x R rounds, closed loop, four configs.
+
+Each client holds a conversation over a shared system prompt and a document of its own
+(thousands of tokens); every round resends the whole context plus a new question and waits
+for the answer before its next round. The device tier is sized well below the working set.
+Configurations, one engine each, in one run:
+
+    off          prefix caching off (every prompt recomputed)
+    device       the radix cache on the device tier only
+    device+host  device and host tiers
+    +remote      device, host and a file remote tier
+
+Printed per configuration: duration, requests/s, TTFT p50/p90 (all rounds and rounds >= 2),
+cached fraction by tier, preemptions, and the run's floor (prefill FLOPs at the measured bf16
+matmul peak + decode steps at the weight-read floor + host-loaded KV at the measured pinned H2D
+bandwidth) with the ratio to it.
+
+    python benchmarks/gpu_multiturn.py [--clients 32] [--rounds 4] [--doc-tokens 4000] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_engine import measure_floors, weight_bytes  # noqa: E402
+
+CONFIGS = {
+    "off": dict(prefix_caching=False, host_memory_gb=0, remote_url=None),
+    "device": dict(host_memory_gb=0, remote_url=None),
+    "device+host": dict(remote_url=None),
+    "+remote": {},
+}
+
+
+async def run_clients(eng, args, rng: random.Random) -> list[dict]:
+    vocab = eng.model.config.vocab_size
+
+    def words(n: int) -> list[int]:
+        return [rng.randrange(1000, vocab - 1000) for _ in range(n)]
+
+    system = words(args.system_tokens)
+    docs = [words(args.doc_tokens) for _ in range(args.clients)]
+    records: list[dict] = []
+    t0 = time.perf_counter()
+
+    async def client(c: int) -> None:
+        context = system + docs[c]
+        for r in range(args.rounds):
+            context = context + words(args.question_tokens)
+            req = eng.make_request(context, max_tokens=args.output_tokens, ignore_eos=True)
+            sent, first, out_ids, final = time.perf_counter(), None, [], None
+            async for out in eng.loop.generate(req):
+                if first is None and out.new_token_ids:
+                    first = time.perf_counter()
+                out_ids += out.new_token_ids
+                final = out
+            records.append(
+                {
+                    "client": c,
+                    "round": r,
+                    "sent_s": sent - t0,
+                    "ttft_s": first - sent,
+                    "latency_s": time.perf_counter() - sent,
+                    "prompt_tokens": final.prompt_tokens,
+                    "cached": dict(final.cached_by_tier),
+                    "output_tokens": len(out_ids),
+                }
+            )
+            context = context + out_ids
+            if args.think_s:
+                await asyncio.sleep(args.think_s)
+
+    await asyncio.gather(*(client(c) for c in range(args.clients)))
+    return records
+
+
+def pct(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
+
+
+def summarize(
+    name: str, records, duration: float, eng, floors: dict, w_bytes: int, layout, decode_steps: int
+) -> dict:
+    prompt = sum(r["prompt_tokens"] for r in records)
+    cached = {t: sum(r["cached"].get(t, 0) for r in records) for t in ("device", "host", "remote")}
+    computed = prompt - sum(cached.values())
+    ttft = [r["ttft_s"] for r in records]
+    later = [r["ttft_s"] for r in records if r["round"] >= 1]
+    # the floor: computed prefill at the matmul peak, every decode step at the weight-read floor
+    # (all clients decode together at best), host and remote hits moved at pinned H2D speed
+    per_token_kv = layout.page_bytes / layout.page_size
+    floor = (
+        2 * (w_bytes / 2) * computed / (floors["matmul_tflops"] * 1e12)
+        + decode_steps * w_bytes / (floors["hbm_gbps"] * 1e9)
+        + (cached["host"] + cached["remote"]) * per_token_kv / (floors["h2d_pinned_gbps"] * 1e9)
+    )
+    row = {
+        "config": name,
+        "requests": len(records),
+        "duration_s": duration,
+        "requests_per_s": len(records) / duration,
+        "ttft_p50_ms": pct(ttft, 50) * 1e3,
+        "ttft_p90_ms": pct(ttft, 90) * 1e3,
+        "ttft_p50_round2plus_ms": pct(later, 50) * 1e3 if later else None,
+        "ttft_p90_round2plus_ms": pct(later, 90) * 1e3 if later else None,
+        "cached_fraction": {t: n / prompt for t, n in cached.items()},
+        "computed_prompt_tokens": computed,
+        "preemptions": eng.scheduler.preemptions,
+        "floor_s": floor,
+        "ratio_to_floor": duration / floor,
+    }
+    print(
+        f"{name:>12}: {duration:6.1f} s, {row['requests_per_s']:.2f} req/s, TTFT p50 "
+        f"{row['ttft_p50_ms']:.0f} / p90 {row['ttft_p90_ms']:.0f} ms (rounds>=2: "
+        f"{row['ttft_p50_round2plus_ms'] or 0:.0f} / {row['ttft_p90_round2plus_ms'] or 0:.0f}), "
+        f"cached {', '.join(f'{t} {v:.0%}' for t, v in row['cached_fraction'].items())}, "
+        f"preemptions {row['preemptions']}, floor {floor:.1f} s -> {row['ratio_to_floor']:.2f}x",
+        flush=True,
+    )
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="llama-3-8b")
+    p.add_argument("--clients", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=4)
+    p.add_argument("--system-tokens", type=int, default=1000)
+    p.add_argument("--doc-tokens", type=int, default=4000)
+    p.add_argument("--question-tokens", type=int, default=100)
+    p.add_argument("--output-tokens", type=int, default=64)
+    p.add_argument("--think-s", type=float, default=0.0, help="pause between a client's rounds")
+    p.add_argument("--kv-memory-gb", type=float, default=8.0, help="device tier")
+    p.add_argument("--host-memory-gb", type=float, default=32.0, help="host tier")
+    p.add_argument("--max-running", type=int, default=32)
+    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        print("needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from radixkv import Engine
+
+    floors = measure_floors(torch.device("cuda"))
+    torch.cuda.empty_cache()
+    rows = []
+    for name in args.configs.split(","):
+        tmp = tempfile.mkdtemp(prefix="radixkv-multiturn-")
+        options = dict(
+            device="cuda",
+            kv_memory_gb=args.kv_memory_gb,
+            host_memory_gb=args.host_memory_gb,
+            remote_url=Path(tmp, "tier").as_uri(),
+            max_running=args.max_running,
+            max_batch_tokens=8192,
+        )
+        options.update(CONFIGS[name])
+        eng = Engine(args.model, **options)
+        layout = eng.cache.layout
+        w_bytes = weight_bytes(eng.model)
+        eng.loop.start()
+        eng.generate([[5] * 512], max_tokens=2)  # warm-up (through the loop: it is running)
+        eng.scheduler.preemptions = 0
+        t = time.perf_counter()
+        records = asyncio.run(run_clients(eng, args, random.Random(0)))
+        duration = time.perf_counter() - t
+        steps = args.rounds * args.output_tokens
+        rows.append(summarize(name, records, duration, eng, floors, w_bytes, layout, steps))
+        eng.close()
+        eng = None
+        gc.collect()
+        torch.cuda.empty_cache()
+    by = {r["config"]: r for r in rows}
+    print(
+        "\n| config | duration s | req/s | TTFT p50 / p90 ms | rounds >= 2 p50 / p90 ms | cached device / host / remote | preemptions | floor s | x floor |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        c = r["cached_fraction"]
+        print(
+            f"| {r['config']} | {r['duration_s']:.1f} | {r['requests_per_s']:.2f} | {r['ttft_p50_ms']:.0f} / "
+            f"{r['ttft_p90_ms']:.0f} | {r['ttft_p50_round2plus_ms']:.0f} / {r['ttft_p90_round2plus_ms']:.0f} | "
+            f"{c['device']:.0%} / {c['host']:.0%} / {c['remote']:.0%} | {r['preemptions']} | "
+            f"{r['floor_s']:.1f} | {r['ratio_to_floor']:.2f} |"
+        )
+    if "device" in by and "device+host" in by:
+        print(
+            f"\ndevice+host vs device-only: {by['device+host']['requests_per_s'] / by['device']['requests_per_s']:.2f}x requests/s"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "floors": floors, "rows": rows}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
