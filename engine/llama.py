@@ -225,11 +225,13 @@ class CausalLM(nn.Module):
         for layer in self.model.layers:
             layer.self_attn.fuse()
             layer.mlp.fuse()
-        on_cuda = self.lm_head.weight.is_cuda
+        weight = self.lm_head.weight
+        # flashinfer's kernels take half-precision activations (and RoPE these head sizes)
+        kernels = weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)
         for norm in self.modules():
             if isinstance(norm, RMSNorm):
-                norm.fused = on_cuda and _FI_NORM is not None
-        if on_cuda and _FI_ROPE is not None:
+                norm.fused = kernels and _FI_NORM is not None
+        if kernels and _FI_ROPE is not None and self.config.head_dim in (64, 128, 256):
             # [max positions, head_dim] float32: cos of each frequency, then sin
             inv = inverse_frequencies(self.config).to(self.lm_head.weight.device)
             pos = torch.arange(self.config.max_position_embeddings, device=inv.device).float()
