@@ -24,7 +24,9 @@ def test_pools_live_where_they_should():
     layout = KVLayout(4, 2, 64, 16, torch.bfloat16)
     device, host = DevicePool(layout, 32), HostPool(layout, 64)
     assert device.data.is_cuda and host.data.is_pinned()
-    assert device.layer(0).shape == (32, 2, 16, 2, 64)  # flashinfer's paged NHD layout per layer
+    # flashinfer's paged NHD layout per layer, plus the scratch page padded graph rows write
+    assert device.layer(0).shape == (32 + 1, 2, 16, 2, 64)
+    assert device.scratch_page == 32 and device.allocator.num_free == 32
 
 
 def test_scattered_pages_round_trip_bit_exactly_on_cuda():
