@@ -55,3 +55,25 @@ def hf_greedy(hf, prompt, n):
         ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False, pad_token_id=0
     )
     return out[0, len(prompt) :].tolist()
+
+
+def small_cuda_llama():
+    """(model, pool, torch reference backend): a 2-layer bf16 Llama with flashinfer-sized heads
+    (8 x 64, 2 KV heads) over a 64-page device pool, for GPU tests."""
+    from engine.llama import CausalLM
+    from engine.model_config import ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="llama",
+        vocab_size=256,
+        hidden_size=256,
+        intermediate_size=512,
+        num_layers=2,
+        num_heads=8,
+        num_kv_heads=2,
+        head_dim=64,
+    )
+    model = CausalLM(cfg).to("cuda", torch.bfloat16).eval()
+    pool = DevicePool(KVLayout(2, 2, 64, 16, torch.bfloat16), 64, "cuda")
+    return model, pool, TorchPagedAttention(pool, 8, 2, 64)

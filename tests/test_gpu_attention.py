@@ -12,27 +12,11 @@ pytestmark = [
 
 
 def test_flashinfer_matches_reference_on_mixed_and_decode_batches():
-    from engine.attention import TorchPagedAttention
     from engine.attention.flashinfer_backend import FlashInferPagedAttention
     from engine.forward_batch import ForwardBatch
-    from engine.llama import CausalLM
-    from engine.model_config import ModelConfig
-    from storage import DevicePool, KVLayout
+    from tests.paged_runner import small_cuda_llama
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        arch="llama",
-        vocab_size=256,
-        hidden_size=256,
-        intermediate_size=512,
-        num_layers=2,
-        num_heads=8,
-        num_kv_heads=2,
-        head_dim=64,
-    )
-    model = CausalLM(cfg).to("cuda", torch.bfloat16).eval()
-    pool = DevicePool(KVLayout(2, 2, 64, 16, torch.bfloat16), 64, "cuda")
-    ref = TorchPagedAttention(pool, 8, 2, 64)
+    model, pool, ref = small_cuda_llama()
     fi = FlashInferPagedAttention(pool, 8, 2, 64)
     toks = torch.randint(0, 256, (200,)).tolist()
     model(ForwardBatch.build([(toks[:64], 0, [0, 1, 2, 3, 4])], 16, "cuda"), ref)  # a cached prefix

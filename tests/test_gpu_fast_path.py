@@ -67,26 +67,10 @@ def test_graph_decode_gives_the_eager_tokens_over_256_steps(small_llama):
 
 
 def test_fused_model_matches_the_reference_model():
-    from engine.attention import TorchPagedAttention
     from engine.forward_batch import ForwardBatch
-    from engine.llama import CausalLM
-    from engine.model_config import ModelConfig
-    from storage import DevicePool, KVLayout
+    from tests.paged_runner import small_cuda_llama
 
-    torch.manual_seed(0)
-    cfg = ModelConfig(
-        arch="llama",
-        vocab_size=256,
-        hidden_size=256,
-        intermediate_size=512,
-        num_layers=2,
-        num_heads=8,
-        num_kv_heads=2,
-        head_dim=64,
-    )
-    model = CausalLM(cfg).to("cuda", torch.bfloat16).eval()
-    pool = DevicePool(KVLayout(2, 2, 64, 16, torch.bfloat16), 64, "cuda")
-    ref = TorchPagedAttention(pool, 8, 2, 64)
+    model, pool, ref = small_cuda_llama()
     toks = torch.randint(0, 256, (120,)).tolist()
     batch = [(toks[:70], 0, [0, 1, 2, 3, 4]), (toks[70:120], 0, [10, 11, 12, 13])]
     want = model(ForwardBatch.build(batch, 16, "cuda"), ref)
