@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -55,9 +56,11 @@ def build_app(loop: EngineLoop, *, model_name: str, api_key: str | None = None) 
         return error_response(err.status_code, str(err.detail), "invalid_request_error")
 
     @app.exception_handler(Exception)
-    async def _internal(_req: Request, err: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return error_response(500, f"internal error: {type(err).__name__}", "server_error")
+    async def _internal(req: Request, err: Exception) -> JSONResponse:
+        rid = uuid.uuid4().hex[:12]  # in the log and the answer: a report can be matched to it
+        log.exception("unhandled error in %s %s (error id %s)", req.method, req.url.path, rid)
+        message = f"internal error {rid}: {type(err).__name__} (see the server log)"
+        return error_response(500, message, "server_error")
 
     if api_key:
 

@@ -13,8 +13,44 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
 
 
+def _invalid_text(value, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+    """The path of the first string (key or value) that is not valid Unicode, e.g. holding a
+    lone UTF-16 surrogate that JSON's \\ud800 escapes can carry; None when all are valid."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return path
+        return None
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        where = (*path, str(key))
+        if isinstance(key, str) and _invalid_text(key) is not None:
+            return where
+        found = _invalid_text(item, where)
+        if found is not None:
+            return found
+    return None
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_unicode(cls, data):
+        """Text that cannot reach the tokenizer or a log is a 400 naming its field, not a 500."""
+        where = _invalid_text(data)
+        if where is not None:
+            field = ".".join(where) or "body"
+            raise ValueError(f"{field} is not valid Unicode text (a lone UTF-16 surrogate)")
+        return data
 
 
 class StreamOptions(_Body):

@@ -6,6 +6,7 @@ disconnecting midway, then the integrity check; metrics, health, cache admin, AP
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import httpx
@@ -206,6 +207,32 @@ BAD_RAW = [
         "temperature",
     ),
 ]
+
+
+LONE_SURROGATE = [  # JSON may carry "\ud800": a string no tokenizer or log can take
+    ("/v1/completions", {"model": MODEL, "prompt": "a\ud800b"}, "prompt"),
+    ("/v1/completions", {"model": MODEL, "prompt": "hi", "stop": ["x\udfff"]}, "stop.0"),
+    (
+        "/v1/chat/completions",
+        {"model": MODEL, "messages": [{"role": "user", "content": "a\ud800"}]},
+        "messages.0.content",
+    ),
+    ("/v1/chat/completions", {"model": "m\ud800", "messages": []}, "model"),
+    ("/generate", {"text": "hi", "rid": "r\ud800"}, "rid"),
+]
+
+
+@pytest.mark.parametrize("path,body,field", LONE_SURROGATE, ids=[b[2] for b in LONE_SURROGATE])
+def test_invalid_unicode_is_a_400_naming_the_field(served, client, path, body, field):
+    raw = json.dumps(body).encode()  # ensure_ascii: the surrogate travels as the escape \ud800
+    r = httpx.post(
+        served[0] + path, content=raw, headers={"content-type": "application/json"}, timeout=60
+    )
+    assert r.status_code == 400, r.text
+    message = r.json()["error"]["message"]
+    assert f"{field} is not valid Unicode" in message, message
+    ok = client.completions.create(model=MODEL, prompt="Hello", max_tokens=2, temperature=0)
+    assert ok.usage.completion_tokens == 2
 
 
 @pytest.mark.parametrize("what,path,raw,words", BAD_RAW, ids=[b[0] for b in BAD_RAW])
