@@ -61,6 +61,7 @@ class FileStore(RemoteStore):
 
     @contextlib.contextmanager
     def _locked(self):
+        self.root.mkdir(parents=True, exist_ok=True)  # recreated if deleted under a running store
         fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -183,29 +184,41 @@ class FileStore(RemoteStore):
     async def get(self, keys: list[str]) -> list[bytes | None]:
         return await self._in_chunks(self._read_sync, keys)
 
-    def _write_temp_sync(self, items: list[tuple[str, bytes]]) -> list[tuple[Path, Path] | None]:
-        out = []
+    def _write_temp_sync(
+        self, items: list[tuple[str, bytes]]
+    ) -> list[tuple[Path, Path] | OSError]:
+        out: list[tuple[Path, Path] | OSError] = []
         for key, blob in items:
             path = self._path(key)
-            if path.parent.name not in self._shards:
-                path.parent.mkdir(exist_ok=True)
-                self._shards.add(path.parent.name)
             tmp = path.parent / f".tmp-{os.getpid()}-{secrets.token_hex(6)}"
             try:
+                if path.parent.name not in self._shards:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self._shards.add(path.parent.name)
                 with open(tmp, "wb") as f:
                     f.write(blob)
                 out.append((tmp, path))
-            except OSError:
-                with contextlib.suppress(FileNotFoundError):
+            except OSError as err:  # a full, read-only or vanished disk
+                self._shards.clear()  # the directory may be gone: make shards again next time
+                with contextlib.suppress(OSError):
                     tmp.unlink()
-                out.append(None)
+                out.append(err)
         return out
 
     async def put(self, items: list[tuple[str, bytes]]) -> list[bool]:
+        """Store a batch; a disk error (ENOSPC, EROFS, a deleted directory) fails the whole call,
+        so the circuit breaker sees the tier failing (and marks it degraded) like any fault."""
         written = await self._in_chunks(self._write_temp_sync, items)
-        renames = [w for w in written if w is not None]
-        committed = iter(await asyncio.to_thread(self._commit, renames, []))
-        ok = [w is not None and next(committed) for w in written]
+        errors = [w for w in written if isinstance(w, OSError)]
+        if errors:
+            for w in written:
+                if not isinstance(w, OSError):
+                    with contextlib.suppress(OSError):
+                        w[0].unlink()
+            self.stats.add(put_failures=len(items))
+            raise errors[0]
+        renames = list(written)
+        ok = await asyncio.to_thread(self._commit, renames, [])
         stored = sum(len(b) for (_, b), good in zip(items, ok, strict=True) if good)
         self.stats.add(puts=sum(ok), put_failures=len(ok) - sum(ok), bytes_written=stored)
         return ok

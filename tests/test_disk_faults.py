@@ -1,0 +1,96 @@
+"""The file remote tier on a real small disk (a 1 MiB tmpfs) that fills up (ENOSPC), turns
+read-only (EROFS) or has its directory deleted under a running engine: no request fails, no
+token changes, the tier shows degraded (a deleted directory is made again at the next write,
+so that fault heals before the breaker opens), and it recovers once the disk is usable again.
+Skipped where this machine cannot mount a tmpfs."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from radixkv import Engine  # noqa: E402
+from tests.test_remote_faults import _prompts, _run  # noqa: E402
+from tests.tiny_model import gb, save_tiny_llama  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tiny-llama")
+    save_tiny_llama(path)
+    return path
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+    )
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def _remount(mnt, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("fault", ["disk full", "read-only", "directory deleted"])
+def test_a_broken_disk_degrades_the_tier_and_costs_no_request(tiny_dir, small_disk, fault):
+    prompts = _prompts(120)
+    common = dict(device="cpu", kv_memory_gb=gb(32), host_memory_gb=gb(48))
+    with Engine(str(tiny_dir), remote_url=None, **common) as ref:
+        want = [r.token_ids for r in _run(ref, prompts)]
+    tier = small_disk / "tier"
+    if fault != "disk full":
+        _remount(small_disk, "size=64m")  # room enough: only the injected fault stops writes
+    seen = {"degraded": False}
+    with Engine(
+        str(tiny_dir),
+        remote_url=tier.as_uri(),
+        remote_max_gb=1.0,  # far above the disk: what stops writes is the disk itself
+        remote_timeout_s=2.0,
+        remote_load_margin=0.0,
+        check_integrity=True,
+        **common,
+    ) as eng:
+        status = eng.cache.remote_status
+
+        def fault_at(start: int) -> None:
+            if start == 40 and fault == "read-only":
+                _remount(small_disk, "ro")
+            if start == 40 and fault == "directory deleted":
+                shutil.rmtree(tier, ignore_errors=True)  # writes land while it goes: no matter
+                assert not any(tier.glob("??/*"))
+            seen["degraded"] |= status()["degraded"]
+
+        got = _run(eng, prompts, fault_at)
+        eng.cache.wait_idle(timeout_s=30)
+        seen["degraded"] |= status()["degraded"]
+        if fault == "disk full":
+            _remount(small_disk, "size=64m")  # space returns
+        if fault == "read-only":
+            _remount(small_disk, "rw")
+        again, deadline = [], time.monotonic() + 60
+        while status()["degraded"] and time.monotonic() < deadline:
+            time.sleep(1.0)  # the breaker's back-off (doubling, at most 30 s); then a probe
+            again = _run(eng, prompts[:20])
+            eng.cache.wait_idle(timeout_s=30)
+        final = status()
+    assert all(r.finish_reason == "length" for r in got + again)  # zero failed requests
+    assert [r.token_ids for r in got] == want  # and not one token changed
+    assert [r.token_ids for r in again] in ([], want[:20])
+    if fault == "directory deleted":  # the store makes its directory again at the next write
+        assert "FileNotFoundError" in (final["last_error"] or ""), final
+    else:
+        assert seen["degraded"] and final["times_opened"] >= 1, (seen, final)
+    assert not final["degraded"], final  # recovered once the disk was usable again
+    assert any(tier.glob("??/*")), "nothing written after recovery"
