@@ -184,9 +184,7 @@ class FileStore(RemoteStore):
     async def get(self, keys: list[str]) -> list[bytes | None]:
         return await self._in_chunks(self._read_sync, keys)
 
-    def _write_temp_sync(
-        self, items: list[tuple[str, bytes]]
-    ) -> list[tuple[Path, Path] | OSError]:
+    def _write_temp_sync(self, items: list[tuple[str, bytes]]) -> list[tuple[Path, Path] | OSError]:
         out: list[tuple[Path, Path] | OSError] = []
         for key, blob in items:
             path = self._path(key)
