@@ -40,7 +40,14 @@ def small_disk(tmp_path):
 
 
 def _remount(mnt, options: str) -> None:
-    subprocess.run(["mount", "-o", f"remount,{options}", str(mnt)], check=True)
+    """Remount; `ro` is refused (busy) while a write is open, so it is tried until one lands
+    between writes."""
+    for _ in range(200):
+        r = subprocess.run(["mount", "-o", f"remount,{options}", str(mnt)], capture_output=True)
+        if r.returncode == 0:
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"remount,{options} failed: {r.stderr.decode().strip()}")
 
 
 @pytest.mark.parametrize("fault", ["disk full", "read-only", "directory deleted"])
