@@ -184,7 +184,7 @@ class Scheduler:
 
     def _finish(self, req: Request, reason: str) -> None:
         if reason in ("stop", "length"):
-            used = len(req.output_ids) / req.params.max_tokens
+            used = min(1.0, len(req.output_ids) / min(req.params.max_tokens, _RESERVE_CLIP_TOKENS))
             ratio = (1 - _RATIO_ALPHA) * self.new_token_ratio + _RATIO_ALPHA * used
             self.new_token_ratio = min(1.0, max(_RATIO_MIN, ratio))
         req.state, req.finish_reason = State.FINISHED, reason
