@@ -207,6 +207,11 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def negative_flag(name: str) -> str:
+    """The flag that sets a bool field to False (argparse's BooleanOptionalAction spelling)."""
+    return "--no-" + flag_name(name)[2:]
+
+
 def _parse_optional(kind: type):
     def parse(text: str):
         return None if text.lower() in ("none", "auto", "") else kind(text)
@@ -226,7 +231,8 @@ def add_config_flags(
 ) -> None:
     """One flag per EngineConfig field (with its aliases), plus --config FILE. Flags default to
     'not given', so a config file and the dataclass defaults fill what the command line omits.
-    `skip`: flag names the parser uses otherwise; `only`: just these fields (and no --config)."""
+    `skip`: flag names the parser uses otherwise; `only`: just these fields (no --config; their
+    flags default to the fields' defaults, so the caller reads them off the namespace)."""
     group = parser.add_argument_group(title or "engine and cache options (EngineConfig)")
     if only is None:
         group.add_argument(
@@ -247,8 +253,10 @@ def add_config_flags(
             help_text += (
                 f" (default: {shown!r})" if isinstance(shown, str) else f" (default: {shown})"
             )
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if f.type in ("bool",):
+        # a subset (`only`) is read off the namespace directly: its flags default to the field's
+        given = argparse.SUPPRESS if only is None else shown
+        kw: dict[str, Any] = {"dest": f.name, "default": given, "help": help_text}
+        if f.type == "bool":
             group.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
             for neg in f.metadata["negative"]:
                 group.add_argument(
@@ -256,7 +264,7 @@ def add_config_flags(
                     dest=f.name,
                     action="store_false",
                     default=argparse.SUPPRESS,
-                    help=f"same as --no-{f.name.replace('_', '-')}",
+                    help=f"same as {negative_flag(f.name)}",
                 )
             continue
         base = f.type.split(" | ")[0]
@@ -281,7 +289,7 @@ def config_to_flags(config: EngineConfig) -> list[str]:
         if v == getattr(default, f.name):
             continue
         if isinstance(v, bool):
-            out.append(flag_name(f.name) if v else "--no-" + f.name.replace("_", "-"))
+            out.append(flag_name(f.name) if v else negative_flag(f.name))
         else:
             out += [flag_name(f.name), "none" if v is None else str(v)]
     return out

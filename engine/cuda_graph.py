@@ -69,7 +69,7 @@ class DecodeGraphs:
         import flashinfer
 
         cfg = model.config
-        self.model, self.pool, self.page_size = model, pool, page_size
+        self.pool, self.page_size = pool, page_size
         self.sizes = batch_ladder(max_bs)
         self.max_bs = self.sizes[-1]
         self.max_pages_per_seq = -(-max_context // page_size)

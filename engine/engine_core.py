@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from engine.config import DEFAULT_REMOTE, EngineConfig
+from engine.default_model import cache_dir
 from engine.model_loader import load_model, load_tokenizer, model_name
 from engine.model_runner import ModelRunner, make_backend
 from engine.request import Request
@@ -39,8 +40,6 @@ AUTO_REMOTE_FRACTION = 0.10  # a file tier's default cap: this share of the disk
 
 
 def default_remote_dir() -> Path:
-    from engine.default_model import cache_dir
-
     return (cache_dir() / "remote-tier").resolve()
 
 

@@ -7,22 +7,43 @@ state dict loads as is.
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from engine.forward_batch import ForwardBatch
 from engine.model_config import ModelConfig
-from engine.rope import Rotary, apply_rotary, inverse_frequencies
+from engine.rope import Rotary, apply_rotary, cos_sin_table
 
 
-def _flashinfer_norm():
-    """flashinfer's fused RMSNorm kernels, or None (no flashinfer: the torch path)."""
+def _flashinfer(module: str):
+    """A flashinfer kernel module (`norm`, `rope`), or None without flashinfer (the torch path)."""
     try:
-        from flashinfer import norm
+        return importlib.import_module(f"flashinfer.{module}")
     except ImportError:
         return None
-    return norm
+
+
+def _concat_linear(*parts: nn.Linear) -> nn.Linear:
+    """One Linear computing `parts` side by side (their weights concatenated once, at load)."""
+    first = parts[0]
+    fused = nn.Linear(
+        first.in_features,
+        sum(p.out_features for p in parts),
+        bias=first.bias is not None,
+        device=first.weight.device,
+        dtype=first.weight.dtype,
+    )
+    with torch.no_grad():
+        fused.weight.copy_(torch.cat([p.weight for p in parts]))
+        if fused.bias is not None:
+            fused.bias.copy_(torch.cat([p.bias for p in parts]))
+    return fused
+
+
+_FI_NORM, _FI_ROPE = _flashinfer("norm"), _flashinfer("rope")
 
 
 class RMSNorm(nn.Module):
@@ -54,20 +75,6 @@ class RMSNorm(nn.Module):
         return self.forward(residual), residual
 
 
-_FI_NORM = _flashinfer_norm()
-
-
-def _flashinfer_rope():
-    try:
-        from flashinfer import rope
-    except ImportError:
-        return None
-    return rope
-
-
-_FI_ROPE = _flashinfer_rope()
-
-
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer: int) -> None:
         super().__init__()
@@ -88,20 +95,8 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
     def fuse(self) -> None:
-        """Merge q, k and v projections into one matmul (weights concatenated once, at load)."""
-        parts = (self.q_proj, self.k_proj, self.v_proj)
-        fused = nn.Linear(
-            parts[0].in_features,
-            sum(p.out_features for p in parts),
-            bias=parts[0].bias is not None,
-            device=parts[0].weight.device,
-            dtype=parts[0].weight.dtype,
-        )
-        with torch.no_grad():
-            fused.weight.copy_(torch.cat([p.weight for p in parts]))
-            if fused.bias is not None:
-                fused.bias.copy_(torch.cat([p.bias for p in parts]))
-        self.qkv_proj = fused
+        """Merge q, k and v projections into one matmul."""
+        self.qkv_proj = _concat_linear(self.q_proj, self.k_proj, self.v_proj)
         del self.q_proj, self.k_proj, self.v_proj
 
     def forward(
@@ -114,22 +109,19 @@ class Attention(nn.Module):
             )
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.rope_cache is not None and not hasattr(self, "q_norm"):
+        if self.rope_cache is not None:
             # flashinfer rotates q and k in place in one kernel (positions index the cache)
             q, k = q.contiguous(), k.contiguous()
             _FI_ROPE.apply_rope_with_cos_sin_cache_inplace(
                 batch.positions, q, k, self.head_dim, self.rope_cache, is_neox=True
             )
-            q = q.view(t, self.num_heads, self.head_dim)
-            k = k.view(t, self.num_kv_heads, self.head_dim)
-            v = v.view(t, self.num_kv_heads, self.head_dim)
-            return self.o_proj(backend.forward(self.layer, q, k, v, batch))
         q = q.view(t, self.num_heads, self.head_dim)
         k = k.view(t, self.num_kv_heads, self.head_dim)
         v = v.view(t, self.num_kv_heads, self.head_dim)
-        if hasattr(self, "q_norm"):
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.rope_cache is None:
+            if hasattr(self, "q_norm"):
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         return self.o_proj(backend.forward(self.layer, q, k, v, batch))
 
 
@@ -142,17 +134,7 @@ class MLP(nn.Module):
 
     def fuse(self) -> None:
         """Merge the gate and up projections into one matmul."""
-        g, u = self.gate_proj, self.up_proj
-        fused = nn.Linear(
-            g.in_features,
-            2 * g.out_features,
-            bias=False,
-            device=g.weight.device,
-            dtype=g.weight.dtype,
-        )
-        with torch.no_grad():
-            fused.weight.copy_(torch.cat([g.weight, u.weight]))
-        self.gate_up_proj = fused
+        self.gate_up_proj = _concat_linear(self.gate_proj, self.up_proj)
         del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -231,12 +213,9 @@ class CausalLM(nn.Module):
         for norm in self.modules():
             if isinstance(norm, RMSNorm):
                 norm.fused = kernels and _FI_NORM is not None
-        if kernels and _FI_ROPE is not None and self.config.head_dim in (64, 128, 256):
-            # [max positions, head_dim] float32: cos of each frequency, then sin
-            inv = inverse_frequencies(self.config).to(self.lm_head.weight.device)
-            pos = torch.arange(self.config.max_position_embeddings, device=inv.device).float()
-            freqs = pos[:, None] * inv[None, :]
-            cache = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+        cfg = self.config  # (QK norm runs between projection and RoPE: it keeps the torch path)
+        if kernels and _FI_ROPE is not None and cfg.head_dim in (64, 128, 256) and not cfg.qk_norm:
+            cache = cos_sin_table(cfg, weight.device)
             for layer in self.model.layers:
                 layer.self_attn.rope_cache = cache
         return self

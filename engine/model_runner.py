@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from engine.attention import TorchPagedAttention
+from engine.attention.flashinfer_backend import FlashInferPagedAttention, flashinfer_available
 from engine.forward_batch import ForwardBatch
 from engine.llama import CausalLM
 from engine.sampling import sample
@@ -18,8 +19,6 @@ from storage import DevicePool
 
 def make_backend(kind: str, pool: DevicePool, model: CausalLM):
     """The attention backend by name (`auto`: flashinfer on CUDA when installed, else torch)."""
-    from engine.attention.flashinfer_backend import FlashInferPagedAttention, flashinfer_available
-
     cfg = model.config
     if kind == "auto":
         kind = "flashinfer" if pool.device.type == "cuda" and flashinfer_available() else "torch"
@@ -36,10 +35,6 @@ class ModelRunner:
     def __init__(self, model: CausalLM, backend, attention: str, graphs=None) -> None:
         self.model, self.backend, self.attention = model, backend, attention
         self.graphs = graphs
-
-    @property
-    def device(self) -> torch.device:
-        return self.backend.pool.device
 
     def run(self, batch: ForwardBatch) -> list[int | None]:
         """One forward over the batch, then a token for every sequence that samples."""

@@ -32,13 +32,25 @@ class Rotary:
     def __init__(self, config: ModelConfig, device: torch.device) -> None:
         self.inv_freq = inverse_frequencies(config).to(device)
 
+    def frequencies(self, positions: torch.Tensor) -> torch.Tensor:
+        """[tokens, head_dim / 2] float32 angles."""
+        return positions.float()[:, None] * self.inv_freq[None, :]
+
     def cos_sin(
         self, positions: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin, [tokens, head_dim], computed in float32 then cast."""
-        freqs = positions.float()[:, None] * self.inv_freq[None, :]
+        freqs = self.frequencies(positions)
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def cos_sin_table(config: ModelConfig, device: torch.device) -> torch.Tensor:
+    """[max positions, head_dim] float32: cos of each position's angles, then their sin (the
+    table flashinfer's RoPE kernel indexes by position)."""
+    rotary = Rotary(config, device)
+    freqs = rotary.frequencies(torch.arange(config.max_position_embeddings, device=device))
+    return torch.cat((freqs.cos(), freqs.sin()), dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

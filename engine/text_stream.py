@@ -8,6 +8,10 @@ characters are held back until the request finishes, so a stop string is never s
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.engine_loop import RequestOutput
 
 
 class TextStream:
@@ -39,3 +43,9 @@ class TextStream:
         delta = final_text[self._sent :] if final_text.startswith(self._text[: self._sent]) else ""
         self._sent = len(final_text)
         return delta
+
+    def delta(self, ids: list[int], out: RequestOutput) -> str:
+        """The text a step's output adds: `push` while running, `finish` once it finished."""
+        if out.finish_reason is None:
+            return self.push(ids)
+        return self.finish(out.text or "")

@@ -78,15 +78,15 @@ class CacheController:
         self._thread: threading.Thread | None = None
         # inline mode: calls submitted and not yet run, oldest first (see the module docstring)
         self._deferred: deque[tuple[Callable[[], Coroutine], Callable]] | None = None
-        if store is not None and inline:
+        if store is not None:
             self._loop = asyncio.new_event_loop()
-            self._deferred = deque()
-        elif store is not None:
-            self._loop = asyncio.new_event_loop()
-            self._thread = threading.Thread(
-                target=self._loop.run_forever, name="radixkv-remote-io", daemon=True
-            )
-            self._thread.start()
+            if inline:
+                self._deferred = deque()
+            else:
+                self._thread = threading.Thread(
+                    target=self._loop.run_forever, name="radixkv-remote-io", daemon=True
+                )
+                self._thread.start()
 
     # ---- device <-> host ---------------------------------------------------------------------
     def device_to_host(self, device_pages: list[int], host_pages: list[int]) -> None:

@@ -217,10 +217,7 @@ class Engine:
             if out.finish_reason == "error":
                 raise RuntimeError(out.error)
             ids.extend(out.new_token_ids)
-            if out.finish_reason is None:
-                yield StreamChunk(out.new_token_ids, text.push(ids))
-            else:
-                yield StreamChunk(out.new_token_ids, text.finish(out.text or ""), out.finish_reason)
+            yield StreamChunk(out.new_token_ids, text.delta(ids, out), out.finish_reason)
 
     def on_engine_thread(self, fn):
         """Run `fn()` where the engine's state may be touched: the engine thread while it runs,

@@ -95,8 +95,13 @@ class PrefixCache:
         handle's pages are the cache's copies (where it held one already, the request's duplicate
         is freed); `num_pages` of them are the cache's now."""
         node = self._cache.insert(tokens, pages)
-        covered = tokens[: len(pages) * self.page_size]
-        return self._handle(self._cache.match(covered, touch=False), covered, node=node)
+        # every page of the prefix is on device now: its pages are those of the path to `node`
+        # (read off the nodes, not by walking the tree over the tokens again)
+        path = reversed(list(node.path_to_root()))
+        own = tuple(p for n in path for p in n.device)
+        return PrefixHandle(
+            len(own) * self.page_size, 0, 0, own, node, None, tokens[: len(own) * self.page_size]
+        )
 
     # ---- request pages ---------------------------------------------------------------------------
     def alloc(self, num_pages: int) -> list[int]:

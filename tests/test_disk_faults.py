@@ -15,7 +15,12 @@ import pytest
 pytest.importorskip("transformers")
 
 from radixkv import Engine  # noqa: E402
-from tests.test_remote_faults import _prompts, _run  # noqa: E402
+from tests.test_remote_faults import (  # noqa: E402
+    FAULT_ENGINE,
+    _prompts,
+    _run,
+    _traffic_until_recovered,
+)
 from tests.tiny_model import gb, save_tiny_llama  # noqa: E402
 
 
@@ -53,8 +58,8 @@ def _remount(mnt, options: str) -> None:
 @pytest.mark.parametrize("fault", ["disk full", "read-only", "directory deleted"])
 def test_a_broken_disk_degrades_the_tier_and_costs_no_request(tiny_dir, small_disk, fault):
     prompts = _prompts(120)
-    common = dict(device="cpu", kv_memory_gb=gb(32), host_memory_gb=gb(48))
-    with Engine(str(tiny_dir), remote_url=None, **common) as ref:
+    plain = dict(device="cpu", kv_memory_gb=gb(32), host_memory_gb=gb(48), remote_url=None)
+    with Engine(str(tiny_dir), **plain) as ref:
         want = [r.token_ids for r in _run(ref, prompts)]
     tier = small_disk / "tier"
     if fault != "disk full":
@@ -64,10 +69,7 @@ def test_a_broken_disk_degrades_the_tier_and_costs_no_request(tiny_dir, small_di
         str(tiny_dir),
         remote_url=tier.as_uri(),
         remote_max_gb=1.0,  # far above the disk: what stops writes is the disk itself
-        remote_timeout_s=2.0,
-        remote_load_margin=0.0,
-        check_integrity=True,
-        **common,
+        **FAULT_ENGINE,
     ) as eng:
         status = eng.cache.remote_status
 
@@ -86,11 +88,7 @@ def test_a_broken_disk_degrades_the_tier_and_costs_no_request(tiny_dir, small_di
             _remount(small_disk, "size=64m")  # space returns
         if fault == "read-only":
             _remount(small_disk, "rw")
-        again, deadline = [], time.monotonic() + 60
-        while status()["degraded"] and time.monotonic() < deadline:
-            time.sleep(1.0)  # the breaker's back-off (doubling, at most 30 s); then a probe
-            again = _run(eng, prompts[:20])
-            eng.cache.wait_idle(timeout_s=30)
+        again = _traffic_until_recovered(eng, prompts[:20])
         final = status()
     assert all(r.finish_reason == "length" for r in got + again)  # zero failed requests
     assert [r.token_ids for r in got] == want  # and not one token changed

@@ -34,6 +34,31 @@ def _prompts(n: int) -> list[list[int]]:
     ]
 
 
+# An engine for fault tests. The host holds one batch's prefixes (10 x 4 pages), not all 40: they
+# spill to the remote tier and come back. The tiny model recomputes 4 pages faster than any store
+# loads them, so the load-or-recompute estimate would (rightly) skip the tier: force loads here.
+FAULT_ENGINE = dict(
+    device="cpu",
+    kv_memory_gb=gb(32),
+    host_memory_gb=gb(48),
+    remote_timeout_s=2.0,
+    remote_load_margin=0.0,
+    check_integrity=True,
+)
+
+
+def _traffic_until_recovered(eng: Engine, prompts, deadline_s: float = 60.0) -> list:
+    """Traffic after a pause, again and again, until the breaker's probe has closed it (its
+    back-off doubles up to 30 s, longer on a loaded machine) or the deadline; the last results."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        time.sleep(1.0)
+        out = _run(eng, prompts)
+        eng.cache.wait_idle(timeout_s=30)
+        if not eng.cache.remote_status()["degraded"] or time.monotonic() > deadline:
+            return out
+
+
 def _run(eng: Engine, prompts, on_request=None) -> list:
     """Serve prompts 10 at a time (a busy server's mix of hits and misses)."""
     out = []
@@ -54,20 +79,7 @@ def test_redis_killed_mid_run_costs_no_request_and_no_token(tiny_dir):
     server = RedisServer().start()
     seen = {"degraded": False, "recovered": False}
     try:
-        with Engine(
-            str(path),
-            device="cpu",
-            # host holds one batch's prefixes (10 x 4 pages), not all 40: they spill to the
-            # remote tier and come back
-            kv_memory_gb=gb(32),
-            host_memory_gb=gb(48),
-            remote_url=server.url,
-            remote_timeout_s=2.0,
-            # the tiny model recomputes 4 pages faster than any store loads them, so the
-            # load-or-recompute estimate would (rightly) skip the tier: force loads here
-            remote_load_margin=0.0,
-            check_integrity=True,
-        ) as eng:
+        with Engine(str(path), remote_url=server.url, **FAULT_ENGINE) as eng:
             status = eng.cache.remote_status
 
             def fault(start: int) -> None:
@@ -80,13 +92,7 @@ def test_redis_killed_mid_run_costs_no_request_and_no_token(tiny_dir):
                     time.sleep(1.2)  # past the breaker's first back-off
 
             got = _run(eng, prompts, fault)
-            deadline = time.monotonic() + 60  # a loaded machine's back-off may have grown
-            while True:  # past the back-off, traffic again: the probe closes the breaker
-                time.sleep(1.0)
-                again = eng.generate(prompts[:10], max_tokens=4, ignore_eos=True)
-                eng.cache.wait_idle(timeout_s=30)
-                if not status()["degraded"] or time.monotonic() > deadline:
-                    break
+            again = _traffic_until_recovered(eng, prompts[:10])
             seen["recovered"] = not status()["degraded"]
             final = status()
             puts_after = eng.cache.store.stats.puts

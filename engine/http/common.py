@@ -138,9 +138,3 @@ class ServingContext:
     def text_stream(self, req) -> TextStream:
         tok = self.core.tokenizer
         return TextStream(tok.decode if tok else lambda _ids: "", req.params.stop)
-
-
-def delta_text(stream: TextStream, ids: list[int], out: RequestOutput) -> str:
-    if out.finish_reason is None:
-        return stream.push(ids)
-    return stream.finish(out.text or "")

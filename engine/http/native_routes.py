@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from engine.engine_loop import RequestOutput
-from engine.http.common import ServingContext, delta_text, sse, stream_error
+from engine.http.common import ServingContext, sse, stream_error
 from engine.openai_protocol import GenerateRequest
 
 
@@ -47,7 +47,7 @@ def native_router(ctx: ServingContext) -> APIRouter:
                     yield stream_error(out)
                     return
                 ids.extend(out.new_token_ids)
-                text += delta_text(stream, ids, out)
+                text += stream.delta(ids, out)
                 yield sse(result(ids, text, out))  # SGLang streams the cumulative output
             yield sse("[DONE]")
 

@@ -12,7 +12,6 @@ from fastapi.responses import StreamingResponse
 from engine.http.common import (
     APIError,
     ServingContext,
-    delta_text,
     sse,
     stream_error,
     usage,
@@ -131,7 +130,7 @@ def _streaming(
                 yield stream_error(out)
                 return
             ids.extend(out.new_token_ids)
-            text = delta_text(stream, ids, out)
+            text = stream.delta(ids, out)
             if text or out.finish_reason is not None:
                 yield sse(chunk(text, out.finish_reason))
             if out.finish_reason is not None:

@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from engine.config import EngineConfig, add_config_flags, config_from_args, config_to_flags
+from engine.config import add_config_flags, config_from_args, config_to_flags
 
 
 def _trace_command(args: argparse.Namespace) -> int:
@@ -203,10 +203,6 @@ def main(argv: list[str] | None = None) -> int:
     add_config_flags(t, only=("page_size", "write_policy"), title="cache options (EngineConfig)")
     _add_multiturn(sub)
     args = parser.parse_args(argv)
-    if args.command == "trace":  # options not given take EngineConfig's defaults
-        for name in ("page_size", "write_policy"):
-            if not hasattr(args, name):
-                setattr(args, name, getattr(EngineConfig(), name))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "multiturn":
