@@ -101,6 +101,12 @@ class EngineConfig:
         "--max-num-batched-tokens",
         "--chunked-prefill-size",
     )
+    max_model_len: int | None = _opt(
+        None,
+        "context length served: prompt plus output tokens at most (default: the model's own); "
+        "may only shorten it",
+        "--context-length",
+    )
     max_running: int = _opt(
         64, "requests in the running batch at most", "--max-num-seqs", "--max-running-requests"
     )
@@ -120,6 +126,12 @@ class EngineConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(name, "must be an integer >= 1")
+        if self.max_model_len is not None and (
+            not isinstance(self.max_model_len, int)
+            or isinstance(self.max_model_len, bool)
+            or self.max_model_len < 2
+        ):
+            raise bad("max_model_len", "must be an integer >= 2 (or None: the model's own)")
         for name, low, strict in (
             ("kv_memory_gb", 0, True),
             ("host_memory_gb", 0, False),

@@ -135,7 +135,8 @@ class EngineCore:
     # ---- requests ------------------------------------------------------------------------------
     @property
     def context_length(self) -> int:
-        return self.model.config.max_position_embeddings
+        own = self.model.config.max_position_embeddings
+        return min(own, self.config.max_model_len or own)
 
     def encode(self, prompt) -> list[int]:
         """Token ids of a prompt (a string, or a list of ids that is checked)."""

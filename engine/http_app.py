@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.engine_loop import EngineLoop
 from engine.http.admin_routes import admin_router
+from engine.http.api_schema import install_openapi
 from engine.http.common import APIError, ServingContext, error_response, validation_message
 from engine.http.native_routes import native_router
 from engine.http.openai_routes import openai_router
@@ -79,4 +80,10 @@ def build_app(loop: EngineLoop, *, model_name: str, api_key: str | None = None) 
     ctx = ServingContext(loop, model_name)
     for router in (openai_router(ctx), native_router(ctx), admin_router(ctx)):
         app.include_router(router)
+    install_openapi(
+        app,
+        model_name=model_name,
+        vocab_size=loop.core.model.config.vocab_size,
+        api_key=bool(api_key),
+    )
     return app

@@ -51,12 +51,12 @@ def sample_rows(logits: torch.Tensor, sampling: list | None) -> list[int | None]
     rows = len(logits)
     sampling = sampling if sampling is not None else [None] * rows
     out: list[int | None] = [None] * rows
-    greedy = [i for i, s in enumerate(sampling) if s is not None and s[0].temperature == 0]
+    greedy = [i for i, s in enumerate(sampling) if s is not None and s[0].greedy]
     if greedy:
         picked = logits[greedy].argmax(-1).tolist()  # one copy for all greedy rows
         for i, token in zip(greedy, picked, strict=True):
             out[i] = token
     for i, s in enumerate(sampling):
-        if s is not None and s[0].temperature != 0:
+        if s is not None and not s[0].greedy:
             out[i] = sample(logits[i], s[0], s[1])
     return out

@@ -4,13 +4,67 @@ OpenAI-compatible completions and chat completions, and the native token-id `/ge
 (SGLang's field names). Fields a client may send that change nothing here (`user`,
 `stream_options` without usage, ...) are accepted and ignored; fields that would change the
 output and are not supported (n > 1, logprobs, penalties) are rejected by name.
+
+Every rule is a field constraint, so the OpenAPI document generated from these models states
+exactly what is validated (`engine/http/api_schema.py` adds the bounds that depend on the served
+model: its name and its vocabulary).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    WithJsonSchema,
+    model_validator,
+)
+
+
+def _whole_number(value):
+    """JSON Schema counts 1.0 as an integer, so the server does too (and no other float)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+SEED_RANGE = (-(2**53), 2**53)  # exact as JSON numbers in any client (and as doubles)
+
+
+def whole(**bounds) -> type:
+    """An integer (never a bool, a string or 1.5) within `bounds` (Field's ge, le, ...); the
+    bounds sit on the strict type itself so that the schema states them as JSON Schema does."""
+    return Annotated[StrictInt, Field(**bounds), BeforeValidator(_whole_number)]
+
+
+Int = whole()
+NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
+# a token id: the doc adds the vocabulary's upper bound where it finds the mark
+TokenId = whole(ge=0, json_schema_extra={"x-token-id": True})
+Temperature = Annotated[float, Field(ge=0, description="0 (or below 1e-5) is greedy")]
+TopP = Annotated[float, Field(gt=0, le=1)]
+Seed = whole(ge=SEED_RANGE[0], le=SEED_RANGE[1])
+MaxTokens = whole(ge=1)  # prompt plus max_tokens must fit the context: checked per request
+Stop = NonEmptyStr | Annotated[list[NonEmptyStr], Field(max_length=64)]
+
+
+def _false(value: bool) -> bool:
+    if value:
+        raise ValueError("not supported: only false")
+    return value
+
+
+# A flag whose `true` is not supported yet (Literal[False] would let a JSON 0 through)
+OnlyFalse = Annotated[
+    StrictBool, AfterValidator(_false), WithJsonSchema({"type": "boolean", "const": False})
+]
 
 
 def _invalid_text(value, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
@@ -40,7 +94,7 @@ def _invalid_text(value, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -58,30 +112,20 @@ class StreamOptions(_Body):
 
 
 class _OpenAISampling(_Body):
-    model: StrictStr
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0  # extension (vLLM and SGLang accept it too)
-    seed: int | None = None
-    stop: StrictStr | list[StrictStr] | None = None
-    stop_token_ids: list[StrictInt] | None = None  # extension
+    model: StrictStr = Field(description="the served model's name (GET /v1/models)")
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: whole(ge=0, description="0: no limit (an extension)") = 0
+    seed: Seed | None = None
+    stop: Stop | None = None
+    stop_token_ids: list[Int] | None = None  # extension
     ignore_eos: bool = False  # extension
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = 1
-    logprobs: bool | int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-
-    @model_validator(mode="after")
-    def _unsupported(self):
-        if self.n != 1:
-            raise ValueError("n must be 1: one completion per request is supported")
-        if self.logprobs not in (None, False, 0):
-            raise ValueError("logprobs are not supported")
-        if self.presence_penalty != 0 or self.frequency_penalty != 0:
-            raise ValueError("presence_penalty and frequency_penalty are not supported (use 0)")
-        return self
+    # not supported yet: only the value that changes nothing validates
+    n: whole(ge=1, le=1, description="only 1 is supported") = 1
+    presence_penalty: Annotated[float, Field(ge=0, le=0, description="only 0")] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=0, le=0, description="only 0")] = 0.0
 
     def sampling(self, max_tokens: int) -> dict:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
@@ -102,15 +146,10 @@ class _OpenAISampling(_Body):
 
 
 class CompletionRequest(_OpenAISampling):
-    prompt: StrictStr | Annotated[list[StrictInt], Field(min_length=1)]
-    max_tokens: int | None = 16  # OpenAI's default for completions
-    echo: bool = False
-
-    @model_validator(mode="after")
-    def _no_echo(self):
-        if self.echo:
-            raise ValueError("echo is not supported")
-        return self
+    prompt: NonEmptyStr | Annotated[list[TokenId], Field(min_length=1)]
+    max_tokens: MaxTokens | None = 16  # OpenAI's default for completions
+    echo: OnlyFalse = False
+    logprobs: whole(ge=0, le=0, description="only 0") | None = None
 
 
 class TextPart(_Body):
@@ -130,8 +169,9 @@ class ChatMessage(_Body):
 
 class ChatCompletionRequest(_OpenAISampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: int | None = None  # None: up to the end of the context
-    max_completion_tokens: int | None = None
+    max_tokens: MaxTokens | None = None  # None: up to the end of the context
+    max_completion_tokens: MaxTokens | None = None
+    logprobs: OnlyFalse | None = None
 
     def chat_messages(self) -> list[dict]:
         return [
@@ -151,13 +191,13 @@ class ChatCompletionRequest(_OpenAISampling):
 class NativeSampling(_Body):
     """SGLang's `sampling_params` names."""
 
-    max_new_tokens: int = 128
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: StrictStr | list[StrictStr] | None = None
-    stop_token_ids: list[StrictInt] | None = None
+    max_new_tokens: MaxTokens = 128
+    temperature: Temperature = 1.0
+    top_p: TopP = 1.0
+    top_k: whole(ge=-1, description="0 or -1: no limit") = 0
+    seed: Seed | None = None
+    stop: Stop | None = None
+    stop_token_ids: list[Int] | None = None
     ignore_eos: bool = False
 
     def sampling(self) -> dict:
@@ -177,8 +217,17 @@ class NativeSampling(_Body):
 class GenerateRequest(_Body):
     """Native `/generate`: token ids in (`input_ids`) or text (`text`), token ids out."""
 
-    input_ids: Annotated[list[StrictInt], Field(min_length=1)] | None = None
-    text: StrictStr | None = None
+    model_config = ConfigDict(
+        json_schema_extra={  # exactly one of the two prompts, as the validator below says
+            "oneOf": [
+                {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
+                for name in ("input_ids", "text")
+            ]
+        }
+    )
+
+    input_ids: Annotated[list[TokenId], Field(min_length=1)] | None = None
+    text: NonEmptyStr | None = None
     sampling_params: NativeSampling = Field(default_factory=NativeSampling)
     stream: bool = False
     rid: StrictStr | None = None

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 import torch
 
+GREEDY_BELOW = (
+    1e-5  # a temperature this small is its limit, greedy (and float32 cannot scale by it)
+)
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -43,12 +47,18 @@ class SamplingParams:
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop must be a non-empty string or a list of them")
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW
+
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:
     """One token from a [vocab] float32 logits row."""
-    if params.temperature == 0:
+    if params.greedy:
         return int(logits.argmax())
-    logits = logits / params.temperature
+    # shifted so the best is 0 before scaling: a tiny temperature sends the rest to -inf, never
+    # the best to inf (inf - inf is a NaN distribution)
+    logits = (logits - logits.max()) / params.temperature
     if params.top_k:
         kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -56,5 +66,6 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     if params.top_p < 1:
         sorted_p, order = probs.sort(descending=True)
         keep = sorted_p.cumsum(0) - sorted_p < params.top_p  # the smallest set reaching top_p
+        keep[0] = True  # however small top_p is (5e-324 is 0 in float32): the best token stays
         probs = torch.zeros_like(probs).scatter(0, order, sorted_p * keep)
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))

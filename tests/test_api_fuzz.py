@@ -1,0 +1,79 @@
+"""The OpenAPI document holds: schemathesis generates requests from the server's own
+/openapi.json (valid ones and ones that break it) and sends them to a live server on loopback.
+Every answer must be a documented status with a body that matches its documented schema; no
+answer may be a 5xx; a request that breaks the schema must get a 4xx, and one that keeps it must
+succeed unless the prompt is longer than the context (a rule no JSON schema can state, documented
+with the 400).
+
+Bounded for CI: RADIXKV_FUZZ_EXAMPLES cases per operation (default 25; set thousands for a long
+run), a served context of 40 tokens so no request runs long."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+schemathesis = pytest.importorskip("schemathesis")
+from hypothesis import HealthCheck, settings  # noqa: E402
+from schemathesis import checks  # noqa: E402
+
+from radixkv import Engine  # noqa: E402
+from tests.live_server import live_server  # noqa: E402
+
+EXAMPLES = int(os.environ.get("RADIXKV_FUZZ_EXAMPLES", "25"))
+CONTEXT = 40
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server():
+    with (
+        Engine(
+            device="cpu",
+            kv_memory_gb=0.25,
+            host_memory_gb=0,
+            remote_url=None,
+            max_model_len=CONTEXT,
+        ) as eng,
+        live_server(eng) as (url, loop),
+    ):
+        yield url, loop
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzzed_server):
+    return schemathesis.openapi.from_url(fuzzed_server[0] + "/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+ALWAYS = [
+    checks.not_a_server_error,
+    checks.status_code_conformance,
+    checks.content_type_conformance,
+    checks.response_schema_conformance,
+    checks.negative_data_rejection,
+]
+
+
+@schema.parametrize()
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+    derandomize=True,  # the same cases every run: CI never turns red by luck
+)
+def test_every_answer_is_documented_and_none_is_a_5xx(case, fuzzed_server):
+    response = case.call(timeout=60)
+    case.validate_response(response, checks=ALWAYS)
+    if response.status_code == 400 and case.meta and _is_positive(case):
+        message = response.json()["error"]["message"]
+        assert "context" in message or "device tier" in message, (
+            f"a schema-valid request was refused: {message}"
+        )
+    assert fuzzed_server[1].alive  # the engine thread survived
+
+
+def _is_positive(case) -> bool:
+    mode = getattr(getattr(case.meta, "generation", None), "mode", None)
+    return getattr(mode, "value", mode) == "positive"

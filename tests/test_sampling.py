@@ -1,0 +1,33 @@
+"""Sampling over any valid parameters and logits picks a token the parameters allow: never a
+NaN distribution (a tiny temperature or top_p once crashed the engine step), never a token
+outside top-k, and greedy when the temperature is 0."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from engine.sampling import GREEDY_BELOW, SamplingParams, sample
+
+FINITE = st.floats(-1e4, 1e4, allow_nan=False, width=32)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    logits=st.lists(FINITE, min_size=1, max_size=40),
+    temperature=st.one_of(st.just(0.0), st.floats(5e-324, 1e6), st.sampled_from([1e-300, 1.0])),
+    top_p=st.one_of(st.floats(5e-324, 1.0, exclude_min=False), st.just(1.0)),
+    top_k=st.integers(0, 50),
+    seed=st.integers(0, 2**32),
+)
+def test_sample_picks_an_allowed_token(logits, temperature, top_p, top_k, seed):
+    row = torch.tensor(logits, dtype=torch.float32)
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
+    token = sample(row, params, torch.Generator().manual_seed(seed))
+    assert 0 <= token < len(logits)
+    if temperature < GREEDY_BELOW:
+        assert row[token] == row.max()
+    if top_k:
+        kth = torch.topk(row, min(top_k, len(logits))).values[-1]
+        assert row[token] >= kth
