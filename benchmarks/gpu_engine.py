@@ -46,6 +46,28 @@ def cuda_time(fn, iters: int = 5, warmup: int = 2) -> float:
     return (time.perf_counter() - t) / iters
 
 
+def _profile_kernels(fn, label: str, iters: int = 10) -> None:
+    """The kernels behind `fn`, by GPU time per call (top 12)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    rows = {}
+    for e in prof.events():
+        if e.device_type.name == "CUDA":
+            name = e.name[:70]
+            t, n = rows.get(name, (0.0, 0))
+            rows[name] = (t + getattr(e, "device_time_total", 0.0), n + 1)
+    total = sum(t for t, _ in rows.values()) / iters / 1e3
+    print(f"{label}: {total:.2f} ms of kernels per call; the top ones:", flush=True)
+    for name, (t, n) in sorted(rows.items(), key=lambda kv: -kv[1][0])[:12]:
+        print(f"  {t / iters / 1e3:7.3f} ms  x{n // iters:<4} {name}", flush=True)
+
+
 def measure_floors(dev: torch.device) -> dict:
     """What this GPU can do, measured now: the figures every floor below divides by."""
     n = 1 << 30  # 1 GiB
@@ -89,6 +111,7 @@ def main() -> int:
     )
     p.add_argument("--json", default=None)
     p.add_argument("--skip-hf", action="store_true", help="leave out the transformers comparison")
+    p.add_argument("--profile", action="store_true", help="print the decode step's top kernels")
     args = p.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -177,6 +200,13 @@ def main() -> int:
                 return runner.run(fb)
 
             row[f"{name}_ms"] = cuda_time(one_step, iters=30, warmup=3) * 1e3
+            if name == "graph":  # the graph alone, planned once: the step's GPU time
+                fb = ForwardBatch.build([([5], 1080, tabs[j]) for j in range(batch)], PS, dev)
+                graphs.run(fb)
+                bs = next(b for b in graphs.sizes if b >= batch)
+                row["replay_only_ms"] = cuda_time(graphs.graphs[bs].replay, iters=30) * 1e3
+                if args.profile:
+                    _profile_kernels(graphs.graphs[bs].replay, f"decode batch {batch}")
             fb = ForwardBatch.build([([5], 1080, tabs[j]) for j in range(batch)], PS, dev, greedy)
             logits = graphs.run(fb) if name == "graph" else model(fb, fi)
             same = logits.clone() if same is None else (logits, same)
@@ -188,7 +218,8 @@ def main() -> int:
         print(
             f"decode batch {batch:>2}: eager {row['eager_ms']:.2f} ms, graph {row['graph_ms']:.2f} ms "
             f"({batch / row['graph_ms'] * 1e3:,.0f} tokens/s); floor {row['floor_ms']:.2f} ms -> "
-            f"{row['ratio_to_floor']:.2f}x; graph = eager argmax: {row['graph_argmax_equal']}",
+            f"{row['ratio_to_floor']:.2f}x (graph replay alone {row['replay_only_ms']:.2f} ms); "
+            f"graph = eager argmax: {row['graph_argmax_equal']}",
             flush=True,
         )
     results["decode"] = decode

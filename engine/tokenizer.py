@@ -90,6 +90,21 @@ class Tokenizer:
             "or a .gguf file"
         )
 
+    def save(self, directory: str | Path) -> Path:
+        """Write it as a Hugging Face directory (tokenizer.json, tokenizer_config.json) that
+        `from_path` reads back, e.g. to carry the default model's tokenizer to a machine
+        without it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(directory / "tokenizer.json"))
+        config = {
+            "chat_template": self.chat_template,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        }
+        (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+        return directory
+
     @property
     def vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)

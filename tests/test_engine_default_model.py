@@ -91,3 +91,18 @@ def test_a_model_without_a_tokenizer_takes_one_apart(tmp_path):
         Engine(str(tmp_path / "small-vocab"), tokenizer="default", **common)
     with pytest.raises(ValueError, match="not a tokenizer.json"):
         Engine(str(tmp_path / "small-vocab"), tokenizer=str(tmp_path), **common)
+
+
+def test_a_saved_tokenizer_reads_back_the_same(eng, tmp_path):
+    """`Tokenizer.save` writes a Hugging Face directory (how the default model's GGUF tokenizer
+    travels to a machine without the GGUF): the same ids, text, chat template and special tokens."""
+    from engine.tokenizer import Tokenizer
+
+    tok = eng.tokenizer
+    again = Tokenizer.from_path(tok.save(tmp_path / "tok"))
+    text = "The capital of France is Paris. 12345 éè <|im_end|>"
+    assert again.encode(text) == tok.encode(text)
+    assert again.decode(tok.encode(text)) == tok.decode(tok.encode(text))
+    chat = [{"role": "user", "content": "hi"}]
+    assert again.apply_chat_template(chat) == tok.apply_chat_template(chat)
+    assert (again.bos_token, again.eos_token) == (tok.bos_token, tok.eos_token)

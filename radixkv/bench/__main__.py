@@ -129,6 +129,7 @@ def _multiturn_command(args: argparse.Namespace) -> int:
                 base, spec, model=args.model, api_key=args.api_key, progress=not args.quiet
             )
         )
+        report["scheduler"] = _scheduler_stats(base.removesuffix("/v1"), args.api_key)
     report["serve_args"] = None if args.url else serve_args
     report["remote_url"] = remote_url
     print(format_report(report))
@@ -140,6 +141,21 @@ def _multiturn_command(args: argparse.Namespace) -> int:
         for p in plot_report(report, args.plot):
             print(f"wrote {p}", file=sys.stderr)
     return 0 if report["overall"]["failed"] == 0 else 1
+
+
+def _scheduler_stats(root: str, api_key: str) -> dict | None:
+    """The server's scheduler counters (preemptions, ...) from /cache/stats; None from a server
+    that is not radixkv."""
+    import urllib.request
+
+    req = urllib.request.Request(
+        root + "/cache/stats", headers={"Authorization": f"Bearer {api_key}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return json.loads(r.read()).get("scheduler")
+    except (OSError, ValueError):
+        return None
 
 
 def _add_multiturn(sub) -> None:

@@ -96,6 +96,9 @@ def format_report(report: dict) -> str:
         f"latencies in ms. {report['duration_s']:.1f} s; input {o['input_tokens_per_s']:,.0f} tok/s, "
         f"output {o['output_tokens_per_s']:,.1f} tok/s, {o['requests_per_s']:.2f} req/s"
     )
+    sched = report.get("scheduler")
+    if sched:
+        lines.append(f"server: {sched['preemptions']} preemptions")
     for e in report["errors"]:
         lines.append(f"error: {e}")
     return "\n".join(lines)
