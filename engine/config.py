@@ -50,7 +50,9 @@ class EngineConfig:
     )
     device: str = _opt("auto", "cuda, cuda:N, cpu, or auto (the GPU if there is one)")
     dtype: str = _opt(
-        "auto", "weights and KV dtype: auto (bf16 on GPU, fp32 on CPU), " + ", ".join(DTYPES[1:])
+        "auto",
+        "weights and KV dtype: auto (bf16 on GPU; on a CPU with native bf16, bf16 unless the "
+        "checkpoint is fp32; else fp32), " + ", ".join(DTYPES[1:]),
     )
     attention: str = _opt(
         "auto", "attention backend: auto (flashinfer on GPU if installed), torch, flashinfer"

@@ -21,7 +21,7 @@ import torch
 
 from engine.config import DEFAULT_REMOTE, EngineConfig
 from engine.default_model import cache_dir
-from engine.model_loader import load_model, load_tokenizer, model_name
+from engine.model_loader import auto_dtype, load_model, load_tokenizer, model_name
 from engine.model_runner import ModelRunner, make_backend
 from engine.request import Request
 from engine.sampling import SamplingParams
@@ -74,7 +74,7 @@ class EngineCore:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         dtype = (
-            (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+            auto_dtype(config.model, self.device)
             if config.dtype == "auto"
             else getattr(torch, config.dtype)
         )

@@ -3,6 +3,8 @@ weights for benchmarks) or, by default, SmolLM2-135M-Instruct."""
 
 from __future__ import annotations
 
+import json
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -37,6 +39,36 @@ def load_model(
         f"model {model!r} is not a GGUF file, a Hugging Face directory or a preset "
         f"({', '.join(PRESETS)})"
     )
+
+
+@cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where bfloat16
+    weights halve the bytes a memory-bound decode step reads at no extra compute."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_dtype(model: str | None, device: torch.device) -> torch.dtype:
+    """`dtype=auto`: bfloat16 on CUDA. On a CPU, bfloat16 where the CPU computes it natively and
+    the checkpoint is not float32 itself (a quantized GGUF, the default model included, or a
+    bfloat16 / float16 Hugging Face checkpoint); float32 otherwise."""
+    if device.type == "cuda":
+        return torch.bfloat16
+    if not cpu_has_native_bf16():
+        return torch.float32
+    if model is None or model.endswith(".gguf"):
+        return torch.bfloat16
+    config = Path(model) / "config.json"
+    if config.is_file():
+        saved = json.loads(config.read_text())
+        stored = saved.get("torch_dtype") or saved.get("dtype") or "float32"  # newer: "dtype"
+        return torch.bfloat16 if stored in ("bfloat16", "float16") else torch.float32
+    return torch.float32  # a preset's dummy weights: the reference precision
 
 
 def load_tokenizer(path: str, model_vocab: int) -> Tokenizer:

@@ -14,8 +14,13 @@ from radixkv import Engine  # noqa: E402
 
 @pytest.fixture(scope="module")
 def eng():
-    with Engine(
-        device="cpu", kv_memory_gb=0.25, host_memory_gb=0, remote_url=None, check_integrity=True
+    with Engine(  # float32: token for token with transformers' float32 load of the GGUF
+        device="cpu",
+        dtype="float32",
+        kv_memory_gb=0.25,
+        host_memory_gb=0,
+        remote_url=None,
+        check_integrity=True,
     ) as e:
         yield e
 
@@ -106,3 +111,16 @@ def test_a_saved_tokenizer_reads_back_the_same(eng, tmp_path):
     chat = [{"role": "user", "content": "hi"}]
     assert again.apply_chat_template(chat) == tok.apply_chat_template(chat)
     assert (again.bos_token, again.eos_token) == (tok.bos_token, tok.eos_token)
+
+
+def test_the_default_runs_bf16_on_a_cpu_that_computes_it_and_answers_right():
+    """`dtype=auto` picks bfloat16 for the (quantized) default model where the CPU multiplies
+    bf16 natively, float32 elsewhere; either way the greedy answer is the right one."""
+    from engine.model_loader import cpu_has_native_bf16
+
+    with Engine(device="cpu", kv_memory_gb=0.1, host_memory_gb=0, remote_url=None) as e:
+        want = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+        assert e.model.lm_head.weight.dtype == want
+        chat = [{"role": "user", "content": "What is the capital of France?"}]
+        r = e.chat(chat, max_tokens=12)
+        assert "Paris" in r.text, r.text

@@ -1,8 +1,10 @@
-"""Reference paged attention in plain torch (CPU and GPU): the correctness baseline.
+"""Paged attention in plain torch (CPU and GPU): the correctness baseline, and the CPU path.
 
 For layer l the pool holds kv = pool.layer(l): [pages, 2 (K/V), page_size, kv_heads, head_dim].
 New tokens' K/V are written at (out_pages, out_offsets); then each sequence attends over
-[0, prefix_len + extend_len) with a causal mask offset by its prefix.
+[0, prefix_len + extend_len) with a causal mask offset by its prefix. A decode batch (one new
+token per sequence) runs as one batched attention over the sequences' pages gathered side by
+side (padded to the longest, masked); any other batch runs sequence by sequence.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ class TorchPagedAttention:
         self.pool = pool
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.scale = head_dim**-0.5
+        # the decode batch whose gather index and length mask are built (once per forward)
+        self._decode_plan: tuple[ForwardBatch, torch.Tensor, torch.Tensor] | None = None
 
     def forward(
         self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch
@@ -27,6 +31,12 @@ class TorchPagedAttention:
         kv = self.pool.layer(layer)
         kv[batch.out_pages, 0, batch.out_offsets] = k.to(kv.dtype)
         kv[batch.out_pages, 1, batch.out_offsets] = v.to(kv.dtype)
+        if all(e == 1 for e in batch.extend_lens) and batch.num_sequences > 0:
+            return self._decode(kv, q, batch)
+        return self._by_sequence(kv, q, batch)
+
+    def _by_sequence(self, kv: torch.Tensor, q: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """Any batch, one sequence at a time (its K/V already written)."""
         group = self.num_heads // self.num_kv_heads
         out = torch.empty(q.shape[0], self.num_heads, self.head_dim, dtype=q.dtype, device=q.device)
         start = 0
@@ -53,3 +63,39 @@ class TorchPagedAttention:
             out[start : start + ext] = o.transpose(0, 1)
             start += ext
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)
+
+    def _plan_decode(self, batch: ForwardBatch, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, W] pages to gather (W: the longest sequence's page count; short tables padded
+        with their own first page) and the [B, 1, 1, W * page_size] mask of real positions."""
+        if self._decode_plan is not None and self._decode_plan[0] is batch:
+            return self._decode_plan[1], self._decode_plan[2]
+        ps = batch.page_size
+        lens = [p + 1 for p in batch.prefix_lens]
+        width = -(-max(lens) // ps)
+        rows = []
+        for n, table in zip(lens, batch.page_tables, strict=True):
+            used = table[: -(-n // ps)]
+            rows.append(used + [used[0]] * (width - len(used)))
+        index = torch.tensor(rows, dtype=torch.long, device=device)
+        positions = torch.arange(width * ps, device=device)
+        mask = positions[None, :] < torch.tensor(lens, device=device)[:, None]
+        self._decode_plan = (batch, index, mask[:, None, None, :])
+        return index, self._decode_plan[2]
+
+    def _decode(self, kv: torch.Tensor, q: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """One token per sequence: q [B, heads, dim] -> [B, heads * dim]."""
+        index, mask = self._plan_decode(batch, kv.device)
+        b, width = index.shape
+        # K and V gathered apart, each straight into [B, W * ps, kv_heads, dim], in float32:
+        # CPU kernels for matmuls this small are faster there than in bf16 (and it is exact)
+        keys = kv[index, 0].float().view(b, -1, self.num_kv_heads, self.head_dim)
+        values = kv[index, 1].float().view(b, -1, self.num_kv_heads, self.head_dim)
+        out = F.scaled_dot_product_attention(
+            q[:, :, None, :].float(),  # [B, heads, 1, dim]
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=mask,
+            scale=self.scale,
+            enable_gqa=True,
+        ).to(q.dtype)
+        return out.reshape(b, self.num_heads * self.head_dim)
