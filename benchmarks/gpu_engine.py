@@ -184,7 +184,7 @@ def main() -> int:
         for i in range(0, batch, 16):
             chunk = [(ctx[j], 0, tabs[j]) for j in range(i, min(batch, i + 16))]
             model(ForwardBatch.build(chunk, PS, dev), fi)
-        greedy = [(SamplingParams(), None)] * batch
+        greedy = [(SamplingParams(), None, None)] * batch
         kv_bytes = batch * 1024 * layout.page_bytes // PS  # every layer's K and V
         row = {"floor_ms": (w_bytes + kv_bytes) / hbm * 1e3}
         same = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -123,6 +124,8 @@ class EngineCore:
         )
         self.model_name = model_name(config.model)
         self._rids = itertools.count(1)  # next() is atomic: requests are made on any thread
+        self._grammars = None  # engine.constraint.Grammars, built at the first structured request
+        self._grammars_lock = threading.Lock()
 
     def _eos_ids(self) -> tuple[int, ...]:
         """The model's end-of-sequence ids, and its tokenizer's (a preset with a tokenizer)."""
@@ -180,7 +183,22 @@ class EngineCore:
                 f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) needs "
                 f"more KV memory than the device tier holds ({device_tokens} tokens)"
             )
-        return Request(next(self._rids), ids, params)
+        req = Request(next(self._rids), ids, params)
+        if params.grammar is not None:
+            req.constraint = self.grammars().constraint(*params.grammar)
+        return req
+
+    def grammars(self):
+        """The grammar compiler for this model's tokenizer (built once, on first use)."""
+        if self.tokenizer is None:
+            raise ValueError("structured output needs a tokenizer: this model has none")
+        with self._grammars_lock:
+            if self._grammars is None:
+                from engine.constraint import Grammars
+
+                eos = self.tokenizer.token_id(self.tokenizer.eos_token)
+                self._grammars = Grammars(self.tokenizer, self.model.config.vocab_size, eos)
+            return self._grammars
 
     # ---- the step loop ---------------------------------------------------------------------------
     def step(self) -> list[Request]:

@@ -46,10 +46,14 @@ class ModelRunner:
 
 
 def sample_rows(logits: torch.Tensor, sampling: list | None) -> list[int | None]:
-    """Sample row i with `sampling[i]` = (SamplingParams, generator), or None to skip it.
+    """Sample row i with `sampling[i]` = (SamplingParams, generator, Constraint or None), or
+    None to skip it. A constrained row's logits are first masked to what its grammar allows.
     Greedy rows are picked together on the device and copied to the host once."""
     rows = len(logits)
     sampling = sampling if sampling is not None else [None] * rows
+    for i, s in enumerate(sampling):
+        if s is not None and s[2] is not None:
+            s[2].mask(logits[i])
     out: list[int | None] = [None] * rows
     greedy = [i for i, s in enumerate(sampling) if s is not None and s[0].greedy]
     if greedy:

@@ -12,7 +12,8 @@ model: its name and its vocabulary).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import json
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -145,6 +146,45 @@ class _OpenAISampling(_Body):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
+class JSONSchemaFormat(_Body):
+    name: StrictStr = "response"
+    schema_: dict[str, Any] = Field(alias="schema", description="the JSON Schema to follow")
+    strict: bool | None = None
+    description: StrictStr | None = None
+
+
+class ResponseFormat(_Body):
+    """`text` (no constraint), `json_object` (any JSON object) or `json_schema` (one that
+    validates): enforced token by token, so the output always parses."""
+
+    model_config = ConfigDict(
+        json_schema_extra={  # json_schema comes with type json_schema, and only then
+            "if": {"properties": {"type": {"const": "json_schema"}}},
+            "then": {
+                "required": ["json_schema"],
+                "properties": {"json_schema": {"type": "object"}},
+            },
+            "else": {"properties": {"json_schema": {"type": "null"}}},
+        }
+    )
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("json_schema is given with type json_schema, and only then")
+        return self
+
+    def grammar(self) -> tuple[str, str] | None:
+        if self.type == "json_object":
+            return ("json_object", "")
+        if self.type == "json_schema":
+            return ("json_schema", json.dumps(self.json_schema.schema_))
+        return None
+
+
 class CompletionRequest(_OpenAISampling):
     prompt: NonEmptyStr | Annotated[list[TokenId], Field(min_length=1)]
     max_tokens: MaxTokens | None = 16  # OpenAI's default for completions
@@ -172,6 +212,11 @@ class ChatCompletionRequest(_OpenAISampling):
     max_tokens: MaxTokens | None = None  # None: up to the end of the context
     max_completion_tokens: MaxTokens | None = None
     logprobs: OnlyFalse | None = None
+    response_format: ResponseFormat | None = None
+
+    def sampling(self, max_tokens: int) -> dict:
+        grammar = self.response_format.grammar() if self.response_format else None
+        return super().sampling(max_tokens) | {"grammar": grammar}
 
     def chat_messages(self) -> list[dict]:
         return [
@@ -199,6 +244,23 @@ class NativeSampling(_Body):
     stop: Stop | None = None
     stop_token_ids: list[Int] | None = None
     ignore_eos: bool = False
+    model_config = ConfigDict(
+        json_schema_extra={  # at most one grammar
+            "not": {
+                "required": ["json_schema", "regex"],
+                "properties": {"json_schema": {"type": "string"}, "regex": {"type": "string"}},
+            }
+        }
+    )
+
+    json_schema: NonEmptyStr | None = Field(None, description="a JSON Schema, as JSON text")
+    regex: NonEmptyStr | None = None
+
+    @model_validator(mode="after")
+    def _one_grammar(self):
+        if self.json_schema is not None and self.regex is not None:
+            raise ValueError("give at most one of json_schema and regex")
+        return self
 
     def sampling(self) -> dict:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
@@ -207,6 +269,13 @@ class NativeSampling(_Body):
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": max(self.top_k, 0),  # SGLang uses -1 for "no limit"
+            "grammar": (
+                ("json_schema", self.json_schema)
+                if self.json_schema is not None
+                else ("regex", self.regex)
+                if self.regex is not None
+                else None
+            ),
             "seed": self.seed,
             "stop": tuple(stop),
             "stop_token_ids": tuple(self.stop_token_ids or ()),

@@ -39,6 +39,7 @@ class Request:
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     generator: torch.Generator | None = None
+    constraint: object | None = None  # engine.constraint.Constraint of a structured request
     text: str = ""
 
     def __post_init__(self) -> None:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-GREEDY_BELOW = (
-    1e-5  # a temperature this small is its limit, greedy (and float32 cannot scale by it)
-)
+GRAMMAR_KINDS = ("json_schema", "json_object", "regex")
+# a temperature this small is its limit, greedy (and float32 cannot scale by it)
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,9 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
+    # structured output: (kind, spec), kind one of GRAMMAR_KINDS (spec: the schema's JSON text,
+    # the regex, or "" for any JSON object); every token is then masked to what it allows
+    grammar: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -46,6 +49,16 @@ class SamplingParams:
             object.__setattr__(self, "stop", (self.stop,))
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ValueError("stop must be a non-empty string or a list of them")
+        if self.grammar is not None and (
+            not isinstance(self.grammar, tuple)
+            or len(self.grammar) != 2
+            or self.grammar[0] not in GRAMMAR_KINDS
+            or not isinstance(self.grammar[1], str)
+        ):
+            raise ValueError(
+                f"grammar must be (kind, spec) with kind one of {', '.join(GRAMMAR_KINDS)}, "
+                f"got {self.grammar!r}"
+            )
 
     @property
     def greedy(self) -> bool:

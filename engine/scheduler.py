@@ -134,7 +134,7 @@ class Scheduler:
                 (r.all_ids[r.num_computed : r.num_computed + n], r.num_computed, r.page_table)
             )
             samples = r.num_computed + n == len(r.all_ids)  # else a prefill chunk: more to come
-            sampling.append((r.params, r.generator) if samples else None)
+            sampling.append((r.params, r.generator, r.constraint) if samples else None)
         forward = ForwardBatch.build(sequences, self.page_size, self.device, sampling)
         forward.layer_ready = self.cache.take_layer_events()
         return ScheduledBatch(plan, forward)
@@ -152,6 +152,8 @@ class Scheduler:
             if len(req.output_ids) == 0:
                 self._cache_prompt(req)  # requests queued behind it can reuse it right away
             req.output_ids.append(token)
+            if req.constraint is not None:
+                req.constraint.advance(token)
             if req.first_token_at is None:
                 req.first_token_at = time.perf_counter()
             progressed.append(req)
@@ -171,6 +173,8 @@ class Scheduler:
         p = req.params
         if (token in self.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
             return "stop"
+        if req.constraint is not None and req.constraint.finished:
+            return "stop"  # the grammar is complete (its EOS, if sampled, was handled above)
         if p.stop and self.detokenize is not None:
             text = self.detokenize(req.output_ids)
             for s in p.stop:

@@ -96,7 +96,7 @@ class Tokenizer:
         without it."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(directory / "tokenizer.json"))
+        (directory / "tokenizer.json").write_text(self.to_json())
         config = {
             "chat_template": self.chat_template,
             "bos_token": self.bos_token,
@@ -104,6 +104,10 @@ class Tokenizer:
         }
         (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
         return directory
+
+    def to_json(self) -> str:
+        """The tokenizer.json text (what grammar engines read the token table from)."""
+        return self._tok.to_str()
 
     @property
     def vocab_size(self) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 
 import httpx
@@ -400,3 +401,54 @@ def test_openapi_documents_the_errors_the_server_sends(served):
     assert completion["n"]["maximum"] == 1  # what the validation allows, and no more
     r = httpx.post(served[0] + "/v1/completions", json={"model": MODEL, "prompt": "hi", "n": 1.0})
     assert r.status_code == 200, r.text  # JSON Schema's integer 1.0 is an integer here too
+
+
+CITY = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 30},
+        "is_capital": {"type": "boolean"},
+    },
+    "required": ["city", "is_capital"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_json_schema_output_always_validates(client, stream):
+    jsonschema = pytest.importorskip("jsonschema")
+    fmt = {"type": "json_schema", "json_schema": {"name": "city", "schema": CITY}}
+    ask = [{"role": "user", "content": "Name the capital of France as JSON."}]
+    for temperature in (0.0, 1.0):
+        args = dict(model=MODEL, messages=ask, max_tokens=60, temperature=temperature, seed=3)
+        if stream:
+            chunks = client.chat.completions.create(**args, response_format=fmt, stream=True)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            r = client.chat.completions.create(**args, response_format=fmt)
+            assert r.choices[0].finish_reason == "stop"
+            text = r.choices[0].message.content
+        jsonschema.validate(json.loads(text), CITY)
+
+
+def test_json_object_and_regex_and_a_bad_grammar(served, client):
+    r = client.chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "Describe a cat."}],
+        max_tokens=80,
+        temperature=1.0,
+        seed=1,
+        response_format={"type": "json_object"},
+    )
+    if r.choices[0].finish_reason == "stop":  # cut by max_tokens it is a prefix of an object
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    body = {"text": "My code is", "sampling_params": {"regex": "[0-9]{3}-[a-z]{2}"}}
+    out = httpx.post(served[0] + "/generate", json=body, timeout=60).json()
+    assert re.fullmatch("[0-9]{3}-[a-z]{2}", out["text"]), out
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}
+    r = httpx.post(
+        served[0] + "/v1/chat/completions",
+        json={"model": MODEL, "messages": QUESTION, "response_format": bad},
+        timeout=60,
+    )
+    assert r.status_code == 400 and "invalid json schema" in r.json()["error"]["message"]

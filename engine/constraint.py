@@ -1,0 +1,86 @@
+"""Grammar-constrained decoding (structured output) with llguidance: a JSON schema, any JSON
+object, or a regular expression becomes a token mask applied to a request's logits at every
+step, so what it generates always parses and validates.
+
+`Grammars` is built once per engine (the tokenizer's token table, ~1 s) and caches compiled
+grammars; each constrained request owns one `Constraint` (its matcher state). Without
+llguidance installed, a constrained request is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+import torch
+
+from engine.sampling import GRAMMAR_KINDS
+
+
+class Constraint:
+    """One request's grammar state: masks logits before sampling, advances on each token."""
+
+    def __init__(self, matcher, vocab_size: int) -> None:
+        import llguidance.torch as llt
+
+        self._llt = llt
+        self.matcher = matcher
+        self.bitmask = llt.allocate_token_bitmask(1, vocab_size)
+
+    def mask(self, logits: torch.Tensor) -> None:
+        """Set the logits of tokens the grammar forbids next to -inf, in place ([vocab] row)."""
+        self._llt.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
+        bitmask = self.bitmask.to(logits.device, non_blocking=True)
+        self._llt.apply_token_bitmask_inplace(logits[None], bitmask)
+
+    def advance(self, token: int) -> None:
+        if not self.matcher.consume_token(token):
+            raise AssertionError(f"the grammar refused token {token}: {self.matcher.get_error()}")
+
+    @property
+    def finished(self) -> bool:
+        """The grammar is complete: nothing may follow (the request stops)."""
+        return self.matcher.is_stopped()
+
+
+class Grammars:
+    """Compiles grammars for one tokenizer and hands out a `Constraint` per request."""
+
+    def __init__(self, tokenizer, vocab_size: int, eos_token_id: int | None) -> None:
+        try:
+            import llguidance
+        except ImportError as err:  # pragma: no cover - a dependency of the package
+            raise RuntimeError(
+                "structured output needs llguidance (pip install llguidance)"
+            ) from err
+        self._ll = llguidance
+        self.vocab_size = vocab_size
+        self.tokenizer = llguidance.LLTokenizer(
+            tokenizer.to_json(), n_vocab=vocab_size, eos_token=eos_token_id
+        )
+        self._grammar = lru_cache(maxsize=256)(self._compile)  # the same schema: compiled once
+
+    def _compile(self, kind: str, spec: str) -> str:
+        M = self._ll.LLMatcher
+        if kind == "json_schema":
+            grammar = M.grammar_from_json_schema(json.loads(spec))
+        elif kind == "json_object":
+            grammar = M.grammar_from_json_schema({"type": "object"})
+        elif kind == "regex":
+            grammar = M.grammar_from_regex(spec)
+        else:
+            raise ValueError(
+                f"grammar kind must be one of {', '.join(GRAMMAR_KINDS)}, got {kind!r}"
+            )
+        error = M.validate_grammar(grammar, self.tokenizer)  # "" when valid
+        if error:
+            raise ValueError(f"invalid {kind.replace('_', ' ')}: {error.strip()}")
+        return grammar
+
+    def constraint(self, kind: str, spec: str) -> Constraint:
+        """A fresh matcher for `kind` (json_schema, json_object, regex) and its spec; ValueError
+        naming what is wrong with an invalid one."""
+        matcher = self._ll.LLMatcher(self.tokenizer, self._grammar(kind, spec))
+        if matcher.is_error():
+            raise ValueError(f"invalid {kind.replace('_', ' ')}: {matcher.get_error()}")
+        return Constraint(matcher, self.vocab_size)
