@@ -22,6 +22,7 @@ from radixkv.policies import make_policy
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("auto", "torch", "flashinfer")
+TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
 DEFAULT_REMOTE = "default"  # the file tier under the radixkv cache directory
 
 
@@ -118,6 +119,11 @@ class EngineConfig:
         "max_running, captured at start-up)",
         negative=("--disable-cuda-graph",),
     )
+    tool_call_parser: str = _opt(
+        "auto",
+        "how tool calls are read from the output: hermes (<tool_call> JSON blocks: Hermes, "
+        "Qwen, and the fallback prompt), llama3_json, or auto (by the chat template)",
+    )
     check_integrity: bool = _opt(False, "prove page ownership after every step (slow; for tests)")
 
     def __post_init__(self) -> None:
@@ -167,6 +173,8 @@ class EngineConfig:
             make_policy(self.policy)
         except ValueError as err:
             raise ValueError(f"EngineConfig.policy: {err}") from None
+        if self.tool_call_parser not in TOOL_CALL_PARSERS:
+            raise bad("tool_call_parser", f"must be one of {', '.join(TOOL_CALL_PARSERS)}")
         if self.write_policy not in WRITE_POLICIES:
             raise bad("write_policy", f"must be one of {', '.join(WRITE_POLICIES)}")
 

@@ -1,6 +1,6 @@
 """Grammar-constrained decoding (structured output) with llguidance: a JSON schema, any JSON
-object, or a regular expression becomes a token mask applied to a request's logits at every
-step, so what it generates always parses and validates.
+object, a regular expression or a Lark grammar becomes a token mask applied to a request's
+logits at every step, so what it generates always parses and validates.
 
 `Grammars` is built once per engine (the tokenizer's token table, ~1 s) and caches compiled
 grammars; each constrained request owns one `Constraint` (its matcher state). Without
@@ -15,6 +15,13 @@ from functools import lru_cache
 import torch
 
 from engine.sampling import GRAMMAR_KINDS
+
+_LABEL = {  # what an error names
+    "json_schema": "json schema",
+    "json_object": "json object",
+    "regex": "regex",
+    "lark": "tool call grammar (check the tools' parameter schemas)",
+}
 
 
 class Constraint:
@@ -68,13 +75,15 @@ class Grammars:
             grammar = M.grammar_from_json_schema({"type": "object"})
         elif kind == "regex":
             grammar = M.grammar_from_regex(spec)
+        elif kind == "lark":
+            grammar = M.grammar_from_lark(spec)
         else:
             raise ValueError(
                 f"grammar kind must be one of {', '.join(GRAMMAR_KINDS)}, got {kind!r}"
             )
         error = M.validate_grammar(grammar, self.tokenizer)  # "" when valid
         if error:
-            raise ValueError(f"invalid {kind.replace('_', ' ')}: {error.strip()}")
+            raise ValueError(f"invalid {_LABEL[kind]}: {error.strip()}")
         return grammar
 
     def constraint(self, kind: str, spec: str) -> Constraint:
@@ -82,5 +91,5 @@ class Grammars:
         naming what is wrong with an invalid one."""
         matcher = self._ll.LLMatcher(self.tokenizer, self._grammar(kind, spec))
         if matcher.is_error():
-            raise ValueError(f"invalid {kind.replace('_', ' ')}: {matcher.get_error()}")
+            raise ValueError(f"invalid {_LABEL[kind]}: {matcher.get_error()}")
         return Constraint(matcher, self.vocab_size)

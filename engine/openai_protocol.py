@@ -197,14 +197,51 @@ class TextPart(_Body):
     text: StrictStr
 
 
+class FunctionCall(_Body):
+    name: NonEmptyStr
+    arguments: StrictStr = Field(description="the arguments, as JSON text")
+
+
+class AssistantToolCall(_Body):
+    id: StrictStr
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: StrictStr | list[TextPart] | None = None
+    tool_calls: list[AssistantToolCall] | None = None  # an assistant turn's calls
+    tool_call_id: StrictStr | None = None  # a tool result: the call it answers
+    name: StrictStr | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(p.text for p in self.content)
         return self.content or ""
+
+
+FunctionName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+
+
+class FunctionSpec(_Body):
+    name: FunctionName
+    description: StrictStr | None = None
+    parameters: dict[str, Any] | None = Field(None, description="a JSON Schema of the arguments")
+
+
+class ToolSpec(_Body):
+    type: Literal["function"]
+    function: FunctionSpec
+
+
+class NamedFunction(_Body):
+    name: FunctionName
+
+
+class NamedToolChoice(_Body):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class ChatCompletionRequest(_OpenAISampling):
@@ -213,16 +250,64 @@ class ChatCompletionRequest(_OpenAISampling):
     max_completion_tokens: MaxTokens | None = None
     logprobs: OnlyFalse | None = None
     response_format: ResponseFormat | None = None
+    tools: Annotated[list[ToolSpec], Field(max_length=128)] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # several calls may come back either way
+    # the legacy names for the same (functions: tools; function_call: tool_choice)
+    functions: Annotated[list[FunctionSpec], Field(max_length=128)] | None = None
+    function_call: Literal["none", "auto"] | NamedFunction | None = None
+
+    @model_validator(mode="after")
+    def _tools_known(self):
+        if self.tools is not None and self.functions is not None:
+            raise ValueError("give tools or the legacy functions, not both")
+        names = {t["function"]["name"] for t in self.offered_tools() or ()}
+        choice = self.tool_choice_name
+        if choice is not None and choice not in ("none", "auto", "required"):
+            if choice not in names:
+                raise ValueError(f"tool_choice names {choice!r}, which is not among the tools")
+        elif choice == "required" and not names:
+            raise ValueError("tool_choice is required but no tools are given")
+        return self
+
+    def offered_tools(self) -> list[dict] | None:
+        """The tools in OpenAI's `tools` shape (legacy `functions` converted), or None."""
+        if self.tools:
+            return [t.model_dump(exclude_none=True) for t in self.tools]
+        if self.functions:
+            return [
+                {"type": "function", "function": f.model_dump(exclude_none=True)}
+                for f in self.functions
+            ]
+        return None
+
+    @property
+    def tool_choice_name(self) -> str | None:
+        """none, auto, required, a function's name, or None (auto when tools are given)."""
+        choice = self.tool_choice if self.tool_choice is not None else self.function_call
+        if isinstance(choice, NamedToolChoice):
+            return choice.function.name
+        if isinstance(choice, NamedFunction):
+            return choice.name
+        return choice
 
     def sampling(self, max_tokens: int) -> dict:
         grammar = self.response_format.grammar() if self.response_format else None
         return super().sampling(max_tokens) | {"grammar": grammar}
 
     def chat_messages(self) -> list[dict]:
-        return [
-            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            for m in self.messages
-        ]
+        out = []
+        for m in self.messages:
+            msg = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            if m.tool_calls:
+                msg["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+                msg["content"] = m.text() or None
+            if m.tool_call_id is not None:
+                msg["tool_call_id"] = m.tool_call_id
+            if m.name is not None:
+                msg["name"] = m.name
+            out.append(msg)
+        return out
 
     @property
     def requested_max_tokens(self) -> int | None:

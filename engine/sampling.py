@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-GRAMMAR_KINDS = ("json_schema", "json_object", "regex")
+GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "lark")
 # a temperature this small is its limit, greedy (and float32 cannot scale by it)
 GREEDY_BELOW = 1e-5
 
@@ -23,7 +23,8 @@ class SamplingParams:
     stop_token_ids: tuple[int, ...] = ()
     ignore_eos: bool = False
     # structured output: (kind, spec), kind one of GRAMMAR_KINDS (spec: the schema's JSON text,
-    # the regex, or "" for any JSON object); every token is then masked to what it allows
+    # the regex, a Lark grammar, or "" for any JSON object); every token is then masked to
+    # what it allows
     grammar: tuple[str, str] | None = None
 
     def __post_init__(self) -> None:

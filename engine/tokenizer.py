@@ -122,8 +122,15 @@ class Tokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True) -> str:
-        """Render messages with the model's own template (jinja2, sandboxed)."""
+    def apply_chat_template(
+        self,
+        messages: list[dict],
+        add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
+    ) -> str:
+        """Render messages with the model's own template (jinja2, sandboxed); `tools` reaches
+        templates that take them. A message's content may be None (an assistant turn that only
+        calls tools)."""
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         if not self.chat_template:
@@ -132,12 +139,16 @@ class Tokenizer:
             if (
                 not isinstance(m, dict)
                 or not isinstance(m.get("role"), str)
-                or not isinstance(m.get("content"), str)
+                or not isinstance(m.get("content"), str | None)
             ):
                 raise ValueError("each message needs a string 'role' and a string 'content'")
+        messages = [{**m, "content": m.get("content") or ""} for m in messages]
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        # as Hugging Face renders templates: tojson without HTML escaping
+        env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent)
         return env.from_string(self.chat_template).render(
             messages=messages,
+            tools=tools,
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token or "",
             eos_token=self.eos_token or "",

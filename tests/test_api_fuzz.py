@@ -22,8 +22,19 @@ from radixkv import Engine  # noqa: E402
 from tests.live_server import live_server  # noqa: E402
 
 # what a 400 may say to a schema-valid request: rules no JSON schema can state (a prompt's token
-# count against the context; whether a string holds a valid JSON Schema or regex)
-SEMANTIC_RULES = ("context", "device tier", "invalid json schema", "invalid regex")
+# count against the context; whether a string holds a valid JSON Schema or regex; which tool
+# names a request declares)
+SEMANTIC_RULES = (
+    "context",
+    "device tier",
+    "invalid json schema",
+    "invalid regex",
+    "invalid tool call grammar",
+    "not among the tools",
+    "no tools are given",
+    "cannot be combined with response_format",
+    "not both",
+)
 EXAMPLES = int(os.environ.get("RADIXKV_FUZZ_EXAMPLES", "25"))
 CONTEXT = 40
 

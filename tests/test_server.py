@@ -452,3 +452,96 @@ def test_json_object_and_regex_and_a_bad_grammar(served, client):
         timeout=60,
     )
     assert r.status_code == 400 and "invalid json schema" in r.json()["error"]["message"]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 20}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+ASK_WEATHER = [{"role": "user", "content": "What is the weather in Paris?"}]
+
+
+@pytest.mark.parametrize(
+    "choice", ["required", {"type": "function", "function": {"name": "get_weather"}}]
+)
+def test_a_forced_tool_call_comes_back_as_tool_calls(client, choice):
+    jsonschema = pytest.importorskip("jsonschema")
+    r = client.chat.completions.create(
+        model=MODEL, messages=ASK_WEATHER, tools=[WEATHER], tool_choice=choice, max_tokens=60
+    )
+    choice0 = r.choices[0]
+    assert choice0.finish_reason == "tool_calls"
+    (call,) = choice0.message.tool_calls
+    assert call.type == "function" and call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER["function"]["parameters"])
+    # streamed: the same call as a tool_calls delta, no call text in the content
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=ASK_WEATHER,
+            tools=[WEATHER],
+            tool_choice=choice,
+            max_tokens=60,
+            stream=True,
+        )
+    )
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.content or "" for d in deltas) == ""
+    (streamed,) = [t for d in deltas for t in d.tool_calls or ()]
+    assert streamed.function.name == "get_weather"
+    assert json.loads(streamed.function.arguments) == json.loads(call.function.arguments)
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_tool_history_legacy_functions_and_bad_choices(served, client):
+    history = ASK_WEATHER + [
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 C and sunny"},
+    ]
+    r = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER], max_tokens=8)
+    assert r.usage.prompt_tokens > 60  # the tools, the call and its result are in the prompt
+    legacy = httpx.post(
+        served[0] + "/v1/chat/completions",
+        json={
+            "model": MODEL,
+            "messages": ASK_WEATHER,
+            "functions": [WEATHER["function"]],
+            "function_call": {"name": "get_weather"},
+            "max_tokens": 60,
+        },
+        timeout=60,
+    ).json()
+    assert legacy["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    for bad, words in [
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "x"}}},
+            "not among",
+        ),
+        ({"tool_choice": "required"}, "no tools"),
+        ({"tools": "get_weather"}, "tools"),
+    ]:
+        r = httpx.post(
+            served[0] + "/v1/chat/completions",
+            json={"model": MODEL, "messages": ASK_WEATHER, **bad},
+            timeout=60,
+        )
+        assert r.status_code == 400 and words in r.json()["error"]["message"], r.text

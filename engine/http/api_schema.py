@@ -44,7 +44,22 @@ class Usage(_Open):
     prompt_tokens_details: PromptDetails
 
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
+
+
+class CalledFunction(_Open):
+    name: str
+    arguments: str  # JSON text
+
+
+class ToolCallOut(_Open):
+    id: str
+    type: Literal["function"]
+    function: CalledFunction
+
+
+class ToolCallDelta(ToolCallOut):
+    index: int
 
 
 class CompletionChoice(_Open):
@@ -65,7 +80,8 @@ class CompletionResponse(_Open):
 
 class AssistantMessage(_Open):
     role: Literal["assistant"]
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(_Open):
@@ -99,6 +115,7 @@ class CompletionChunk(_Open):
 class ChatDelta(_Open):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(_Open):

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from engine import tools
 from engine.http.common import (
     APIError,
     ServingContext,
@@ -16,6 +17,7 @@ from engine.http.common import (
     stream_error,
     usage,
 )
+from engine.http.tool_calling import ToolCalling
 from engine.openai_protocol import ChatCompletionRequest, CompletionRequest
 
 
@@ -66,36 +68,46 @@ def openai_router(ctx: ServingContext) -> APIRouter:
             raise APIError(
                 400, "this model has no chat template: use /v1/completions", "invalid_request_error"
             )
+        calling = ToolCalling.of(body, tok, ctx.core.config.tool_call_parser)
         try:
-            prompt = tok.apply_chat_template(body.chat_messages())
+            prompt = tools.render(tok, body.chat_messages(), calling.offered)
         except ValueError as err:
             raise APIError(400, str(err), "invalid_request_error", "messages") from err
         ids = ctx.encode(prompt)
         sampling = body.sampling(ctx.max_tokens_for(len(ids), body.requested_max_tokens))
+        if calling.grammar is not None:
+            if sampling["grammar"] is not None:
+                raise APIError(
+                    400,
+                    "tool_choice required or named cannot be combined with response_format",
+                    "invalid_request_error",
+                    "tool_choice",
+                )
+            sampling["grammar"] = calling.grammar
         req = ctx.make_request(ids, sampling)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", _now()
 
         if not body.stream:
             _, out = await ctx.run_to_end(http, req)
-            message = {"role": "assistant", "content": out.text or ""}
+            content, calls = calling.parse(out.text or "")
+            message = {"role": "assistant", "content": content}
+            finish = out.finish_reason
+            if calls:
+                message["tool_calls"] = [c.to_openai() for c in calls]
+                finish = "tool_calls"
             return {
                 "id": rid,
                 "object": "chat.completion",
                 "created": now,
                 "model": ctx.model_name,
                 "choices": [
-                    {
-                        "index": 0,
-                        "message": message,
-                        "logprobs": None,
-                        "finish_reason": out.finish_reason,
-                    }
+                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
                 ],
                 "usage": usage(out),
             }
 
-        def chunk(text: str | None, finish: str | None, role: bool = False) -> dict:
-            delta = {"role": "assistant", "content": ""} if role else {}
+        def chunk(text: str | None, finish: str | None, role: bool = False, **delta) -> dict:
+            delta = ({"role": "assistant", "content": ""} if role else {}) | delta
             if text:
                 delta["content"] = text
             return {
@@ -109,7 +121,7 @@ def openai_router(ctx: ServingContext) -> APIRouter:
             }
 
         first = chunk(None, None, role=True)
-        return _streaming(ctx, req, chunk, body.include_usage, first=first)
+        return _streaming(ctx, req, chunk, body.include_usage, first=first, calling=calling)
 
     return router
 
@@ -119,21 +131,44 @@ def _now() -> int:
 
 
 def _streaming(
-    ctx: ServingContext, req, chunk: Callable, include_usage: bool, first: dict | None
+    ctx: ServingContext,
+    req,
+    chunk: Callable,
+    include_usage: bool,
+    first: dict | None,
+    calling: ToolCalling | None = None,
 ) -> StreamingResponse:
+    """SSE of a request's output. With tools offered, text that may be a call is held back and
+    the calls, once parsed at the end, go out as `tool_calls` deltas (OpenAI's shape)."""
+    held = calling.stream() if calling is not None else None
+
     async def events() -> AsyncIterator[bytes]:
         if first is not None:
             yield sse(first)
-        stream, ids = ctx.text_stream(req), []
+        stream, ids, full = ctx.text_stream(req), [], ""
         async for out in ctx.loop.generate(req):
             if out.finish_reason == "error":
                 yield stream_error(out)
                 return
             ids.extend(out.new_token_ids)
             text = stream.delta(ids, out)
-            if text or out.finish_reason is not None:
-                yield sse(chunk(text, out.finish_reason))
-            if out.finish_reason is not None:
+            finish = out.finish_reason
+            if held is not None:
+                full += text
+                text = held.delta(full)
+                if finish is not None:
+                    content, calls = calling.parse(full)
+                    if calls:
+                        if content and held.sent == 0:
+                            yield sse(chunk(content, None))
+                        deltas = [{"index": i, **c.to_openai()} for i, c in enumerate(calls)]
+                        yield sse(chunk(None, None, tool_calls=deltas))
+                        finish, text = "tool_calls", ""
+                    else:  # no call after all: what was held back goes out now
+                        text += full[held.sent :]
+            if text or finish is not None:
+                yield sse(chunk(text, finish))
+            if finish is not None:
                 if include_usage:
                     last = chunk("", None)
                     last["choices"] = []
