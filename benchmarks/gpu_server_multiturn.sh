@@ -6,9 +6,9 @@
 #
 #   TOKENIZER=dir OUT=dir bash benchmarks/gpu_server_multiturn.sh
 #
-# TOKENIZER: a tokenizer directory (default: the default model's, saved by
-# `python -c "from engine.tokenizer import Tokenizer; ..."`, see README); OUT: where the JSON
-# reports and logs go.
+# TOKENIZER: a tokenizer directory (default: `default`, the default model's GGUF tokenizer; on a
+# machine without the GGUF, save it first: python -c "from engine.model_loader import
+# load_tokenizer; load_tokenizer('default', 49152).save('tok')"); OUT: the JSON reports and logs.
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu-server-multiturn}
 TOKENIZER=${TOKENIZER:-default}
