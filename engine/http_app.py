@@ -45,7 +45,7 @@ def build_app(loop: EngineLoop, *, model_name: str, api_key: str | None = None) 
 
     @app.exception_handler(APIError)
     async def _api_error(_req: Request, err: APIError) -> JSONResponse:
-        return error_response(err.status, err.message, err.kind, err.param)
+        return error_response(err.status, err.message, err.kind, err.param, err.code)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_req: Request, err: RequestValidationError) -> JSONResponse:

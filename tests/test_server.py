@@ -545,3 +545,18 @@ def test_tool_history_legacy_functions_and_bad_choices(served, client):
             timeout=60,
         )
         assert r.status_code == 400 and words in r.json()["error"]["message"], r.text
+
+
+def test_model_by_id_and_error_codes_are_strings(served, client):
+    assert client.models.retrieve(MODEL).id == MODEL
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("no-such-model")
+    assert err.value.body["code"] == "model_not_found"
+    r = httpx.post(
+        served[0] + "/v1/completions",
+        json={"model": MODEL, "prompt": "hi", "max_tokens": 10**6},
+        timeout=60,
+    )
+    assert r.json()["error"]["code"] == "context_length_exceeded"
+    r = httpx.post(served[0] + "/v1/completions", json={"model": MODEL}, timeout=60)
+    assert r.json()["error"]["code"] == "invalid_request"

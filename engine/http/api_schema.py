@@ -23,7 +23,7 @@ class ErrorDetail(BaseModel):
     message: str
     type: str
     param: str | None
-    code: int
+    code: str  # e.g. invalid_request, context_length_exceeded, model_not_found
 
 
 class ErrorResponse(BaseModel):
@@ -182,6 +182,7 @@ _OK_BODY: dict[tuple[str, str], type[BaseModel] | None] = {
     ("post", "/v1/chat/completions"): ChatCompletionResponse,
     ("post", "/generate"): GenerateResponse,
     ("get", "/v1/models"): ModelList,
+    ("get", "/v1/models/{model_id}"): ModelCard,
     ("get", "/health"): Health,
 }
 # Each streamed event's JSON data (then a final `data: [DONE]`)
@@ -192,9 +193,9 @@ _STREAM_EVENT: dict[str, type[BaseModel]] = {
 }
 _ERRORS = {
     400: "invalid request: the body is not valid JSON, breaks the schema, or the prompt plus "
-    "max_tokens does not fit the context or the device tier",
+    "max_tokens does not fit the context or the device tier (code context_length_exceeded)",
     401: "missing or wrong API key",
-    404: "the model named is not the one served",
+    404: "the model named is not the one served (code model_not_found)",
     500: "the server's own failure (its log holds the error id of the message)",
     503: "the engine thread is not running",
 }
@@ -204,7 +205,7 @@ def _statuses(method: str, path: str, api_key: bool) -> list[int]:
     out = [500]
     if method == "post":
         out.append(400)
-    if path.startswith("/v1/") and method == "post":
+    if (path.startswith("/v1/") and method == "post") or path == "/v1/models/{model_id}":
         out.append(404)
     if path == "/health":
         out.append(503)

@@ -19,15 +19,37 @@ from fastapi.responses import JSONResponse
 from engine.engine_loop import EngineLoop, RequestOutput
 from engine.text_stream import TextStream
 
+# the error `code` OpenAI clients read (a string, as OpenAI sends it), by status
+ERROR_CODES = {
+    400: "invalid_request",
+    401: "invalid_api_key",
+    404: "not_found",
+    405: "method_not_allowed",
+    499: "client_closed_request",
+    500: "internal_error",
+    503: "engine_unavailable",
+}
+
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, kind: str, param: str | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        kind: str,
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.kind, self.param = status, message, kind, param
+        self.code = code
 
 
-def error_response(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+def error_response(
+    status: int, message: str, kind: str, param: str | None = None, code: str | None = None
+) -> JSONResponse:
+    code = code or ERROR_CODES.get(status, "error")
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 
 
@@ -50,7 +72,7 @@ def sse(payload: dict | str) -> bytes:
 
 def stream_error(out: RequestOutput) -> bytes:
     """The last SSE event of a stream the engine failed (the status line has gone already)."""
-    return sse({"error": {"message": out.error, "type": "server_error", "code": 500}})
+    return sse({"error": {"message": out.error, "type": "server_error", "code": "internal_error"}})
 
 
 def usage(out: RequestOutput) -> dict:
@@ -92,13 +114,15 @@ class ServingContext:
                 f"model {name!r} does not exist here; this server serves {self.model_name!r}",
                 "invalid_request_error",
                 "model",
+                "model_not_found",
             )
 
     def make_request(self, prompt, sampling: dict):
         try:
             return self.core.make_request(prompt, **sampling)
         except ValueError as err:
-            raise APIError(400, str(err), "invalid_request_error") from err
+            code = "context_length_exceeded" if "context" in str(err) else None
+            raise APIError(400, str(err), "invalid_request_error", code=code) from err
 
     def max_tokens_for(self, prompt_len: int, requested: int | None) -> int:
         if requested is None:

@@ -26,18 +26,12 @@ def openai_router(ctx: ServingContext) -> APIRouter:
 
     @router.get("/v1/models")
     async def models() -> dict:
-        return {
-            "object": "list",
-            "data": [
-                {
-                    "id": ctx.model_name,
-                    "object": "model",
-                    "created": ctx.created,
-                    "owned_by": "radixkv",
-                    "max_model_len": ctx.core.context_length,
-                }
-            ],
-        }
+        return {"object": "list", "data": [_model_card(ctx)]}
+
+    @router.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict:
+        ctx.check_model(model_id)
+        return _model_card(ctx)
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
@@ -124,6 +118,16 @@ def openai_router(ctx: ServingContext) -> APIRouter:
         return _streaming(ctx, req, chunk, body.include_usage, first=first, calling=calling)
 
     return router
+
+
+def _model_card(ctx: ServingContext) -> dict:
+    return {
+        "id": ctx.model_name,
+        "object": "model",
+        "created": ctx.created,
+        "owned_by": "radixkv",
+        "max_model_len": ctx.core.context_length,
+    }
 
 
 def _now() -> int:
