@@ -141,6 +141,13 @@ class EngineCore:
         own = self.model.config.max_position_embeddings
         return min(own, self.config.max_model_len or own)
 
+    @property
+    def max_request_tokens(self) -> int:
+        """Prompt plus output tokens one request may hold: the context, or the device tier's
+        capacity where that is smaller."""
+        cache = self.prefix_cache
+        return min(self.context_length, cache.device_capacity_pages * cache.page_size)
+
     def encode(self, prompt) -> list[int]:
         """Token ids of a prompt (a string, or a list of ids that is checked)."""
         if isinstance(prompt, str):

@@ -125,8 +125,8 @@ class ServingContext:
             raise APIError(400, str(err), "invalid_request_error", code=code) from err
 
     def max_tokens_for(self, prompt_len: int, requested: int | None) -> int:
-        if requested is None:
-            return max(1, self.core.context_length - prompt_len)
+        if requested is None:  # up to the end of what the request may hold
+            return max(1, self.core.max_request_tokens - prompt_len)
         return requested
 
     def encode(self, prompt) -> list[int]:
