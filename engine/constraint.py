@@ -10,11 +10,14 @@ llguidance installed, a constrained request is refused with a clear error.
 from __future__ import annotations
 
 import json
+import logging
 from functools import lru_cache
 
 import torch
 
 from engine.sampling import GRAMMAR_KINDS
+
+log = logging.getLogger(__name__)
 
 _LABEL = {  # what an error names
     "json_schema": "json schema",
@@ -25,7 +28,11 @@ _LABEL = {  # what an error names
 
 
 class Constraint:
-    """One request's grammar state: masks logits before sampling, advances on each token."""
+    """One request's grammar state: masks logits before sampling, advances on each token.
+
+    Should the matcher fail (llguidance refuses a token its own mask allowed, as it does for
+    some regexes over characters beyond the Basic Multilingual Plane), the request stops there
+    with what it has (`failed` says why, and the log) instead of failing the engine step."""
 
     def __init__(self, matcher, vocab_size: int) -> None:
         import llguidance.torch as llt
@@ -33,21 +40,25 @@ class Constraint:
         self._llt = llt
         self.matcher = matcher
         self.bitmask = llt.allocate_token_bitmask(1, vocab_size)
+        self.failed: str | None = None
 
     def mask(self, logits: torch.Tensor) -> None:
         """Set the logits of tokens the grammar forbids next to -inf, in place ([vocab] row)."""
+        if self.failed is not None:
+            return  # stopping this step: whatever is sampled is dropped with the request
         self._llt.fill_next_token_bitmask(self.matcher, self.bitmask, 0)
         bitmask = self.bitmask.to(logits.device, non_blocking=True)
         self._llt.apply_token_bitmask_inplace(logits[None], bitmask)
 
     def advance(self, token: int) -> None:
-        if not self.matcher.consume_token(token):
-            raise AssertionError(f"the grammar refused token {token}: {self.matcher.get_error()}")
+        if self.failed is None and not self.matcher.consume_token(token):
+            self.failed = self.matcher.get_error().splitlines()[0]
+            log.warning("structured output stopped: the grammar refused a token (%s)", self.failed)
 
     @property
     def finished(self) -> bool:
-        """The grammar is complete: nothing may follow (the request stops)."""
-        return self.matcher.is_stopped()
+        """The grammar is complete, or failed: nothing may follow (the request stops)."""
+        return self.failed is not None or self.matcher.is_stopped()
 
 
 class Grammars:
@@ -89,7 +100,7 @@ class Grammars:
     def constraint(self, kind: str, spec: str) -> Constraint:
         """A fresh matcher for `kind` (json_schema, json_object, regex) and its spec; ValueError
         naming what is wrong with an invalid one."""
-        matcher = self._ll.LLMatcher(self.tokenizer, self._grammar(kind, spec))
+        matcher = self._ll.LLMatcher(self.tokenizer, self._grammar(kind, spec), log_level=0)
         if matcher.is_error():
             raise ValueError(f"invalid {_LABEL[kind]}: {matcher.get_error()}")
         return Constraint(matcher, self.vocab_size)

@@ -124,3 +124,13 @@ def test_the_default_runs_bf16_on_a_cpu_that_computes_it_and_answers_right():
         chat = [{"role": "user", "content": "What is the capital of France?"}]
         r = e.chat(chat, max_tokens=12)
         assert "Paris" in r.text, r.text
+
+
+def test_a_grammar_llguidance_cannot_follow_stops_its_request_only(eng):
+    """llguidance's mask allows a token its matcher then refuses for this regex (a character
+    beyond the Basic Multilingual Plane, found by the API fuzzer): the request stops with what
+    it has, and the engine goes on (it once failed the whole step)."""
+    r = eng.generate(["hello"], max_tokens=10, grammar=("regex", "\u00e4\U0007e123\x12"))[0]
+    assert r.finish_reason == "stop" and r.text.startswith("\u00e4")
+    again = eng.generate(["The capital of France is"], max_tokens=4, ignore_eos=True)[0]
+    assert again.finish_reason == "length" and len(again.token_ids) == 4
