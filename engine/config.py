@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.generation_defaults import parse_overrides
 from radixkv.config import WRITE_POLICIES
 from radixkv.policies import make_policy
 
@@ -119,6 +120,11 @@ class EngineConfig:
         "max_running, captured at start-up)",
         negative=("--disable-cuda-graph",),
     )
+    generation_config: str = _opt(
+        "auto",
+        "sampling for what a request leaves out: auto (the model's own generation settings), "
+        "none (OpenAI's: temperature 1), or JSON such as '{\"temperature\": 0.7}'",
+    )
     tool_call_parser: str = _opt(
         "auto",
         "how tool calls are read from the output: hermes (<tool_call> JSON blocks: Hermes, "
@@ -173,6 +179,11 @@ class EngineConfig:
             make_policy(self.policy)
         except ValueError as err:
             raise ValueError(f"EngineConfig.policy: {err}") from None
+        if self.generation_config not in ("auto", "none"):
+            try:
+                parse_overrides(self.generation_config)
+            except (ValueError, TypeError) as err:
+                raise bad("generation_config", str(err).split(", got")[0]) from None
         if self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise bad("tool_call_parser", f"must be one of {', '.join(TOOL_CALL_PARSERS)}")
         if self.write_policy not in WRITE_POLICIES:

@@ -22,6 +22,7 @@ import torch
 
 from engine.config import DEFAULT_REMOTE, EngineConfig
 from engine.default_model import cache_dir
+from engine.generation_defaults import generation_defaults
 from engine.model_loader import auto_dtype, load_model, load_tokenizer, model_name
 from engine.model_runner import ModelRunner, make_backend
 from engine.request import Request
@@ -124,6 +125,7 @@ class EngineCore:
         )
         self.model_name = model_name(config.model)
         self._rids = itertools.count(1)  # next() is atomic: requests are made on any thread
+        self.generation_defaults = generation_defaults(config.generation_config, config.model)
         self._grammars = None  # engine.constraint.Grammars, built at the first structured request
         self._grammars_lock = threading.Lock()
 

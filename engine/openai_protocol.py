@@ -114,9 +114,10 @@ class StreamOptions(_Body):
 
 class _OpenAISampling(_Body):
     model: StrictStr = Field(description="the served model's name (GET /v1/models)")
-    temperature: Temperature = 1.0
-    top_p: TopP = 1.0
-    top_k: whole(ge=0, description="0: no limit (an extension)") = 0
+    # None (not given): the model's generation defaults (EngineConfig.generation_config)
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: whole(ge=0, description="0: no limit (an extension)") | None = None
     seed: Seed | None = None
     stop: Stop | None = None
     stop_token_ids: list[Int] | None = None  # extension
@@ -322,9 +323,9 @@ class NativeSampling(_Body):
     """SGLang's `sampling_params` names."""
 
     max_new_tokens: MaxTokens = 128
-    temperature: Temperature = 1.0
-    top_p: TopP = 1.0
-    top_k: whole(ge=-1, description="0 or -1: no limit") = 0
+    temperature: Temperature | None = None
+    top_p: TopP | None = None
+    top_k: whole(ge=-1, description="0 or -1: no limit") | None = None
     seed: Seed | None = None
     stop: Stop | None = None
     stop_token_ids: list[Int] | None = None
@@ -353,7 +354,7 @@ class NativeSampling(_Body):
             "max_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
-            "top_k": max(self.top_k, 0),  # SGLang uses -1 for "no limit"
+            "top_k": None if self.top_k is None else max(self.top_k, 0),  # -1: no limit
             "grammar": (
                 ("json_schema", self.json_schema)
                 if self.json_schema is not None

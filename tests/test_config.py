@@ -122,3 +122,20 @@ def test_console_script_dispatches(capsys):
         cli_main(["bench", "trace", "--help"])
     assert "--page-size" in capsys.readouterr().out
     assert cli_main(["frobnicate"]) == 2
+
+
+def test_generation_defaults_fill_what_a_request_leaves_out(tmp_path):
+    from engine.generation_defaults import OPENAI, generation_defaults
+
+    assert generation_defaults("none", None) == OPENAI
+    assert generation_defaults("auto", None)["temperature"] == 0.2  # the default model's own
+    assert generation_defaults('{"top_k": 5}', None) == OPENAI | {"top_k": 5}
+    (tmp_path / "generation_config.json").write_text('{"temperature": 0.6, "top_p": 0.95}')
+    assert generation_defaults("auto", str(tmp_path)) == {
+        "temperature": 0.6,
+        "top_p": 0.95,
+        "top_k": 0,
+    }
+    for bad in ("hot", '{"temperature": -1}', '{"min_p": 0.1}', "[1]"):
+        with pytest.raises(ValueError, match="generation_config"):
+            EngineConfig(generation_config=bad)

@@ -569,3 +569,20 @@ def test_model_by_id_and_error_codes_are_strings(served, client):
     assert r.json()["error"]["code"] == "context_length_exceeded"
     r = httpx.post(served[0] + "/v1/completions", json={"model": MODEL}, timeout=60)
     assert r.json()["error"]["code"] == "invalid_request"
+
+
+def test_a_request_without_sampling_fields_gets_the_models_defaults(served):
+    """The server's defaults are the model's (for the default model, temperature 0.2), not
+    OpenAI's 1.0; a request's own value wins."""
+    ctx_defaults = served[1].core.generation_defaults
+    assert ctx_defaults["temperature"] == 0.2 and ctx_defaults["top_p"] == 0.9
+    from engine.http.common import ServingContext
+
+    ctx = ServingContext(served[1], MODEL)
+    ids = ctx.encode("Hello")
+    req = ctx.make_request(
+        ids, {"max_tokens": 2, "temperature": None, "top_p": None, "top_k": None}
+    )
+    assert (req.params.temperature, req.params.top_p, req.params.top_k) == (0.2, 0.9, 0)
+    req = ctx.make_request(ids, {"max_tokens": 2, "temperature": 0.0, "top_p": None, "top_k": 3})
+    assert (req.params.temperature, req.params.top_k) == (0.0, 3)

@@ -118,6 +118,11 @@ class ServingContext:
             )
 
     def make_request(self, prompt, sampling: dict):
+        """A request; sampling values left None take the model's generation defaults."""
+        defaults = self.core.generation_defaults
+        sampling = {
+            k: defaults[k] if v is None and k in defaults else v for k, v in sampling.items()
+        }
         try:
             return self.core.make_request(prompt, **sampling)
         except ValueError as err:
