@@ -27,7 +27,7 @@ from engine.attention.flashinfer_backend import FlashInferPagedAttention
 from engine.cuda_graph import DecodeGraphs
 from engine.forward_batch import ForwardBatch
 from engine.model_runner import ModelRunner
-from engine.sampling import SamplingParams
+from engine.sampling import RowSampling, SamplingParams
 from engine.weights import dummy_model
 from storage import DevicePool, KVLayout, PageAllocator
 
@@ -184,7 +184,7 @@ def main() -> int:
         for i in range(0, batch, 16):
             chunk = [(ctx[j], 0, tabs[j]) for j in range(i, min(batch, i + 16))]
             model(ForwardBatch.build(chunk, PS, dev), fi)
-        greedy = [(SamplingParams(), None, None)] * batch
+        greedy = [RowSampling(SamplingParams())] * batch
         kv_bytes = batch * 1024 * layout.page_bytes // PS  # every layer's K and V
         row = {"floor_ms": (w_bytes + kv_bytes) / hbm * 1e3}
         same = None

@@ -180,6 +180,9 @@ class EngineCore:
                 for k, v in sampling.items()
             }
         )
+        vocab = self.model.config.vocab_size
+        if any(t >= vocab for t, _ in params.logit_bias):
+            raise ValueError(f"logit_bias names a token id outside the vocabulary [0, {vocab})")
         total = len(ids) + params.max_tokens
         if total > self.context_length:
             raise ValueError(

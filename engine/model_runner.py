@@ -45,22 +45,23 @@ class ModelRunner:
         return sample_rows(logits, batch.sampling)
 
 
+@torch.inference_mode()  # the logits are inference tensors: adjusted in place
 def sample_rows(logits: torch.Tensor, sampling: list | None) -> list[int | None]:
-    """Sample row i with `sampling[i]` = (SamplingParams, generator, Constraint or None), or
-    None to skip it. A constrained row's logits are first masked to what its grammar allows.
-    Greedy rows are picked together on the device and copied to the host once."""
+    """Sample row i with `sampling[i]` (a RowSampling), or None to skip it. A row's logits are
+    first adjusted (penalties, bias, bans, its grammar's mask). Greedy rows are picked together
+    on the device and copied to the host once."""
     rows = len(logits)
     sampling = sampling if sampling is not None else [None] * rows
     for i, s in enumerate(sampling):
-        if s is not None and s[2] is not None:
-            s[2].mask(logits[i])
+        if s is not None and (s.constraint is not None or s.params.adjusts_logits):
+            s.adjust(logits[i])
     out: list[int | None] = [None] * rows
-    greedy = [i for i, s in enumerate(sampling) if s is not None and s[0].greedy]
+    greedy = [i for i, s in enumerate(sampling) if s is not None and s.params.greedy]
     if greedy:
         picked = logits[greedy].argmax(-1).tolist()  # one copy for all greedy rows
         for i, token in zip(greedy, picked, strict=True):
             out[i] = token
     for i, s in enumerate(sampling):
-        if s is not None and not s[0].greedy:
-            out[i] = sample(logits[i], s[0], s[1])
+        if s is not None and not s.params.greedy:
+            out[i] = sample(logits[i], s.params, s.generator)
     return out

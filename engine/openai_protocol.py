@@ -124,10 +124,20 @@ class _OpenAISampling(_Body):
     ignore_eos: bool = False  # extension
     stream: bool = False
     stream_options: StreamOptions | None = None
-    # not supported yet: only the value that changes nothing validates
-    n: whole(ge=1, le=1, description="only 1 is supported") = 1
-    presence_penalty: Annotated[float, Field(ge=0, le=0, description="only 0")] = 0.0
-    frequency_penalty: Annotated[float, Field(ge=0, le=0, description="only 0")] = 0.0
+    n: whole(ge=1, le=1, description="only 1 is supported (not yet more)") = 1
+    presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
+    logit_bias: (
+        Annotated[
+            dict[
+                Annotated[str, Field(pattern=r"^[0-9]{1,9}$")],
+                Annotated[float, Field(ge=-100, le=100)],
+            ],
+            Field(max_length=300, description="token id (as a string) -> bias added to its logit"),
+        ]
+        | None
+    ) = None
+    min_tokens: whole(ge=0, description="EOS and stop tokens banned before this many") = 0
 
     def sampling(self, max_tokens: int) -> dict:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
@@ -140,6 +150,10 @@ class _OpenAISampling(_Body):
             "stop": tuple(stop),
             "stop_token_ids": tuple(self.stop_token_ids or ()),
             "ignore_eos": self.ignore_eos,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "logit_bias": {int(k): v for k, v in (self.logit_bias or {}).items()},
+            "min_tokens": self.min_tokens,
         }
 
     @property

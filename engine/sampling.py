@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +26,12 @@ class SamplingParams:
     # the regex, a Lark grammar, or "" for any JSON object); every token is then masked to
     # what it allows
     grammar: tuple[str, str] | None = None
+    # OpenAI's penalties over the tokens generated so far, in [-2, 2]: presence subtracts once
+    # from each token that appeared, frequency once per appearance
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100]) pairs
+    min_tokens: int = 0  # end-of-sequence and stop tokens are banned until this many
 
     def __post_init__(self) -> None:
         if (
@@ -61,9 +67,67 @@ class SamplingParams:
                 f"got {self.grammar!r}"
             )
 
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not -2 <= v <= 2:
+                raise ValueError(f"{name} must be in [-2, 2], got {v!r}")
+        if isinstance(self.logit_bias, dict):
+            object.__setattr__(self, "logit_bias", tuple(sorted(self.logit_bias.items())))
+        for pair in self.logit_bias:
+            if (
+                not isinstance(pair, tuple)
+                or len(pair) != 2
+                or not isinstance(pair[0], int)
+                or pair[0] < 0
+                or not isinstance(pair[1], int | float)
+                or not -100 <= pair[1] <= 100
+            ):
+                raise ValueError(
+                    f"logit_bias maps token ids to biases in [-100, 100], got {pair!r}"
+                )
+        if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
+            raise ValueError(f"min_tokens must be an integer >= 0, got {self.min_tokens!r}")
+
     @property
     def greedy(self) -> bool:
         return self.temperature < GREEDY_BELOW
+
+    @property
+    def adjusts_logits(self) -> bool:
+        return bool(
+            self.presence_penalty or self.frequency_penalty or self.logit_bias or self.min_tokens
+        )
+
+
+@dataclass
+class RowSampling:
+    """What one row of a batch samples with: its parameters, its seeded generator, its grammar
+    constraint, the tokens it has generated (for penalties) and the tokens it may not pick yet
+    (end of sequence before min_tokens)."""
+
+    params: SamplingParams
+    generator: torch.Generator | None = None
+    constraint: object | None = None
+    output_ids: list[int] = field(default_factory=list)
+    banned: tuple[int, ...] = ()
+
+    def adjust(self, logits: torch.Tensor) -> None:
+        """Penalties, logit bias, bans and the grammar's mask, in place on a [vocab] row."""
+        p = self.params
+        if p.adjusts_logits:
+            if p.logit_bias:
+                ids = torch.tensor([t for t, _ in p.logit_bias], device=logits.device)
+                ids = ids.clamp(max=logits.numel() - 1)  # ids are checked against the vocab
+                bias = torch.tensor([b for _, b in p.logit_bias], device=logits.device)
+                logits.index_add_(0, ids, bias.to(logits.dtype))
+            if (p.presence_penalty or p.frequency_penalty) and self.output_ids:
+                seen = torch.tensor(self.output_ids, device=logits.device)
+                counts = torch.bincount(seen, minlength=logits.numel())[: logits.numel()]
+                logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+        if self.banned:
+            logits[list(self.banned)] = float("-inf")
+        if self.constraint is not None:
+            self.constraint.mask(logits)
 
 
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None) -> int:

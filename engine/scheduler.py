@@ -35,6 +35,7 @@ import torch
 
 from engine.forward_batch import ForwardBatch
 from engine.request import Request, State
+from engine.sampling import RowSampling
 from radixkv.prefix_cache import EMPTY, PrefixCache
 from storage import OutOfPages
 
@@ -134,10 +135,17 @@ class Scheduler:
                 (r.all_ids[r.num_computed : r.num_computed + n], r.num_computed, r.page_table)
             )
             samples = r.num_computed + n == len(r.all_ids)  # else a prefill chunk: more to come
-            sampling.append((r.params, r.generator, r.constraint) if samples else None)
+            sampling.append(self._row_sampling(r) if samples else None)
         forward = ForwardBatch.build(sequences, self.page_size, self.device, sampling)
         forward.layer_ready = self.cache.take_layer_events()
         return ScheduledBatch(plan, forward)
+
+    def _row_sampling(self, r: Request) -> RowSampling:
+        p = r.params
+        banned = ()
+        if len(r.output_ids) < p.min_tokens:  # too early to end: EOS and stop tokens banned
+            banned = tuple(self.eos_token_ids | set(p.stop_token_ids))
+        return RowSampling(p, r.generator, r.constraint, r.output_ids, banned)
 
     def process_outputs(
         self, batch: ScheduledBatch, tokens: list[int | None], seconds: float
@@ -175,7 +183,7 @@ class Scheduler:
             return "stop"
         if req.constraint is not None and req.constraint.finished:
             return "stop"  # the grammar is complete (its EOS, if sampled, was handled above)
-        if p.stop and self.detokenize is not None:
+        if p.stop and self.detokenize is not None and len(req.output_ids) >= p.min_tokens:
             text = self.detokenize(req.output_ids)
             for s in p.stop:
                 cut = text.find(s)

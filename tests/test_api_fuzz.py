@@ -34,6 +34,7 @@ SEMANTIC_RULES = (
     "no tools are given",
     "cannot be combined with response_format",
     "not both",
+    "logit_bias names a token id outside",
 )
 EXAMPLES = int(os.environ.get("RADIXKV_FUZZ_EXAMPLES", "25"))
 CONTEXT = 40

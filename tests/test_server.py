@@ -586,3 +586,31 @@ def test_a_request_without_sampling_fields_gets_the_models_defaults(served):
     assert (req.params.temperature, req.params.top_p, req.params.top_k) == (0.2, 0.9, 0)
     req = ctx.make_request(ids, {"max_tokens": 2, "temperature": 0.0, "top_p": None, "top_k": 3})
     assert (req.params.temperature, req.params.top_k) == (0.0, 3)
+
+
+def test_logit_bias_min_tokens_and_penalties_reach_the_sampler(served, client):
+    forced = 42
+    r = client.completions.create(
+        model=MODEL, prompt="Hello", max_tokens=4, temperature=0, logit_bias={str(forced): 100}
+    )
+    assert r.choices[0].text == served[1].core.tokenizer.decode([forced] * 4)
+    eos = served[1].core.tokenizer.token_id(served[1].core.tokenizer.eos_token)
+    r = client.completions.create(
+        model=MODEL,
+        prompt="Hi",
+        max_tokens=6,
+        temperature=0,
+        logit_bias={str(eos): 100},  # EOS first, but not before min_tokens
+        extra_body={"min_tokens": 3},
+    )
+    assert r.usage.completion_tokens == 4 and r.choices[0].finish_reason == "stop"  # 3, then EOS
+    r = client.completions.create(
+        model=MODEL, prompt="One, two,", max_tokens=8, presence_penalty=1.5, frequency_penalty=1.0
+    )
+    assert r.usage.completion_tokens >= 1
+    bad = httpx.post(
+        served[0] + "/v1/completions",
+        json={"model": MODEL, "prompt": "hi", "logit_bias": {"999999": 1}},
+        timeout=60,
+    )
+    assert bad.status_code == 400 and "logit_bias" in bad.json()["error"]["message"]
