@@ -81,7 +81,11 @@ class Grammars:
     def _compile(self, kind: str, spec: str) -> str:
         M = self._ll.LLMatcher
         if kind == "json_schema":
-            grammar = M.grammar_from_json_schema(json.loads(spec))
+            try:
+                schema = json.loads(spec)
+            except ValueError as err:
+                raise ValueError(f"invalid json schema: not JSON text ({err})") from None
+            grammar = M.grammar_from_json_schema(schema)
         elif kind == "json_object":
             grammar = M.grammar_from_json_schema({"type": "object"})
         elif kind == "regex":

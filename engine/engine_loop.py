@@ -216,6 +216,8 @@ class EngineLoop:
         if req.finish_reason is not None or error is not None:
             del self._streams[req]
             out.finish_reason = "error" if error else req.finish_reason
+            if error is None and req.finish_reason == "error":  # its own sampling failed
+                error = "sampling failed for this request (see server log)"
             out.error, out.text = error, req.text
             out.cached_tokens, out.cached_by_tier = req.cached_tokens, dict(req.cached_by_tier)
             stats.finished[out.finish_reason] = stats.finished.get(out.finish_reason, 0) + 1

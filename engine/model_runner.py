@@ -7,14 +7,18 @@ host in one device-to-host copy per step for greedy rows (the step's one unavoid
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from engine.attention import TorchPagedAttention
 from engine.attention.flashinfer_backend import FlashInferPagedAttention, flashinfer_available
 from engine.forward_batch import ForwardBatch
 from engine.llama import CausalLM
-from engine.sampling import sample
+from engine.sampling import SAMPLE_FAILED, sample
 from storage import DevicePool
+
+log = logging.getLogger(__name__)
 
 
 def make_backend(kind: str, pool: DevicePool, model: CausalLM):
@@ -52,16 +56,30 @@ def sample_rows(logits: torch.Tensor, sampling: list | None) -> list[int | None]
     on the device and copied to the host once."""
     rows = len(logits)
     sampling = sampling if sampling is not None else [None] * rows
+    out: list[int | None] = [None] * rows
     for i, s in enumerate(sampling):
         if s is not None and (s.constraint is not None or s.params.adjusts_logits):
-            s.adjust(logits[i])
-    out: list[int | None] = [None] * rows
+            _guarded(out, i, lambda s=s, i=i: s.adjust(logits[i]))
     greedy = [i for i, s in enumerate(sampling) if s is not None and s.params.greedy]
+    greedy = [i for i in greedy if out[i] != SAMPLE_FAILED]
     if greedy:
         picked = logits[greedy].argmax(-1).tolist()  # one copy for all greedy rows
         for i, token in zip(greedy, picked, strict=True):
             out[i] = token
     for i, s in enumerate(sampling):
-        if s is not None and not s.params.greedy:
-            out[i] = sample(logits[i], s.params, s.generator)
+        if s is not None and not s.params.greedy and out[i] != SAMPLE_FAILED:
+            _guarded(
+                out,
+                i,
+                lambda s=s, i=i: out.__setitem__(i, sample(logits[i], s.params, s.generator)),
+            )
     return out
+
+
+def _guarded(out: list, i: int, fn) -> None:
+    """Run row i's sampling work; a failure fails that row only, not the batch's step."""
+    try:
+        fn()
+    except Exception:
+        log.exception("sampling failed for row %d; its request ends with an error", i)
+        out[i] = SAMPLE_FAILED

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "lark")
+SAMPLE_FAILED = -1  # the token of a row whose sampling raised: its request ends with an error
 # a temperature this small is its limit, greedy (and float32 cannot scale by it)
 GREEDY_BELOW = 1e-5
 
@@ -136,7 +137,9 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         return int(logits.argmax())
     # shifted so the best is 0 before scaling: a tiny temperature sends the rest to -inf, never
     # the best to inf (inf - inf is a NaN distribution)
-    logits = (logits - logits.max()) / params.temperature
+    # (a temperature past 1e4 is already uniform over what top-k / top-p keep; float32 cannot
+    # divide by one near 1e308)
+    logits = (logits - logits.max()) / min(params.temperature, 1e4)
     if params.top_k:
         kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))

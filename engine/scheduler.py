@@ -35,7 +35,7 @@ import torch
 
 from engine.forward_batch import ForwardBatch
 from engine.request import Request, State
-from engine.sampling import RowSampling
+from engine.sampling import SAMPLE_FAILED, RowSampling
 from radixkv.prefix_cache import EMPTY, PrefixCache
 from storage import OutOfPages
 
@@ -157,6 +157,12 @@ class Scheduler:
             req.num_computed += n
             if token is None:
                 continue  # a prefill chunk: more to compute before sampling
+            if token == SAMPLE_FAILED:  # its sampling raised (logged): it ends alone
+                self.running.remove(req)
+                self._release(req)
+                self._finish(req, "error")
+                progressed.append(req)
+                continue
             if len(req.output_ids) == 0:
                 self._cache_prompt(req)  # requests queued behind it can reuse it right away
             req.output_ids.append(token)

@@ -134,3 +134,28 @@ def test_a_grammar_llguidance_cannot_follow_stops_its_request_only(eng):
     assert r.finish_reason == "stop" and r.text.startswith("\u00e4")
     again = eng.generate(["The capital of France is"], max_tokens=4, ignore_eos=True)[0]
     assert again.finish_reason == "length" and len(again.token_ids) == 4
+
+
+def test_a_row_whose_sampling_fails_ends_alone(eng):
+    """A request whose sampling raises (a fault injected into its grammar mask) ends with an
+    error; the request beside it in the same step finishes exactly as it would alone."""
+
+    class Broken:
+        def mask(self, logits):
+            raise RuntimeError("injected")
+
+        def advance(self, token):
+            raise AssertionError("a failed row never advances")
+
+        finished = False
+
+    prompt = eng.tokenizer.encode("The capital of France is")
+    alone = eng.generate([prompt], max_tokens=5, ignore_eos=True)[0].token_ids
+    bad = eng.submit(prompt, max_tokens=5, ignore_eos=True)
+    bad.constraint = Broken()
+    good = eng.submit(prompt, max_tokens=5, ignore_eos=True)
+    while eng.scheduler.has_work:
+        eng.step()
+    assert bad.finish_reason == "error" and bad.output_ids == []
+    assert good.finish_reason == "length" and good.output_ids == alone
+    eng.cache.check_integrity()
