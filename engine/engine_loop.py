@@ -42,6 +42,7 @@ class RequestOutput:
     cached_tokens: int = 0
     cached_by_tier: dict[str, int] = field(default_factory=dict)
     error: str | None = None
+    new_logprobs: list = field(default_factory=list)  # per new token, when asked for
 
 
 class _Stream:
@@ -213,6 +214,7 @@ class EngineLoop:
                 stats.itl.observe((now - stream.last_token_at) / len(new))
             stream.last_token_at = now
         out = RequestOutput(new, len(req.output_ids), prompt_tokens=len(req.prompt_ids))
+        out.new_logprobs = req.output_logprobs[stream.sent : len(req.output_ids)]
         if req.finish_reason is not None or error is not None:
             del self._streams[req]
             out.finish_reason = "error" if error else req.finish_reason

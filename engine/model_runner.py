@@ -57,6 +57,8 @@ def sample_rows(logits: torch.Tensor, sampling: list | None) -> list[int | None]
     rows = len(logits)
     sampling = sampling if sampling is not None else [None] * rows
     out: list[int | None] = [None] * rows
+    wanted = [i for i, s in enumerate(sampling) if s is not None and s.params.logprobs is not None]
+    raw = torch.log_softmax(logits[wanted].float(), -1) if wanted else None  # before adjusting
     for i, s in enumerate(sampling):
         if s is not None and (s.constraint is not None or s.params.adjusts_logits):
             _guarded(out, i, lambda s=s, i=i: s.adjust(logits[i]))
@@ -73,6 +75,14 @@ def sample_rows(logits: torch.Tensor, sampling: list | None) -> list[int | None]
                 i,
                 lambda s=s, i=i: out.__setitem__(i, sample(logits[i], s.params, s.generator)),
             )
+    for row, i in enumerate(wanted):
+        if out[i] not in (None, SAMPLE_FAILED):  # a sync per such row: only rows that ask
+            k = sampling[i].params.logprobs
+            best = []
+            if k:
+                top = torch.topk(raw[row], k)
+                best = list(zip(top.indices.tolist(), top.values.tolist(), strict=True))
+            sampling[i].logprob = (float(raw[row, out[i]]), best)
     return out
 
 

@@ -204,7 +204,10 @@ class CompletionRequest(_OpenAISampling):
     prompt: NonEmptyStr | Annotated[list[TokenId], Field(min_length=1)]
     max_tokens: MaxTokens | None = 16  # OpenAI's default for completions
     echo: OnlyFalse = False
-    logprobs: whole(ge=0, le=0, description="only 0") | None = None
+    logprobs: whole(ge=0, le=20, description="the chosen token's and the N likeliest") | None = None
+
+    def sampling(self, max_tokens: int) -> dict:
+        return super().sampling(max_tokens) | {"logprobs": self.logprobs}
 
 
 class TextPart(_Body):
@@ -263,7 +266,8 @@ class ChatCompletionRequest(_OpenAISampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: MaxTokens | None = None  # None: up to the end of the context
     max_completion_tokens: MaxTokens | None = None
-    logprobs: OnlyFalse | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: whole(ge=0, le=20) | None = None
     response_format: ResponseFormat | None = None
     tools: Annotated[list[ToolSpec], Field(max_length=128)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -271,6 +275,12 @@ class ChatCompletionRequest(_OpenAISampling):
     # the legacy names for the same (functions: tools; function_call: tool_choice)
     functions: Annotated[list[FunctionSpec], Field(max_length=128)] | None = None
     function_call: Literal["none", "auto"] | NamedFunction | None = None
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self):
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     @model_validator(mode="after")
     def _tools_known(self):
@@ -308,7 +318,8 @@ class ChatCompletionRequest(_OpenAISampling):
 
     def sampling(self, max_tokens: int) -> dict:
         grammar = self.response_format.grammar() if self.response_format else None
-        return super().sampling(max_tokens) | {"grammar": grammar}
+        logprobs = (self.top_logprobs or 0) if self.logprobs else None
+        return super().sampling(max_tokens) | {"grammar": grammar, "logprobs": logprobs}
 
     def chat_messages(self) -> list[dict]:
         out = []

@@ -40,6 +40,8 @@ class Request:
     first_token_at: float | None = None
     generator: torch.Generator | None = None
     constraint: object | None = None  # engine.constraint.Constraint of a structured request
+    # per output token when params.logprobs is set: (its log probability, [(token, logprob)])
+    output_logprobs: list = field(default_factory=list)
     text: str = ""
 
     def __post_init__(self) -> None:

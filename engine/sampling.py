@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "lark")
+MAX_TOP_LOGPROBS = 20
 SAMPLE_FAILED = -1  # the token of a row whose sampling raised: its request ends with an error
 # a temperature this small is its limit, greedy (and float32 cannot scale by it)
 GREEDY_BELOW = 1e-5
@@ -33,6 +34,9 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias in [-100, 100]) pairs
     min_tokens: int = 0  # end-of-sequence and stop tokens are banned until this many
+    # None: no log probabilities; k >= 0: the chosen token's and the k most likely tokens'
+    # (of the model's own distribution, before penalties, bias, grammar and temperature)
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if (
@@ -86,6 +90,10 @@ class SamplingParams:
                 raise ValueError(
                     f"logit_bias maps token ids to biases in [-100, 100], got {pair!r}"
                 )
+        if self.logprobs is not None and (
+            not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= MAX_TOP_LOGPROBS
+        ):
+            raise ValueError(f"logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs!r}")
         if not isinstance(self.min_tokens, int) or self.min_tokens < 0:
             raise ValueError(f"min_tokens must be an integer >= 0, got {self.min_tokens!r}")
 
@@ -111,6 +119,9 @@ class RowSampling:
     constraint: object | None = None
     output_ids: list[int] = field(default_factory=list)
     banned: tuple[int, ...] = ()
+    # set by the sampler when params.logprobs is not None: (the chosen token's log probability,
+    # [(token, log probability)] of the most likely ones, best first)
+    logprob: tuple[float, list[tuple[int, float]]] | None = None
 
     def adjust(self, logits: torch.Tensor) -> None:
         """Penalties, logit bias, bans and the grammar's mask, in place on a [vocab] row."""

@@ -153,7 +153,8 @@ class Scheduler:
         """Apply a step's tokens; returns the requests that produced a token (or finished).
         `seconds`: the forward's time, for the cache's prefill-speed estimate."""
         progressed = []
-        for (req, n), token in zip(batch.plan, tokens, strict=True):
+        rows = batch.forward.sampling or [None] * len(tokens)
+        for (req, n), token, row in zip(batch.plan, tokens, rows, strict=True):
             req.num_computed += n
             if token is None:
                 continue  # a prefill chunk: more to compute before sampling
@@ -166,6 +167,8 @@ class Scheduler:
             if len(req.output_ids) == 0:
                 self._cache_prompt(req)  # requests queued behind it can reuse it right away
             req.output_ids.append(token)
+            if row is not None and row.logprob is not None:
+                req.output_logprobs.append(row.logprob)
             if req.constraint is not None:
                 req.constraint.advance(token)
             if req.first_token_at is None:

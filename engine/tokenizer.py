@@ -119,6 +119,10 @@ class Tokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def token_text(self, token: int) -> str:
+        """One token's text, special tokens included (what log probabilities name)."""
+        return self._tok.decode([token], skip_special_tokens=False)
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 

@@ -35,6 +35,7 @@ SEMANTIC_RULES = (
     "cannot be combined with response_format",
     "not both",
     "logit_bias names a token id outside",
+    "top_logprobs needs logprobs",
 )
 EXAMPLES = int(os.environ.get("RADIXKV_FUZZ_EXAMPLES", "25"))
 CONTEXT = 40

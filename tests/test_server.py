@@ -614,3 +614,40 @@ def test_logit_bias_min_tokens_and_penalties_reach_the_sampler(served, client):
         timeout=60,
     )
     assert bad.status_code == 400 and "logit_bias" in bad.json()["error"]["message"]
+
+
+def test_logprobs_on_chat_and_completions_streamed_and_not(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, max_tokens=5, temperature=0, logprobs=True, top_logprobs=3
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    for entry in content:
+        assert entry.logprob <= 0 and len(entry.top_logprobs) == 3
+        assert entry.top_logprobs[0].logprob == pytest.approx(entry.logprob, abs=1e-4)  # greedy
+        assert [t.logprob for t in entry.top_logprobs] == sorted(
+            (t.logprob for t in entry.top_logprobs), reverse=True
+        )
+    assert "".join(e.token for e in content).startswith(r.choices[0].message.content[:3])
+    streamed = [
+        e
+        for c in client.chat.completions.create(
+            model=MODEL,
+            messages=QUESTION,
+            max_tokens=5,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=3,
+            stream=True,
+        )
+        if c.choices and c.choices[0].logprobs
+        for e in c.choices[0].logprobs.content
+    ]
+    assert [e.token for e in streamed] == [e.token for e in content]
+    c = client.completions.create(
+        model=MODEL, prompt="One, two,", max_tokens=4, temperature=0, logprobs=2
+    )
+    lp = c.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+    assert "".join(lp.tokens) == c.choices[0].text and lp.text_offset[0] == 0
+    assert all(len(t) == 2 for t in lp.top_logprobs)

@@ -65,7 +65,7 @@ class ToolCallDelta(ToolCallOut):
 class CompletionChoice(_Open):
     index: int
     text: str
-    logprobs: None
+    logprobs: dict[str, Any] | None  # tokens, token_logprobs, top_logprobs, text_offset
     finish_reason: FinishReason | None
 
 
@@ -87,7 +87,7 @@ class AssistantMessage(_Open):
 class ChatChoice(_Open):
     index: int
     message: AssistantMessage
-    logprobs: None
+    logprobs: dict[str, Any] | None  # {"content": [{token, logprob, bytes, top_logprobs}]}
     finish_reason: FinishReason | None
 
 
@@ -121,7 +121,7 @@ class ChatDelta(_Open):
 class ChatChunkChoice(_Open):
     index: int
     delta: ChatDelta
-    logprobs: None
+    logprobs: dict[str, Any] | None
     finish_reason: FinishReason | None
 
 

@@ -17,6 +17,7 @@ from engine.http.common import (
     stream_error,
     usage,
 )
+from engine.http.logprobs import chat_logprobs, completion_logprobs
 from engine.http.tool_calling import ToolCalling
 from engine.openai_protocol import ChatCompletionRequest, CompletionRequest
 
@@ -40,19 +41,22 @@ def openai_router(ctx: ServingContext) -> APIRouter:
         req = ctx.make_request(ids, body.sampling(ctx.max_tokens_for(len(ids), body.max_tokens)))
         rid, now = f"cmpl-{uuid.uuid4().hex}", _now()
 
-        def chunk(text: str, finish: str | None) -> dict:
+        def chunk(text: str, finish: str | None, logprobs: dict | None = None) -> dict:
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}
             return {
                 "id": rid,
                 "object": "text_completion",
                 "created": now,
                 "model": ctx.model_name,
-                "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish}],
+                "choices": [choice],
             }
 
+        shape = completion_logprobs if body.logprobs is not None else None
         if not body.stream:
             _, out = await ctx.run_to_end(http, req)
-            return chunk(out.text or "", out.finish_reason) | {"usage": usage(out)}
-        return _streaming(ctx, req, chunk, body.include_usage, first=None)
+            lps = shape(ctx.core.tokenizer, *_all_logprobs(req)) if shape else None
+            return chunk(out.text or "", out.finish_reason, lps) | {"usage": usage(out)}
+        return _streaming(ctx, req, chunk, body.include_usage, first=None, logprobs=shape)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, http: Request):
@@ -81,6 +85,7 @@ def openai_router(ctx: ServingContext) -> APIRouter:
         req = ctx.make_request(ids, sampling)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", _now()
 
+        shape = chat_logprobs if body.logprobs else None
         if not body.stream:
             _, out = await ctx.run_to_end(http, req)
             content, calls = calling.parse(out.text or "")
@@ -89,18 +94,25 @@ def openai_router(ctx: ServingContext) -> APIRouter:
             if calls:
                 message["tool_calls"] = [c.to_openai() for c in calls]
                 finish = "tool_calls"
+            lps = shape(ctx.core.tokenizer, *_all_logprobs(req)) if shape else None
             return {
                 "id": rid,
                 "object": "chat.completion",
                 "created": now,
                 "model": ctx.model_name,
                 "choices": [
-                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                    {"index": 0, "message": message, "logprobs": lps, "finish_reason": finish}
                 ],
                 "usage": usage(out),
             }
 
-        def chunk(text: str | None, finish: str | None, role: bool = False, **delta) -> dict:
+        def chunk(
+            text: str | None,
+            finish: str | None,
+            logprobs: dict | None = None,
+            role: bool = False,
+            **delta,
+        ) -> dict:
             delta = ({"role": "assistant", "content": ""} if role else {}) | delta
             if text:
                 delta["content"] = text
@@ -110,14 +122,23 @@ def openai_router(ctx: ServingContext) -> APIRouter:
                 "created": now,
                 "model": ctx.model_name,
                 "choices": [
-                    {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                    {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
                 ],
             }
 
         first = chunk(None, None, role=True)
-        return _streaming(ctx, req, chunk, body.include_usage, first=first, calling=calling)
+        return _streaming(
+            ctx, req, chunk, body.include_usage, first=first, calling=calling, logprobs=shape
+        )
 
     return router
+
+
+def _all_logprobs(req) -> tuple[list[int], list]:
+    """A finished request's output tokens and their log probabilities (the engine thread is
+    done with it)."""
+    n = len(req.output_logprobs)
+    return req.output_ids[:n], req.output_logprobs
 
 
 def _model_card(ctx: ServingContext) -> dict:
@@ -141,6 +162,7 @@ def _streaming(
     include_usage: bool,
     first: dict | None,
     calling: ToolCalling | None = None,
+    logprobs: Callable | None = None,
 ) -> StreamingResponse:
     """SSE of a request's output. With tools offered, text that may be a call is held back and
     the calls, once parsed at the end, go out as `tool_calls` deltas (OpenAI's shape)."""
@@ -150,6 +172,19 @@ def _streaming(
         if first is not None:
             yield sse(first)
         stream, ids, full = ctx.text_stream(req), [], ""
+        pending, sent_text = 0, 0  # tokens whose log probabilities have not gone out yet
+
+        def with_logprobs(text: str | None, finish: str | None) -> dict:
+            nonlocal pending, sent_text
+            if logprobs is None or pending == len(ids):
+                return chunk(text, finish)
+            new = ids[pending:]
+            entries = req.output_logprobs[pending : pending + len(new)]
+            shape = logprobs(ctx.core.tokenizer, new, entries, offset=sent_text)
+            pending = len(ids)
+            sent_text += len(text or "")
+            return chunk(text, finish, shape)
+
         async for out in ctx.loop.generate(req):
             if out.finish_reason == "error":
                 yield stream_error(out)
@@ -171,7 +206,7 @@ def _streaming(
                     else:  # no call after all: what was held back goes out now
                         text += full[held.sent :]
             if text or finish is not None:
-                yield sse(chunk(text, finish))
+                yield sse(with_logprobs(text, finish))
             if finish is not None:
                 if include_usage:
                     last = chunk("", None)
