@@ -13,6 +13,7 @@ model: its name and its vocabulary).
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -59,6 +60,17 @@ Stop = NonEmptyStr | Annotated[list[NonEmptyStr], Field(max_length=64)]
 def _false(value: bool) -> bool:
     if value:
         raise ValueError("not supported: only false")
+    return value
+
+
+def _token_biases(value: dict[str, float]) -> dict[str, float]:
+    if len(value) > 300:
+        raise ValueError("at most 300 token biases")
+    for key, bias in value.items():
+        if not re.fullmatch(r"[0-9]{1,9}", key):
+            raise ValueError(f"keys are token ids written as digits, got {key!r}")
+        if not -100 <= bias <= 100:
+            raise ValueError(f"biases are in [-100, 100], got {bias!r}")
     return value
 
 
@@ -129,11 +141,19 @@ class _OpenAISampling(_Body):
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     logit_bias: (
         Annotated[
-            dict[
-                Annotated[str, Field(pattern=r"^[0-9]{1,9}$")],
-                Annotated[float, Field(ge=-100, le=100)],
-            ],
-            Field(max_length=300, description="token id (as a string) -> bias added to its logit"),
+            dict[StrictStr, float],
+            AfterValidator(_token_biases),
+            WithJsonSchema(
+                {  # stated so that schema tools generate what the validator takes
+                    "type": "object",
+                    "patternProperties": {
+                        "^[0-9]{1,9}$": {"type": "number", "minimum": -100, "maximum": 100}
+                    },
+                    "additionalProperties": False,
+                    "maxProperties": 300,
+                    "description": "token id (as a string) -> bias added to its logit",
+                }
+            ),
         ]
         | None
     ) = None

@@ -136,8 +136,9 @@ class RowSampling:
                 seen = torch.tensor(self.output_ids, device=logits.device)
                 counts = torch.bincount(seen, minlength=logits.numel())[: logits.numel()]
                 logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
-        if self.banned:
-            logits[list(self.banned)] = float("-inf")
+        banned = [t for t in self.banned if 0 <= t < logits.numel()]  # stop ids may be any int
+        if banned:
+            logits[banned] = float("-inf")
         if self.constraint is not None:
             self.constraint.mask(logits)
 
