@@ -23,6 +23,7 @@ import torch
 from engine.config import DEFAULT_REMOTE, EngineConfig
 from engine.default_model import cache_dir
 from engine.generation_defaults import generation_defaults
+from engine.int4_linear import int4_available
 from engine.model_loader import auto_dtype, load_model, load_tokenizer, model_name
 from engine.model_runner import ModelRunner, make_backend
 from engine.request import Request
@@ -80,8 +81,16 @@ class EngineCore:
             if config.dtype == "auto"
             else getattr(torch, config.dtype)
         )
-        self.model, self.fingerprint, self.tokenizer = load_model(config.model, self.device, dtype)
-        self.model.fuse()  # merged projections (and fused norms on CUDA): after loading
+        int4 = (  # a GGUF's 4-bit weights as they are: CPU, bfloat16, and the kernel there
+            config.cpu_int4
+            and self.device.type == "cpu"
+            and dtype == torch.bfloat16
+            and int4_available()
+        )
+        self.model, self.fingerprint, self.tokenizer = load_model(
+            config.model, self.device, dtype, keep_q4=int4
+        )
+        self.model.fuse(int4)  # merged projections (and fused norms on CUDA): after loading
         if config.tokenizer is not None:
             self.tokenizer = load_tokenizer(config.tokenizer, self.model.config.vocab_size)
         cfg = self.model.config

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.int4_linear import q4_1_blocks
 from engine.llama import CausalLM
 from engine.model_config import ModelConfig
 
@@ -107,10 +108,15 @@ def open_gguf(path: str | Path):
 
 
 def load_gguf(
-    source, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    source,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    keep_q4: bool = False,
 ) -> tuple[CausalLM, str, dict]:
     """(model, fingerprint, metadata) from a GGUF file's path or an open reader (`open_gguf`);
-    quantized tensors are dequantized."""
+    quantized tensors are dequantized. With `keep_q4`, the raw blocks of Q4_1 weights are kept
+    too, as `model.q4_blocks` ({name: (q, d, m)}), for `CausalLM.fuse` to run them in 4 bits."""
     from gguf import GGUFReader
     from gguf.quants import dequantize
 
@@ -118,16 +124,21 @@ def load_gguf(
     config = config_from_gguf(reader)
     with torch.device("meta"):
         model = CausalLM(config)
-    state, meta = {}, {}
+    state, meta, q4 = {}, {}, {}
     for t in reader.tensors:
         name = _hf_name(t.name)
         if name is None:
             continue  # e.g. rope_freqs: recomputed from the config
         w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))
+        if keep_q4 and t.tensor_type.name == "Q4_1" and name.startswith("model.layers."):
+            q4[name] = q4_1_blocks(t.data, *w.shape)
         if config.arch in ("llama", "mistral") and name.endswith(
             ("q_proj.weight", "k_proj.weight")
         ):
-            w = _unpermute(w, config.num_heads if "q_proj" in name else config.num_kv_heads)
+            heads = config.num_heads if "q_proj" in name else config.num_kv_heads
+            w = _unpermute(w, heads)
+            if name in q4:  # the same row order for the blocks
+                q4[name] = tuple(_unpermute(x, heads) for x in q4[name])
         state[name] = w.to(dtype)
         meta[name] = (tuple(w.shape), t.tensor_type.name)
     if config.tie_word_embeddings:
@@ -135,4 +146,6 @@ def load_gguf(
     model.load_state_dict(state, strict=True, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    return model.to(device).eval(), config.fingerprint(meta), gguf_metadata(reader)
+    model = model.to(device).eval()
+    model.q4_blocks = q4
+    return model, config.fingerprint(meta), gguf_metadata(reader)

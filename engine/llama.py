@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.forward_batch import ForwardBatch
+from engine.int4_linear import Int4Linear
 from engine.model_config import ModelConfig
 from engine.rope import Rotary, apply_rotary, cos_sin_table
 
@@ -94,9 +95,14 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def fuse(self) -> None:
-        """Merge q, k and v projections into one matmul."""
-        self.qkv_proj = _concat_linear(self.q_proj, self.k_proj, self.v_proj)
+    def fuse(self, q4: dict | None = None) -> None:
+        """Merge q, k and v projections into one matmul; with `q4` (each projection's Q4_1
+        blocks, CPU) they run as 4-bit weights, o_proj too."""
+        if q4 and all(n in q4 for n in ("q_proj", "k_proj", "v_proj", "o_proj")):
+            self.qkv_proj = Int4Linear.concat([q4["q_proj"], q4["k_proj"], q4["v_proj"]])
+            self.o_proj = Int4Linear(*q4["o_proj"])
+        else:
+            self.qkv_proj = _concat_linear(self.q_proj, self.k_proj, self.v_proj)
         del self.q_proj, self.k_proj, self.v_proj
 
     def forward(
@@ -132,9 +138,14 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def fuse(self) -> None:
-        """Merge the gate and up projections into one matmul."""
-        self.gate_up_proj = _concat_linear(self.gate_proj, self.up_proj)
+    def fuse(self, q4: dict | None = None) -> None:
+        """Merge the gate and up projections into one matmul; with `q4` (Q4_1 blocks, CPU) all
+        three run as 4-bit weights."""
+        if q4 and all(n in q4 for n in ("gate_proj", "up_proj", "down_proj")):
+            self.gate_up_proj = Int4Linear.concat([q4["gate_proj"], q4["up_proj"]])
+            self.down_proj = Int4Linear(*q4["down_proj"])
+        else:
+            self.gate_up_proj = _concat_linear(self.gate_proj, self.up_proj)
         del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -200,13 +211,27 @@ class CausalLM(nn.Module):
             x = x[batch.last_token_indices()]
         return self.lm_head(self.model.norm(x)).float()
 
-    def fuse(self) -> CausalLM:
+    def fuse(self, int4: bool = False) -> CausalLM:
         """Fewer, bigger kernels for serving: merged QKV and gate/up projections, and on CUDA
-        with flashinfer its RMSNorm kernels with the residual add fused. Changes the module
-        names (state dicts no longer match Hugging Face's), so it runs after loading."""
-        for layer in self.model.layers:
-            layer.self_attn.fuse()
-            layer.mlp.fuse()
+        with flashinfer its RMSNorm kernels with the residual add fused. With `int4` (CPU,
+        bfloat16), a GGUF's Q4_1 projections kept by the loader (`q4_blocks`) run in 4 bits.
+        Changes the module names (state dicts no longer match Hugging Face's), so it runs after
+        loading."""
+        blocks = getattr(self, "q4_blocks", None) or {}
+        for i, layer in enumerate(self.model.layers):
+
+            def mine(part: str, i=i) -> dict | None:
+                prefix = f"model.layers.{i}.{part}."
+                found = {
+                    k[len(prefix) : -len(".weight")]: v
+                    for k, v in blocks.items()
+                    if k.startswith(prefix)
+                }
+                return found if int4 else None
+
+            layer.self_attn.fuse(mine("self_attn"))
+            layer.mlp.fuse(mine("mlp"))
+        self.q4_blocks = {}
         weight = self.lm_head.weight
         # flashinfer's kernels take half-precision activations (and RoPE these head sizes)
         kernels = weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)

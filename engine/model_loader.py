@@ -18,9 +18,10 @@ from engine.weights import dummy_model, load_hf_directory
 
 
 def load_model(
-    model: str | None, device: torch.device, dtype: torch.dtype
+    model: str | None, device: torch.device, dtype: torch.dtype, keep_q4: bool = False
 ) -> tuple[CausalLM, str, Tokenizer | None]:
-    """(model, weights fingerprint, tokenizer or None); raises ValueError naming the model."""
+    """(model, weights fingerprint, tokenizer or None); raises ValueError naming the model.
+    `keep_q4`: a GGUF's Q4_1 blocks are kept for a 4-bit CPU path (see `CausalLM.fuse`)."""
     if model is None:
         model = str(default_model_path())
     if model in PRESETS:
@@ -29,7 +30,7 @@ def load_model(
     path = Path(model)
     if path.is_file() and path.suffix == ".gguf":
         reader = open_gguf(path)  # parsed once for both the weights and the tokenizer
-        m, fp, _ = load_gguf(reader, dtype=dtype, device=device)
+        m, fp, _ = load_gguf(reader, dtype=dtype, device=device, keep_q4=keep_q4)
         return m, fp, Tokenizer.from_gguf(reader)
     if path.is_dir():
         m, fp = load_hf_directory(path, dtype=dtype, device=device)
