@@ -1,12 +1,13 @@
 """CPU decode: radixkv's engine against Hugging Face transformers on the same weights, one run.
 
-The default model (SmolLM2-135M-Instruct, its Q4_1 GGUF dequantized by both), greedy, batch 1
-and 8, each side in float32 and in bfloat16, and radixkv's default (`dtype=auto`: bfloat16 on a
-CPU with native bf16) against transformers' default (float32 for a GGUF). A decode step's time
+The default model (SmolLM2-135M-Instruct, a Q4_1 GGUF), greedy, batch 1 and 8: radixkv in
+float32 and bfloat16 (both dequantized) and in bfloat16 with the GGUF's own 4-bit weights (its
+default on a CPU with native bf16), against transformers in the same dtype and in its default
+(float32) on the same file. A decode step's time
 is the difference between generating N2 and N1 tokens over the same prompts, divided by
 N2 - N1, so prefill and start-up cancel out. The floor beside each: the bytes of weights a step
-reads (every weight but the embedding rows) / this machine's memory bandwidth, measured in the
-same run.
+reads (every weight but the embedding rows; 4-bit layers at their packed size) / this machine's
+memory bandwidth, measured in the same run.
 
     python benchmarks/cpu_decode.py [--threads N] [--json PATH]
 """
@@ -36,12 +37,17 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def radixkv_step_ms(prompts: list[list[int]], dtype: str) -> tuple[float, int]:
+def radixkv_step_ms(prompts: list[list[int]], dtype: str, int4: bool) -> tuple[float, int]:
     """(ms per decode step, weight bytes a step reads)."""
     from radixkv import Engine
 
     with Engine(
-        device="cpu", dtype=dtype, host_memory_gb=0, remote_url=None, prefix_caching=False
+        device="cpu",
+        dtype=dtype,
+        cpu_int4=int4,
+        host_memory_gb=0,
+        remote_url=None,
+        prefix_caching=False,
     ) as eng:
         eng.generate(prompts, max_tokens=4, ignore_eos=True)  # warm-up
         times = {}
@@ -51,9 +57,10 @@ def radixkv_step_ms(prompts: list[list[int]], dtype: str) -> tuple[float, int]:
             times[n] = time.perf_counter() - t
         model = eng.model
         embed = model.model.embed_tokens.weight
+        tensors = [*model.parameters(), *model.buffers()]  # 4-bit layers hold buffers
         read = sum(
             p.numel() * p.element_size()
-            for p in model.parameters()
+            for p in tensors
             if p is not embed or model.lm_head.weight is embed  # tied: read whole as lm_head
         )
     return (times[N2] - times[N1]) / (N2 - N1) * 1e3, read
@@ -94,39 +101,41 @@ def main() -> int:
     gbps = memory_gbps()
     print(f"memory read bandwidth {gbps:.1f} GB/s; radixkv's default dtype here: {default}")
     rng = torch.Generator().manual_seed(0)
+    # (label, radixkv dtype, its 4-bit path, the transformers dtype it is compared with)
+    variants = [
+        ("float32", "float32", False, "float32"),
+        ("bfloat16", "bfloat16", False, "bfloat16"),
+        ("bfloat16, 4-bit GGUF weights", "bfloat16", True, "bfloat16"),
+    ]
     rows = {}
     for batch in (1, 8):
         prompts = torch.randint(100, 40000, (batch, 64), generator=rng).tolist()
-        row = {}
-        for dtype in ("float32", "bfloat16"):
-            ms, read = radixkv_step_ms(prompts, dtype)
-            row[f"radixkv_{dtype}_ms"] = ms
-            row[f"floor_{dtype}_ms"] = read / gbps / 1e6
-            row[f"hf_{dtype}_ms"] = hf_step_ms(prompts, getattr(torch, dtype))
-            print(
-                f"batch {batch} {dtype}: radixkv {ms:.1f} ms/step (floor {row[f'floor_{dtype}_ms']:.1f}), "
-                f"transformers {row[f'hf_{dtype}_ms']:.1f} ms/step",
-                flush=True,
-            )
-        row["default_vs_hf_default"] = row["hf_float32_ms"] / row[f"radixkv_{default}_ms"]
+        hf = {d: hf_step_ms(prompts, getattr(torch, d)) for d in ("float32", "bfloat16")}
+        row = {"hf": hf, "radixkv": {}}
+        for label, dtype, int4, _ in variants:
+            ms, read = radixkv_step_ms(prompts, dtype, int4)
+            row["radixkv"][label] = {"ms": ms, "floor_ms": read / gbps / 1e6}
+            print(f"batch {batch} {label}: radixkv {ms:.1f} ms/step", flush=True)
+        print(f"batch {batch}: transformers fp32 {hf['float32']:.1f}, bf16 {hf['bfloat16']:.1f}")
         rows[batch] = row
     print(
-        f"\n({torch.get_num_threads()} threads; ms per decode step; floor: weight bytes / memory bandwidth)"
+        f"\n({torch.get_num_threads()} threads; ms per decode step; floor: weight bytes read / "
+        f"memory bandwidth {gbps:.0f} GB/s; radixkv's default here: {default}"
+        f"{' with 4-bit GGUF weights' if default == 'bfloat16' else ''})"
     )
-    print("| batch | dtype | radixkv | floor | transformers | speed-up |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| batch | radixkv | ms | floor | transformers (same dtype) | speed-up | vs transformers' default (fp32) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for b, r in rows.items():
-        for dtype in ("float32", "bfloat16"):
-            ours, theirs = r[f"radixkv_{dtype}_ms"], r[f"hf_{dtype}_ms"]
+        for label, _, _, hf_dtype in variants:
+            ours = r["radixkv"][label]
+            theirs = r["hf"][hf_dtype]
             print(
-                f"| {b} | {dtype} | {ours:.1f} | {r[f'floor_{dtype}_ms']:.1f} | {theirs:.1f} | "
-                f"{theirs / ours:.2f}x |"
+                f"| {b} | {label} | {ours['ms']:.1f} | {ours['floor_ms']:.1f} | "
+                f"{theirs:.1f} ({hf_dtype}) | {theirs / ours['ms']:.2f}x | "
+                f"{r['hf']['float32'] / ours['ms']:.2f}x |"
             )
-        print(
-            f"| {b} | defaults: radixkv {default} vs transformers float32 | "
-            f"{r[f'radixkv_{default}_ms']:.1f} | | {r['hf_float32_ms']:.1f} | "
-            f"{r['default_vs_hf_default']:.2f}x |"
-        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
