@@ -135,6 +135,7 @@ class Tokenizer:
         """Render messages with the model's own template (jinja2, sandboxed); `tools` reaches
         templates that take them. A message's content may be None (an assistant turn that only
         calls tools)."""
+        from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         if not self.chat_template:
@@ -147,13 +148,21 @@ class Tokenizer:
             ):
                 raise ValueError("each message needs a string 'role' and a string 'content'")
         messages = [{**m, "content": m.get("content") or ""} for m in messages]
+
+        def raise_exception(message: str) -> None:  # what Hugging Face templates call
+            raise ValueError(f"the chat template refused the messages: {message}")
+
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         # as Hugging Face renders templates: tojson without HTML escaping
         env.filters["tojson"] = lambda v, indent=None: json.dumps(v, indent=indent)
-        return env.from_string(self.chat_template).render(
-            messages=messages,
-            tools=tools,
-            add_generation_prompt=add_generation_prompt,
-            bos_token=self.bos_token or "",
-            eos_token=self.eos_token or "",
-        )
+        env.globals["raise_exception"] = raise_exception
+        try:
+            return env.from_string(self.chat_template).render(
+                messages=messages,
+                tools=tools,
+                add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "",
+                eos_token=self.eos_token or "",
+            )
+        except TemplateError as err:  # the messages do not fit the template: the caller's input
+            raise ValueError(f"the chat template cannot render these messages: {err}") from None

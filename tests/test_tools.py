@@ -116,3 +116,22 @@ def test_rendering_through_a_template_with_tools_and_through_the_fallback():
     assert choose_parser("auto", chatml.chat_template) == "hermes"
     assert choose_parser("auto", "{{ '<|python_tag|>' }}") == "llama3_json"
     assert "%json" in required_grammar(tools, "hermes")
+
+
+def test_a_template_that_refuses_messages_is_a_value_error():
+    import pytest
+
+    from engine.tokenizer import Tokenizer
+
+    class Tok:
+        bos_token = eos_token = ""
+        chat_template = (
+            "{% for m in messages %}{% if m.role == 'tool' %}"
+            "{{ raise_exception('no tool role here') }}{% endif %}{{ m.content }}{% endfor %}"
+            "{{ undefined_thing.attribute }}"
+        )
+
+    with pytest.raises(ValueError, match="no tool role here"):
+        Tokenizer.apply_chat_template(Tok(), [{"role": "tool", "content": "x"}])
+    with pytest.raises(ValueError, match="cannot render"):
+        Tokenizer.apply_chat_template(Tok(), [{"role": "user", "content": "x"}])
