@@ -37,6 +37,7 @@ def _whole_number(value):
     return value
 
 
+MAX_CHOICES = 16  # n, and prompts in one completions call
 SEED_RANGE = (-(2**53), 2**53)  # exact as JSON numbers in any client (and as doubles)
 
 
@@ -136,7 +137,7 @@ class _OpenAISampling(_Body):
     ignore_eos: bool = False  # extension
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: whole(ge=1, le=1, description="only 1 is supported (not yet more)") = 1
+    n: whole(ge=1, le=MAX_CHOICES, description="choices per prompt (sharing its prefill)") = 1
     presence_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     frequency_penalty: Annotated[float, Field(ge=-2, le=2)] = 0.0
     logit_bias: (
@@ -180,6 +181,17 @@ class _OpenAISampling(_Body):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    @model_validator(mode="after")
+    def _one_stream(self):
+        if self.stream and self.n > 1:
+            raise ValueError("a stream carries one choice: use n = 1 to stream")
+        return self
+
+    def choice_sampling(self, sampling: dict, choice: int) -> dict:
+        """Choice `choice`'s sampling: with a seed, seed + choice (else the n would match)."""
+        seed = sampling["seed"]
+        return sampling | {"seed": None if seed is None else seed + choice}
+
 
 class JSONSchemaFormat(_Body):
     name: StrictStr = "response"
@@ -220,14 +232,35 @@ class ResponseFormat(_Body):
         return None
 
 
+TokenPrompt = Annotated[list[TokenId], Field(min_length=1)]
+
+
 class CompletionRequest(_OpenAISampling):
-    prompt: NonEmptyStr | Annotated[list[TokenId], Field(min_length=1)]
+    prompt: (
+        NonEmptyStr
+        | TokenPrompt
+        | Annotated[list[NonEmptyStr], Field(min_length=1, max_length=MAX_CHOICES)]
+        | Annotated[list[TokenPrompt], Field(min_length=1, max_length=MAX_CHOICES)]
+    )
     max_tokens: MaxTokens | None = 16  # OpenAI's default for completions
     echo: OnlyFalse = False
     logprobs: whole(ge=0, le=20, description="the chosen token's and the N likeliest") | None = None
 
     def sampling(self, max_tokens: int) -> dict:
         return super().sampling(max_tokens) | {"logprobs": self.logprobs}
+
+    def prompts(self) -> list:
+        """Each prompt: a string or a list of token ids."""
+        one = isinstance(self.prompt, str) or isinstance(self.prompt[0], int)
+        return [self.prompt] if one else list(self.prompt)
+
+    @model_validator(mode="after")
+    def _choices_bounded(self):
+        if self.stream and len(self.prompts()) > 1:
+            raise ValueError("a stream carries one choice: send one prompt to stream")
+        if len(self.prompts()) * self.n > MAX_CHOICES:
+            raise ValueError(f"at most {MAX_CHOICES} choices (prompts x n) per call")
+        return self
 
 
 class TextPart(_Body):

@@ -163,10 +163,10 @@ BAD = [
     ("negative top_k", {"model": MODEL, "prompt": "hi", "top_k": -2}, 400, "top_k"),
     ("zero max_tokens", {"model": MODEL, "prompt": "hi", "max_tokens": 0}, 400, "max_tokens"),
     (
-        "n above one",
-        {"model": MODEL, "prompt": "hi", "n": 2},
+        "n above 16",
+        {"model": MODEL, "prompt": "hi", "n": 17},
         400,
-        "n: Input should be less than or equal to 1",
+        "n: Input should be less than or equal to 16",
     ),
     (
         "longer than context",
@@ -406,7 +406,7 @@ def test_openapi_documents_the_errors_the_server_sends(served):
                 assert codes["400"]["content"]["application/json"]["schema"] == error
     completion = doc["components"]["schemas"]["CompletionRequest"]["properties"]
     assert completion["model"]["enum"] == [MODEL]
-    assert completion["n"]["maximum"] == 1  # what the validation allows, and no more
+    assert completion["n"]["maximum"] == 16  # what the validation allows, and no more
     r = httpx.post(served[0] + "/v1/completions", json={"model": MODEL, "prompt": "hi", "n": 1.0})
     assert r.status_code == 200, r.text  # JSON Schema's integer 1.0 is an integer here too
 
@@ -651,3 +651,38 @@ def test_logprobs_on_chat_and_completions_streamed_and_not(client):
     assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
     assert "".join(lp.tokens) == c.choices[0].text and lp.text_offset[0] == 0
     assert all(len(t) == 2 for t in lp.top_logprobs)
+
+
+def test_n_choices_share_one_prefill_and_prompt_lists_give_a_choice_each(served, client):
+    stats = served[1].stats
+    before = sum(stats.cached_tokens.values())
+    question = [{"role": "user", "content": "Name a colour. " * 20}]  # several pages long
+    r = client.chat.completions.create(
+        model=MODEL, messages=question, max_tokens=6, temperature=1.0, seed=5, n=3
+    )
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    assert len({c.message.content for c in r.choices}) > 1  # seed, seed + 1, seed + 2
+    assert 3 <= r.usage.completion_tokens <= 18  # every choice's tokens, the prompt once
+    prompt = r.usage.prompt_tokens
+    followers = (
+        sum(stats.cached_tokens.values()) - before - r.usage.prompt_tokens_details.cached_tokens
+    )
+    assert followers >= 2 * (prompt - 16)  # the other two choices found the prompt cached
+    c = client.completions.create(
+        model=MODEL, prompt=["One, two,", "Red, green,"], max_tokens=3, temperature=0, n=2
+    )
+    assert [x.index for x in c.choices] == [0, 1, 2, 3]
+    assert c.choices[0].text == c.choices[1].text  # greedy: a prompt's two choices agree
+    alone = client.completions.create(
+        model=MODEL, prompt="Red, green,", max_tokens=3, temperature=0
+    )
+    assert c.choices[2].text == alone.choices[0].text
+    assert 4 <= c.usage.completion_tokens <= 12
+    tok = served[1].core.tokenizer
+    assert c.usage.prompt_tokens == len(tok.encode("One, two,")) + len(tok.encode("Red, green,"))
+    r = httpx.post(
+        served[0] + "/v1/completions",
+        json={"model": MODEL, "prompt": "hi", "n": 2, "stream": True},
+        timeout=60,
+    )
+    assert r.status_code == 400 and "one choice" in r.json()["error"]["message"]

@@ -75,14 +75,23 @@ def stream_error(out: RequestOutput) -> bytes:
     return sse({"error": {"message": out.error, "type": "server_error", "code": "internal_error"}})
 
 
-def usage(out: RequestOutput) -> dict:
+def usage(*outs: RequestOutput, n: int = 1) -> dict:
+    """Token counts of a call's choices, in choice order (prompt by prompt, `n` choices each):
+    each prompt and its cached tokens counted once, every choice's completion counted."""
+    firsts = outs[::n]  # one choice per prompt
+    prompt = sum(o.prompt_tokens for o in firsts)
+    completion = sum(o.num_output_tokens for o in outs)
+    tiers: dict[str, int] = {}
+    for o in firsts:
+        for tier, k in o.cached_by_tier.items():
+            tiers[tier] = tiers.get(tier, 0) + k
     return {
-        "prompt_tokens": out.prompt_tokens,
-        "completion_tokens": out.num_output_tokens,
-        "total_tokens": out.prompt_tokens + out.num_output_tokens,
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
         "prompt_tokens_details": {
-            "cached_tokens": out.cached_tokens,
-            "cached_tokens_by_tier": out.cached_by_tier,  # radixkv: device, host, remote
+            "cached_tokens": sum(o.cached_tokens for o in firsts),
+            "cached_tokens_by_tier": tiers,  # radixkv: device, host, remote
         },
     }
 
@@ -142,27 +151,39 @@ class ServingContext:
 
     async def run_to_end(self, http: Request, req) -> tuple[list[int], RequestOutput]:
         """Collect a whole request; abort it if the client disconnects first."""
-        ids: list[int] = []
+        (result,) = await self.run_all(http, [req])
+        return result
 
-        async def collect() -> RequestOutput:
+    async def run_all(self, http: Request, reqs: list) -> list[tuple[list[int], RequestOutput]]:
+        """Collect several requests (the choices of one call); abort them all if the client
+        disconnects first. Requests with the same prompt as the first are started once it has
+        its first token, when its prompt is in the cache: one prefill serves them all."""
+        first_token = asyncio.Event()
+
+        async def collect(req) -> tuple[list[int], RequestOutput]:
+            if req is not reqs[0] and req.prompt_ids == reqs[0].prompt_ids:
+                await first_token.wait()
+            ids: list[int] = []
             async for out in self.loop.generate(req):
                 ids.extend(out.new_token_ids)
+                first_token.set()
                 if out.finish_reason is not None:
-                    return out
+                    return ids, out
             raise AssertionError("the output stream ended without a finish")
 
-        task = asyncio.ensure_future(collect())
+        task = asyncio.ensure_future(asyncio.gather(*(collect(r) for r in reqs)))
         watcher = asyncio.ensure_future(wait_disconnect(http))
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
         if task not in done:
-            task.cancel()  # closes the generator: the request is aborted, its pages freed
+            task.cancel()  # closes the generators: the requests are aborted, their pages freed
             await asyncio.gather(task, return_exceptions=True)
             raise APIError(499, "client closed the request", "invalid_request_error")
         watcher.cancel()
-        out = task.result()
-        if out.finish_reason == "error":
-            raise APIError(500, out.error or "the engine failed", "server_error")
-        return ids, out
+        results = task.result()
+        for _, out in results:
+            if out.finish_reason == "error":
+                raise APIError(500, out.error or "the engine failed", "server_error")
+        return results
 
     def text_stream(self, req) -> TextStream:
         tok = self.core.tokenizer

@@ -37,8 +37,13 @@ def openai_router(ctx: ServingContext) -> APIRouter:
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
         ctx.check_model(body.model)
-        ids = ctx.encode(body.prompt)
-        req = ctx.make_request(ids, body.sampling(ctx.max_tokens_for(len(ids), body.max_tokens)))
+        reqs = []  # prompt by prompt, n choices each
+        for prompt in body.prompts():
+            ids = ctx.encode(prompt)
+            sampling = body.sampling(ctx.max_tokens_for(len(ids), body.max_tokens))
+            reqs += [
+                ctx.make_request(ids, body.choice_sampling(sampling, c)) for c in range(body.n)
+            ]
         rid, now = f"cmpl-{uuid.uuid4().hex}", _now()
 
         def chunk(text: str, finish: str | None, logprobs: dict | None = None) -> dict:
@@ -53,10 +58,19 @@ def openai_router(ctx: ServingContext) -> APIRouter:
 
         shape = completion_logprobs if body.logprobs is not None else None
         if not body.stream:
-            _, out = await ctx.run_to_end(http, req)
-            lps = shape(ctx.core.tokenizer, *_all_logprobs(req)) if shape else None
-            return chunk(out.text or "", out.finish_reason, lps) | {"usage": usage(out)}
-        return _streaming(ctx, req, chunk, body.include_usage, first=None, logprobs=shape)
+            results = await ctx.run_all(http, reqs)
+            choices = [
+                {
+                    "index": i,
+                    "text": out.text or "",
+                    "logprobs": shape(ctx.core.tokenizer, *_all_logprobs(req)) if shape else None,
+                    "finish_reason": out.finish_reason,
+                }
+                for i, (req, (_, out)) in enumerate(zip(reqs, results, strict=True))
+            ]
+            whole = chunk("", None) | {"choices": choices}
+            return whole | {"usage": usage(*(out for _, out in results), n=body.n)}
+        return _streaming(ctx, reqs[0], chunk, body.include_usage, first=None, logprobs=shape)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, http: Request):
@@ -82,28 +96,32 @@ def openai_router(ctx: ServingContext) -> APIRouter:
                     "tool_choice",
                 )
             sampling["grammar"] = calling.grammar
-        req = ctx.make_request(ids, sampling)
+        reqs = [ctx.make_request(ids, body.choice_sampling(sampling, c)) for c in range(body.n)]
+        req = reqs[0]
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", _now()
 
         shape = chat_logprobs if body.logprobs else None
         if not body.stream:
-            _, out = await ctx.run_to_end(http, req)
-            content, calls = calling.parse(out.text or "")
-            message = {"role": "assistant", "content": content}
-            finish = out.finish_reason
-            if calls:
-                message["tool_calls"] = [c.to_openai() for c in calls]
-                finish = "tool_calls"
-            lps = shape(ctx.core.tokenizer, *_all_logprobs(req)) if shape else None
+            results = await ctx.run_all(http, reqs)
+            choices = []
+            for i, (one, (_, out)) in enumerate(zip(reqs, results, strict=True)):
+                content, calls = calling.parse(out.text or "")
+                message = {"role": "assistant", "content": content}
+                finish = out.finish_reason
+                if calls:
+                    message["tool_calls"] = [c.to_openai() for c in calls]
+                    finish = "tool_calls"
+                lps = shape(ctx.core.tokenizer, *_all_logprobs(one)) if shape else None
+                choices.append(
+                    {"index": i, "message": message, "logprobs": lps, "finish_reason": finish}
+                )
             return {
                 "id": rid,
                 "object": "chat.completion",
                 "created": now,
                 "model": ctx.model_name,
-                "choices": [
-                    {"index": 0, "message": message, "logprobs": lps, "finish_reason": finish}
-                ],
-                "usage": usage(out),
+                "choices": choices,
+                "usage": usage(*(out for _, out in results), n=body.n),
             }
 
         def chunk(
