@@ -217,20 +217,14 @@ class CausalLM(nn.Module):
         bfloat16), a GGUF's Q4_1 projections kept by the loader (`q4_blocks`) run in 4 bits.
         Changes the module names (state dicts no longer match Hugging Face's), so it runs after
         loading."""
-        blocks = getattr(self, "q4_blocks", None) or {}
+        # "model.layers.{i}.{part}.{proj}.weight" -> (i, part) -> {proj: blocks}
+        q4: dict[tuple[int, str], dict] = {}
+        for name, blocks in (getattr(self, "q4_blocks", None) or {}).items():
+            _, _, i, part, proj, _ = name.split(".")
+            q4.setdefault((int(i), part), {})[proj] = blocks
         for i, layer in enumerate(self.model.layers):
-
-            def mine(part: str, i=i) -> dict | None:
-                prefix = f"model.layers.{i}.{part}."
-                found = {
-                    k[len(prefix) : -len(".weight")]: v
-                    for k, v in blocks.items()
-                    if k.startswith(prefix)
-                }
-                return found if int4 else None
-
-            layer.self_attn.fuse(mine("self_attn"))
-            layer.mlp.fuse(mine("mlp"))
+            layer.self_attn.fuse(q4.get((i, "self_attn")) if int4 else None)
+            layer.mlp.fuse(q4.get((i, "mlp")) if int4 else None)
         self.q4_blocks = {}
         weight = self.lm_head.weight
         # flashinfer's kernels take half-precision activations (and RoPE these head sizes)

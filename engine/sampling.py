@@ -126,16 +126,15 @@ class RowSampling:
     def adjust(self, logits: torch.Tensor) -> None:
         """Penalties, logit bias, bans and the grammar's mask, in place on a [vocab] row."""
         p = self.params
-        if p.adjusts_logits:
-            if p.logit_bias:
-                ids = torch.tensor([t for t, _ in p.logit_bias], device=logits.device)
-                ids = ids.clamp(max=logits.numel() - 1)  # ids are checked against the vocab
-                bias = torch.tensor([b for _, b in p.logit_bias], device=logits.device)
-                logits.index_add_(0, ids, bias.to(logits.dtype))
-            if (p.presence_penalty or p.frequency_penalty) and self.output_ids:
-                seen = torch.tensor(self.output_ids, device=logits.device)
-                counts = torch.bincount(seen, minlength=logits.numel())[: logits.numel()]
-                logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+        if p.logit_bias:
+            ids = torch.tensor([t for t, _ in p.logit_bias], device=logits.device)
+            ids = ids.clamp(max=logits.numel() - 1)  # ids are checked against the vocab
+            bias = torch.tensor([b for _, b in p.logit_bias], device=logits.device)
+            logits.index_add_(0, ids, bias.to(logits.dtype))
+        if (p.presence_penalty or p.frequency_penalty) and self.output_ids:
+            seen = torch.tensor(self.output_ids, device=logits.device)
+            counts = torch.bincount(seen, minlength=logits.numel())[: logits.numel()]
+            logits -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
         banned = [t for t in self.banned if 0 <= t < logits.numel()]  # stop ids may be any int
         if banned:
             logits[banned] = float("-inf")

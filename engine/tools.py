@@ -70,11 +70,14 @@ def _fallback_messages(messages: list[dict], tools: list[dict] | None, knows_cal
         m = dict(m)
         if m["role"] == "assistant" and m.get("tool_calls") and not knows_calls:
             blocks = [
-                f"{_OPEN}\n"
-                + json.dumps(
-                    {"name": c["function"]["name"], "arguments": _loads(c["function"]["arguments"])}
+                _block(
+                    json.dumps(
+                        {
+                            "name": c["function"]["name"],
+                            "arguments": _loads(c["function"]["arguments"]),
+                        }
+                    )
                 )
-                + f"\n{_CLOSE}"
                 for c in m.pop("tool_calls")
             ]
             m["content"] = "\n".join(filter(None, [m.get("content") or "", *blocks]))
@@ -97,8 +100,13 @@ def _fallback_system_text(tools: list[dict]) -> str:
         f"are inside <tools></tools>:\n<tools>\n{signatures}\n</tools>\n\n"
         "To call one, answer with a JSON object holding its name and arguments inside "
         f"{_OPEN}{_CLOSE} tags, one block per call:\n"
-        f'{_OPEN}\n{{"name": "function name", "arguments": {{"argument": "value"}}}}\n{_CLOSE}'
+        + _block('{"name": "function name", "arguments": {"argument": "value"}}')
     )
+
+
+def _block(call_json: str) -> str:
+    """One call as the hermes format writes it (`required_grammar` states the same in Lark)."""
+    return f"{_OPEN}\n{call_json}\n{_CLOSE}"
 
 
 def _loads(arguments):

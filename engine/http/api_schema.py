@@ -229,16 +229,10 @@ def install_openapi(app: FastAPI, *, model_name: str, vocab_size: int, api_key: 
             *_STREAM_EVENT.values(),
         )
         for model in documented:
-            for name, sub in (
-                model.model_json_schema(ref_template="#/components/schemas/{model}")
-                .pop("$defs", {})
-                .items()
-            ):
+            schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            for name, sub in schema.pop("$defs", {}).items():
                 schemas.setdefault(name, sub)
-            schemas[model.__name__] = model.model_json_schema(
-                ref_template="#/components/schemas/{model}"
-            )
-            schemas[model.__name__].pop("$defs", None)
+            schemas[model.__name__] = schema
         for name in ("HTTPValidationError", "ValidationError"):  # never sent: errors are 400s
             schemas.pop(name, None)
         for path, ops in doc["paths"].items():

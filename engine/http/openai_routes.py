@@ -190,17 +190,17 @@ def _streaming(
         if first is not None:
             yield sse(first)
         stream, ids, full = ctx.text_stream(req), [], ""
-        pending, sent_text = 0, 0  # tokens whose log probabilities have not gone out yet
+        # tokens (and their log probabilities) whose logprobs have not gone out yet; offset:
+        # the text sent so far (completions' text_offset)
+        pending_ids, pending, offset = [], [], 0
 
         def with_logprobs(text: str | None, finish: str | None) -> dict:
-            nonlocal pending, sent_text
-            if logprobs is None or pending == len(ids):
-                return chunk(text, finish)
-            new = ids[pending:]
-            entries = req.output_logprobs[pending : pending + len(new)]
-            shape = logprobs(ctx.core.tokenizer, new, entries, offset=sent_text)
-            pending = len(ids)
-            sent_text += len(text or "")
+            nonlocal pending_ids, pending, offset
+            shape = None
+            if logprobs is not None and pending:
+                shape = logprobs(ctx.core.tokenizer, pending_ids, pending, offset=offset)
+                pending_ids, pending = [], []
+            offset += len(text or "")
             return chunk(text, finish, shape)
 
         async for out in ctx.loop.generate(req):
@@ -208,6 +208,8 @@ def _streaming(
                 yield stream_error(out)
                 return
             ids.extend(out.new_token_ids)
+            pending_ids += out.new_token_ids[: len(out.new_logprobs)]
+            pending += out.new_logprobs
             text = stream.delta(ids, out)
             finish = out.finish_reason
             if held is not None:
