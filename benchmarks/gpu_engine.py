@@ -26,7 +26,7 @@ from engine.attention import TorchPagedAttention
 from engine.attention.flashinfer_backend import FlashInferPagedAttention
 from engine.cuda_graph import DecodeGraphs
 from engine.forward_batch import ForwardBatch
-from engine.model_runner import ModelRunner
+from engine.model_runner import ModelRunner, sample_rows
 from engine.sampling import RowSampling, SamplingParams
 from engine.weights import dummy_model
 from storage import DevicePool, KVLayout, PageAllocator
@@ -170,11 +170,17 @@ def main() -> int:
     )
 
     # decode: eager and CUDA graph, the runner's whole step (sampling and its sync included)
+    # the engine's default decode kernel, and flashinfer's other one (CUDA cores vs tensor
+    # cores) captured beside it: both timed in this run, the default's figures in the table
     graphs = DecodeGraphs(model, pool, 64, 8192, PS)
+    other = DecodeGraphs(model, pool, 64, 8192, PS, tensor_cores=not graphs.tensor_cores)
+    kernel = {False: "CUDA-core", True: "tensor-core"}
     results["graph_capture"] = {"seconds": graphs.capture_s, "mib": graphs.memory_bytes / 2**20}
-    eager, graphed = (
+    results["decode_kernel"] = kernel[graphs.tensor_cores]
+    eager, graphed, graphed_other = (
         ModelRunner(model, fi, "flashinfer"),
         ModelRunner(model, fi, "flashinfer", graphs),
+        ModelRunner(model, fi, "flashinfer", other),
     )
     decode = {}
     for batch in (1, 16, 64):
@@ -187,8 +193,8 @@ def main() -> int:
         greedy = [RowSampling(SamplingParams())] * batch
         kv_bytes = batch * 1024 * layout.page_bytes // PS  # every layer's K and V
         row = {"floor_ms": (w_bytes + kv_bytes) / hbm * 1e3}
-        same = None
-        for name, runner in (("eager", eager), ("graph", graphed)):
+        outs = {}
+        for name, runner in (("eager", eager), ("graph", graphed), ("other", graphed_other)):
             step = [0]
 
             def one_step(runner=runner, batch=batch, tabs=tabs, step=step, greedy=greedy):
@@ -200,30 +206,57 @@ def main() -> int:
                 return runner.run(fb)
 
             row[f"{name}_ms"] = cuda_time(one_step, iters=30, warmup=3) * 1e3
-            if name == "graph":  # the graph alone, planned once: the step's GPU time
+            g = {"graph": graphs, "other": other}.get(name)
+            if g is not None:  # the graph alone, planned once: the step's GPU time
                 fb = ForwardBatch.build([([5], 1080, tabs[j]) for j in range(batch)], PS, dev)
-                graphs.run(fb)
-                bs = next(b for b in graphs.sizes if b >= batch)
-                row["replay_only_ms"] = cuda_time(graphs.graphs[bs].replay, iters=30) * 1e3
+                g.run(fb)
+                bs = next(b for b in g.sizes if b >= batch)
+                row[f"{name}_replay_only_ms"] = cuda_time(g.graphs[bs].replay, iters=30) * 1e3
                 if args.profile:
-                    _profile_kernels(graphs.graphs[bs].replay, f"decode batch {batch}")
+                    label = f"decode batch {batch}, {kernel[g.tensor_cores]} kernel"
+                    _profile_kernels(g.graphs[bs].replay, label)
             fb = ForwardBatch.build([([5], 1080, tabs[j]) for j in range(batch)], PS, dev, greedy)
-            logits = graphs.run(fb) if name == "graph" else model(fb, fi)
-            same = logits.clone() if same is None else (logits, same)
-        g, e = same
-        row["graph_vs_eager_max_abs"] = (g - e).abs().max().item()
-        row["graph_argmax_equal"] = bool(torch.equal(g.argmax(-1), e.argmax(-1)))
+            logits = g.run(fb) if g is not None else model(fb, fi)
+            outs[name] = logits.clone()
+        # where the graph step's host time goes: building the batch, then copies + plan +
+        # launch (asynchronous), then sampling (its one sync waits for the replay)
+        parts = {"build": 0.0, "prepare_and_launch": 0.0, "replay_and_sample": 0.0}
+        for _ in range(20):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fb = ForwardBatch.build([([5], 1080, tabs[j]) for j in range(batch)], PS, dev, greedy)
+            t1 = time.perf_counter()
+            logits = graphs.run(fb)
+            t2 = time.perf_counter()
+            sample_rows(logits, fb.sampling)
+            t3 = time.perf_counter()
+            for k, dt in zip(parts, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+                parts[k] += dt / 20 * 1e3
+        row["graph_step_parts_ms"] = parts
+        print(
+            f"decode batch {batch:>2}, graph step: "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.2f} ms" for k, v in parts.items()),
+            flush=True,
+        )
+        for name in ("graph", "other"):
+            row[f"{name}_vs_eager_max_abs"] = (outs[name] - outs["eager"]).abs().max().item()
+            row[f"{name}_argmax_equal"] = bool(
+                torch.equal(outs[name].argmax(-1), outs["eager"].argmax(-1))
+            )
         row["ratio_to_floor"] = row["graph_ms"] / row["floor_ms"]
+        row["replay_only_ms"] = row["graph_replay_only_ms"]
         decode[batch] = row
         print(
             f"decode batch {batch:>2}: eager {row['eager_ms']:.2f} ms, graph {row['graph_ms']:.2f} ms "
             f"({batch / row['graph_ms'] * 1e3:,.0f} tokens/s); floor {row['floor_ms']:.2f} ms -> "
             f"{row['ratio_to_floor']:.2f}x (graph replay alone {row['replay_only_ms']:.2f} ms); "
-            f"graph = eager argmax: {row['graph_argmax_equal']}",
+            f"graph = eager argmax: {row['graph_argmax_equal']}; the "
+            f"{kernel[other.tensor_cores]} kernel: step {row['other_ms']:.2f} ms, replay "
+            f"{row['other_replay_only_ms']:.2f} ms, argmax equal {row['other_argmax_equal']}",
             flush=True,
         )
     results["decode"] = decode
-    graphs = eager = graphed = None
+    graphs = other = eager = graphed = graphed_other = None
 
     # host <-> device transfer of 255 scattered pages (a 4,080-token prefix): kernel vs portable
     from storage import HostPool, copy_device_to_host, copy_host_to_device
@@ -375,8 +408,9 @@ def _table(results: dict) -> None:
             else "not run"
         )
         print(
-            f"| decode step, batch {b} x 1K context | graph {row['graph_ms']:.2f} ms, eager "
-            f"{row['eager_ms']:.2f} ms | {row['floor_ms']:.2f} ms | {row['ratio_to_floor']:.2f}x | {hf_b} |"
+            f"| decode step, batch {b} x 1K context | graph {row['graph_ms']:.2f} ms (replay "
+            f"{row['replay_only_ms']:.2f}), eager {row['eager_ms']:.2f} ms, other kernel "
+            f"{row['other_ms']:.2f} ms | {row['floor_ms']:.2f} ms | {row['ratio_to_floor']:.2f}x | {hf_b} |"
         )
     for k, v in results["ttft_4096"].items():
         fl = (
@@ -387,6 +421,7 @@ def _table(results: dict) -> None:
         print(f"| TTFT 4,096 tokens, {k} | {v['ttft_ms']:.1f} ms | {fl} | |")
     g = results["graph_capture"]
     print(f"| CUDA graph capture (64 sizes max) | {g['seconds']:.1f} s, {g['mib']:.0f} MiB | | | |")
+    print(f"(decode kernel in the table: flashinfer's {results['decode_kernel']} one)")
 
 
 if __name__ == "__main__":

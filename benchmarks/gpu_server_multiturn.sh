@@ -25,7 +25,7 @@ for name in off device device+host; do
   echo "== $name: ${CONFIG[$name]}"
   # shellcheck disable=SC2086
   python -m radixkv.bench multiturn "${WORKLOAD[@]}" "${ENGINE[@]}" ${CONFIG[$name]} \
-    --json "$OUT/$name.json" --quiet 2>&1 | tee "$OUT/$name.log" | tail -25
+    --json "$OUT/${name/+/_}.json" --quiet 2>&1 | tee "$OUT/${name/+/_}.log" | tail -25
 done
 python - "$OUT" <<'PY'
 import json, sys, pathlib
@@ -33,9 +33,11 @@ out = pathlib.Path(sys.argv[1])
 print("\n| config | req/s | TTFT p50 (all) | TTFT p90 (all) | TTFT p50 rounds >= 2 | cached | preemptions |")
 print("|---|---|---|---|---|---|---|")
 for name in ("off", "device", "device+host"):
-    r = json.loads((out / f"{name}.json").read_text())
-    o, later = r["overall"], [g for k, g in r["by_round"].items() if int(k) >= 1]
-    p50_later = sorted(g["ttft_s"]["p50"] for g in later)[len(later) // 2] if later else None
+    r = json.loads((out / f"{name.replace('+', '_')}.json").read_text())
+    o = r["overall"]
+    later = [g["ttft_s"]["p50"] for k, g in r["by_round"].items() if int(k) >= 1]
+    later = sorted(t for t in later if t is not None)  # a round may have streamed no text
+    p50_later = later[len(later) // 2] if later else float("nan")
     sched = r.get("scheduler") or {}
     print(f"| {name} | {o['requests_per_s']:.2f} | {o['ttft_s']['p50'] * 1e3:.0f} ms | "
           f"{o['ttft_s']['p90'] * 1e3:.0f} ms | {p50_later * 1e3:.0f} ms | "

@@ -121,8 +121,9 @@ class EngineConfig:
     )
     cuda_graph: bool = _opt(
         True,
-        "replay CUDA graphs of the decode step (on CUDA with flashinfer; batch sizes up to "
-        "max_running, captured at start-up)",
+        "replay CUDA graphs of the decode step and of one prompt's short extend (on CUDA with "
+        "flashinfer; batch sizes up to max_running, extends up to 256 tokens; captured at "
+        "start-up)",
         negative=("--disable-cuda-graph",),
     )
     generation_config: str = _opt(

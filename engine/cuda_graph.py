@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.attention.kv_write import store_kv
 from engine.forward_batch import ForwardBatch
 from engine.llama import CausalLM
 from storage import DevicePool
@@ -56,17 +57,39 @@ class _GraphAttention:
 
     def forward(self, layer: int, q, k, v, batch) -> torch.Tensor:
         kv = self.pool.layer(layer)
-        kv[batch.out_pages, 0, batch.out_offsets] = k.to(kv.dtype)
-        kv[batch.out_pages, 1, batch.out_offsets] = v.to(kv.dtype)
+        store_kv(kv, batch.out_pages, batch.out_offsets, k, v)
         out = self.wrapper.run(q.contiguous(), kv)
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)
 
 
+def capture_forward(model: CausalLM, batch, backend, mempool, dev: torch.device):
+    """(graph, output): the model's forward over fixed-address `batch`, warmed up on a side
+    stream (lazy initialisations stay outside the capture), then captured into `mempool`."""
+    stream = torch.cuda.Stream(dev)
+    stream.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            model(batch, backend)
+    torch.cuda.current_stream(dev).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=mempool):
+        output = model(batch, backend)
+    return graph, output
+
+
 class DecodeGraphs:
     def __init__(
-        self, model: CausalLM, pool: DevicePool, max_bs: int, max_context: int, page_size: int
+        self,
+        model: CausalLM,
+        pool: DevicePool,
+        max_bs: int,
+        max_context: int,
+        page_size: int,
+        tensor_cores: bool | None = None,
     ) -> None:
         import flashinfer
+
+        from engine.attention.flashinfer_backend import decode_tensor_cores
 
         cfg = model.config
         self.pool, self.page_size = pool, page_size
@@ -87,7 +110,7 @@ class DecodeGraphs:
         self.kv_dtype = pool.data.dtype
         self.q_dtype = model.lm_head.weight.dtype
         self.heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-        tensor_cores = cfg.num_heads // cfg.num_kv_heads > 4
+        self.tensor_cores = decode_tensor_cores(cfg.num_heads, cfg.num_kv_heads, tensor_cores)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.wrappers: dict[int, object] = {}
         self.outputs: dict[int, torch.Tensor] = {}
@@ -98,7 +121,7 @@ class DecodeGraphs:
                 self.workspace,
                 "NHD",
                 use_cuda_graph=True,
-                use_tensor_cores=tensor_cores,
+                use_tensor_cores=self.tensor_cores,
                 paged_kv_indptr_buffer=self.indptr[: bs + 1],
                 paged_kv_indices_buffer=self.indices,
                 paged_kv_last_page_len_buffer=self.last_len[:bs],
@@ -113,16 +136,7 @@ class DecodeGraphs:
             )
             backend = _GraphAttention(pool, wrapper, cfg.num_heads, cfg.head_dim)
             self._plan(bs, [], [])
-            stream = torch.cuda.Stream(dev)
-            stream.wait_stream(torch.cuda.current_stream(dev))
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up: lazy initialisations happen outside the capture
-                    model(batch, backend)
-            torch.cuda.current_stream(dev).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=mempool):
-                self.outputs[bs] = model(batch, backend)
-            self.graphs[bs] = graph
+            self.graphs[bs], self.outputs[bs] = capture_forward(model, batch, backend, mempool, dev)
         torch.cuda.synchronize(dev)  # start-up only: the capture's cost, logged once
         self.capture_s = time.perf_counter() - started
         self.memory_bytes = max(0, free_before - torch.cuda.mem_get_info(dev)[0])

@@ -39,6 +39,7 @@ from storage import KVLayout, RemoteStore, open_store
 log = logging.getLogger(__name__)
 
 IO_WAIT_S = 0.05  # longest block on remote I/O per iterate() (a `wake()` ends it early)
+EXTEND_GRAPH_TOKENS = 256  # one sequence's extends up to this many new tokens replay a graph
 AUTO_REMOTE_FRACTION = 0.10  # a file tier's default cap: this share of the disk's free space
 
 
@@ -111,18 +112,22 @@ class EngineCore:
         )
         self.prefix_cache = (PrefixCache if config.prefix_caching else NoPrefixCache)(self.cache)
         backend, attention = make_backend(config.attention, self.cache.device_pool, self.model)
-        graphs = None
+        graphs = []
         if config.cuda_graph and attention == "flashinfer":
             from engine.cuda_graph import DecodeGraphs  # needs CUDA and flashinfer
+            from engine.extend_graph import ExtendGraphs
 
-            graphs = DecodeGraphs(
-                self.model,
-                self.cache.device_pool,
-                config.max_running,
-                self.model.config.max_position_embeddings,
-                config.page_size,
-            )
-        self.runner = ModelRunner(self.model, backend, attention, graphs)
+            context = self.model.config.max_position_embeddings
+            pool = self.cache.device_pool
+            graphs = [
+                DecodeGraphs(self.model, pool, config.max_running, context, config.page_size),
+                ExtendGraphs(self.model, pool, EXTEND_GRAPH_TOKENS, context, config.page_size),
+            ]
+        vocab = self.model.config.vocab_size
+        tok_vocab = self.tokenizer.vocab_size if self.tokenizer else vocab
+        self.runner = ModelRunner(
+            self.model, backend, attention, graphs, tok_vocab if tok_vocab < vocab else None
+        )
         self.scheduler = Scheduler(
             self.prefix_cache,
             self.device,

@@ -44,7 +44,7 @@ def _concat_linear(*parts: nn.Linear) -> nn.Linear:
     return fused
 
 
-_FI_NORM, _FI_ROPE = _flashinfer("norm"), _flashinfer("rope")
+_FI_NORM, _FI_ROPE, _FI_ACT = _flashinfer("norm"), _flashinfer("rope"), _flashinfer("activation")
 
 
 class RMSNorm(nn.Module):
@@ -116,8 +116,8 @@ class Attention(nn.Module):
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         if self.rope_cache is not None:
-            # flashinfer rotates q and k in place in one kernel (positions index the cache)
-            q, k = q.contiguous(), k.contiguous()
+            # flashinfer rotates q and k in place in one kernel (positions index the cache); it
+            # takes them strided, so k stays beside v in the QKV output and one write stores both
             _FI_ROPE.apply_rope_with_cos_sin_cache_inplace(
                 batch.positions, q, k, self.head_dim, self.rope_cache, is_neox=True
             )
@@ -137,6 +137,7 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.fused_act = False  # set by CausalLM.fuse() on CUDA when flashinfer is there
 
     def fuse(self, q4: dict | None = None) -> None:
         """Merge the gate and up projections into one matmul; with `q4` (Q4_1 blocks, CPU) all
@@ -149,6 +150,8 @@ class MLP(nn.Module):
         del self.gate_proj, self.up_proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused_act:  # flashinfer: silu(gate) * up in one kernel
+            return self.down_proj(_FI_ACT.silu_and_mul(self.gate_up_proj(x)))
         if hasattr(self, "gate_up_proj"):
             gate, up = self.gate_up_proj(x).chunk(2, -1)
             return self.down_proj(F.silu(gate) * up)
@@ -200,16 +203,19 @@ class CausalLM(nn.Module):
         if self._rotary is None or self._rotary.inv_freq.device != batch.positions.device:
             self._rotary = Rotary(self.config, batch.positions.device)
         x = self.model.embed_tokens(batch.input_ids)
-        cos, sin = self._rotary.cos_sin(batch.positions, x.dtype)
+        cos = sin = None  # the torch RoPE's tables; flashinfer's RoPE indexes its own cache
+        if self.model.layers[0].self_attn.rope_cache is None:
+            cos, sin = self._rotary.cos_sin(batch.positions, x.dtype)
         residual = None
         for i, layer in enumerate(self.model.layers):
             if batch.layer_ready is not None:  # layer i waits only for layer i's loaded pages
                 torch.cuda.current_stream(x.device).wait_event(batch.layer_ready[i])
             x, residual = layer(x, residual, cos, sin, batch, backend)
-        x = x + residual
         if not all_logits:
-            x = x[batch.last_token_indices()]
-        return self.lm_head(self.model.norm(x)).float()
+            last = batch.last_token_indices()
+            x, residual = x[last], residual[last]
+        x, _ = self.model.norm.add_forward(x, residual)
+        return self.lm_head(x).float()
 
     def fuse(self, int4: bool = False) -> CausalLM:
         """Fewer, bigger kernels for serving: merged QKV and gate/up projections, and on CUDA
@@ -229,9 +235,13 @@ class CausalLM(nn.Module):
         weight = self.lm_head.weight
         # flashinfer's kernels take half-precision activations (and RoPE these head sizes)
         kernels = weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)
-        for norm in self.modules():
-            if isinstance(norm, RMSNorm):
-                norm.fused = kernels and _FI_NORM is not None
+        for module in self.modules():
+            if isinstance(module, RMSNorm):
+                module.fused = kernels and _FI_NORM is not None
+            elif isinstance(module, MLP):
+                module.fused_act = (
+                    kernels and _FI_ACT is not None and hasattr(module, "gate_up_proj")
+                )
         cfg = self.config  # (QK norm runs between projection and RoPE: it keeps the torch path)
         if kernels and _FI_ROPE is not None and cfg.head_dim in (64, 128, 256) and not cfg.qk_norm:
             cache = cos_sin_table(cfg, weight.device)

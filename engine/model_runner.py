@@ -33,28 +33,39 @@ def make_backend(kind: str, pool: DevicePool, model: CausalLM):
 
 
 class ModelRunner:
-    """`graphs` (engine.cuda_graph.DecodeGraphs, or None) replays captured decode steps; every
-    other batch runs eagerly."""
+    """`graphs`: captured forwards (engine.cuda_graph.DecodeGraphs for decode steps,
+    engine.extend_graph.ExtendGraphs for one sequence's short extend, or a single one of them);
+    a batch replays the first that can run it, else runs eagerly."""
 
-    def __init__(self, model: CausalLM, backend, attention: str, graphs=None) -> None:
+    def __init__(
+        self, model: CausalLM, backend, attention: str, graphs=(), vocab_limit: int | None = None
+    ) -> None:
+        """`vocab_limit`: sample only ids below it (a preset model serving a smaller real
+        tokenizer: ids past the tokenizer's would decode to nothing)."""
         self.model, self.backend, self.attention = model, backend, attention
-        self.graphs = graphs
+        self.vocab_limit = vocab_limit
+        if graphs is None:
+            graphs = ()
+        self.graphs = tuple(graphs) if isinstance(graphs, list | tuple) else (graphs,)
 
     def run(self, batch: ForwardBatch) -> list[int | None]:
         """One forward over the batch, then a token for every sequence that samples."""
-        if self.graphs is not None and self.graphs.can_run(batch):
-            logits = self.graphs.run(batch)
-        else:
-            logits = self.model(batch, self.backend)
-        return sample_rows(logits, batch.sampling)
+        graph = next((g for g in self.graphs if g.can_run(batch)), None)
+        logits = graph.run(batch) if graph is not None else self.model(batch, self.backend)
+        return sample_rows(logits, batch.sampling, self.vocab_limit)
 
 
 @torch.inference_mode()  # the logits are inference tensors: adjusted in place
-def sample_rows(logits: torch.Tensor, sampling: list | None) -> list[int | None]:
+def sample_rows(
+    logits: torch.Tensor, sampling: list | None, vocab_limit: int | None = None
+) -> list[int | None]:
     """Sample row i with `sampling[i]` (a RowSampling), or None to skip it. A row's logits are
-    first adjusted (penalties, bias, bans, its grammar's mask). Greedy rows are picked together
-    on the device and copied to the host once."""
+    first adjusted (ids from `vocab_limit` on excluded, then penalties, bias, bans, its
+    grammar's mask). Greedy rows are picked together on the device and copied to the host
+    once."""
     rows = len(logits)
+    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+        logits[:, vocab_limit:] = float("-inf")
     sampling = sampling if sampling is not None else [None] * rows
     out: list[int | None] = [None] * rows
     wanted = [i for i, s in enumerate(sampling) if s is not None and s.params.logprobs is not None]

@@ -68,11 +68,11 @@ def test_chat_tokens_equal_transformers(eng):
 
 def test_a_model_without_a_tokenizer_takes_one_apart(tmp_path):
     """`tokenizer=` gives a model without one (as the presets are) a real tokenizer: the default
-    model's GGUF tokenizer fits any vocabulary of at least its 49,152 tokens; a smaller one is
-    refused by name."""
+    model's GGUF tokenizer fits any vocabulary of at least its 49,152 tokens (ids past it are
+    never sampled: they would decode to nothing); a smaller one is refused by name."""
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(
-        vocab_size=49_152,
+        vocab_size=60_000,
         hidden_size=64,
         intermediate_size=96,
         num_hidden_layers=2,
@@ -90,6 +90,10 @@ def test_a_model_without_a_tokenizer_takes_one_apart(tmp_path):
         r = eng.generate(["The capital of France is"], max_tokens=4, ignore_eos=True)[0]
         assert len(r.token_ids) == 4 and isinstance(r.text, str) and r.prompt_tokens > 3
         assert eng.tokenizer.token_id(eng.tokenizer.eos_token) in eng.scheduler.eos_token_ids
+        pushed = eng.generate(
+            ["Hello"], max_tokens=16, ignore_eos=True, temperature=1.0, logit_bias={59_999: 100}
+        )[0]
+        assert len(pushed.token_ids) == 16 and max(pushed.token_ids) < 49_152
     cfg.vocab_size = 1000
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "small-vocab")
     with pytest.raises(ValueError, match="more than the model's vocabulary"):

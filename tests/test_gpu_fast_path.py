@@ -59,7 +59,7 @@ def test_graph_decode_gives_the_eager_tokens_over_256_steps(small_llama):
     runs = {}
     for graphs in (True, False):
         with _engine(small_llama, cuda_graph=graphs, check_integrity=True) as eng:
-            assert (eng.core.runner.graphs is not None) == graphs
+            assert bool(eng.core.runner.graphs) == graphs
             out = eng.generate(prompts, max_tokens=256, ignore_eos=True)
             runs[graphs] = [r.token_ids for r in out]
     assert all(len(t) == 256 for t in runs[True])
@@ -79,3 +79,72 @@ def test_fused_model_matches_the_reference_model():
     got = model(ForwardBatch.build(batch, 16, "cuda"), ref)
     assert ((got - want).norm() / want.norm()).item() < 2e-2
     assert (got.argmax(-1) == want.argmax(-1)).float().mean().item() == 1.0
+
+
+def test_extend_graph_gives_the_eager_logits():
+    """One sequence's extends of 2..64 tokens over prefixes of 0..200 tokens: the graph of the
+    next size up (its padding sequence on the scratch page) gives the eager logits and writes
+    the same KV into the sequence's pages."""
+    from engine.attention.flashinfer_backend import FlashInferPagedAttention
+    from engine.extend_graph import ExtendGraphs
+    from engine.forward_batch import ForwardBatch
+    from tests.paged_runner import small_cuda_llama
+
+    model, pool, _ = small_cuda_llama()
+    model.fuse()
+    fi = FlashInferPagedAttention(pool, 8, 2, 64)
+    graphs = ExtendGraphs(model, pool, 64, 1024, 16)
+    assert graphs.sizes == [16, 32, 64]
+    g = torch.Generator().manual_seed(3)
+    table = list(range(1, 17))  # 256 tokens; page 0 is not the scratch page
+    assert pool.scratch_page not in table
+    for prefix, n in [(0, 2), (0, 16), (16, 17), (37, 5), (100, 64), (200, 31)]:
+        toks = torch.randint(0, 256, (prefix + n,), generator=g).tolist()
+        batch = [(toks[prefix:], prefix, table)]
+
+        def fill_prefix(toks=toks, prefix=prefix):
+            pool.data[:, table] = 0  # each run must write this sequence's KV itself
+            if prefix:
+                model(ForwardBatch.build([(toks[:prefix], 0, table)], 16, "cuda"), fi)
+
+        fill_prefix()
+        want = model(ForwardBatch.build(batch, 16, "cuda"), fi)
+        kv_want = pool.data[:, table].clone()
+        fb = ForwardBatch.build(batch, 16, "cuda")
+        assert graphs.can_run(fb)
+        fill_prefix()
+        got = graphs.run(fb)
+        assert got.shape == want.shape == (1, 256)
+        assert torch.allclose(got, want, atol=2e-2, rtol=2e-2), (prefix, n)
+        assert torch.equal(pool.data[:, table], kv_want), (prefix, n)
+    one = ForwardBatch.build([([1], 5, table)], 16, "cuda")
+    two = ForwardBatch.build([([1, 2], 0, table), ([3, 4], 0, list(range(20, 24)))], 16, "cuda")
+    long = ForwardBatch.build([(list(range(65)), 0, table)], 16, "cuda")
+    assert not any(graphs.can_run(b) for b in (one, two, long))
+
+
+def test_engine_replays_the_extend_graph_and_gives_the_eager_tokens(small_llama):
+    """A second prompt sharing a cached prefix runs its short extend through the graph; its
+    tokens equal the eager engine's."""
+    from engine.extend_graph import ExtendGraphs
+
+    base = [(5 * j) % 500 + 1 for j in range(100)]
+    prompts = [base, base + [7, 8, 9], base[:64] + list(range(200, 230))]
+    runs = {}
+    for graphs in (True, False):
+        with _engine(small_llama, cuda_graph=graphs, check_integrity=True) as eng:
+            replays = []
+            if graphs:
+                extend = next(g for g in eng.core.runner.graphs if isinstance(g, ExtendGraphs))
+                real_run = extend.run
+                extend.run = lambda b, seen=replays, run=real_run: seen.append(b) or run(b)
+            runs[graphs] = [
+                eng.generate([p], max_tokens=24, ignore_eos=True)[0].token_ids for p in prompts
+            ]
+            if graphs:  # cold: 100 tokens; then 7 past the 6 cached pages; then 30 past 4
+                assert [(b.prefix_lens[0], b.extend_lens[0]) for b in replays] == [
+                    (0, 100),
+                    (96, 7),
+                    (64, 30),
+                ]
+    assert runs[True] == runs[False]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from engine.attention.kv_write import store_kv
 from engine.forward_batch import ForwardBatch
 from storage import DevicePool
 
@@ -29,8 +30,7 @@ class TorchPagedAttention:
     ) -> torch.Tensor:
         """q: [T, heads, dim]; k, v: [T, kv_heads, dim] -> [T, heads * dim]."""
         kv = self.pool.layer(layer)
-        kv[batch.out_pages, 0, batch.out_offsets] = k.to(kv.dtype)
-        kv[batch.out_pages, 1, batch.out_offsets] = v.to(kv.dtype)
+        store_kv(kv, batch.out_pages, batch.out_offsets, k, v)
         if all(e == 1 for e in batch.extend_lens) and batch.num_sequences > 0:
             return self._decode(kv, q, batch)
         return self._by_sequence(kv, q, batch)
