@@ -84,7 +84,7 @@ class EngineConfig:
     remote_load_margin: float = _opt(
         1.0, "load remote pages only if estimated load time x this < recompute time; 0: always"
     )
-    policy: str = _opt("workload", "eviction policy: workload, lru, lfu, slru")
+    policy: str = _opt("adaptive", "eviction policy: adaptive, workload, lru, lfu, slru")
     write_policy: str = _opt(
         "write_through",
         "write_through, write_through_selective or write_back (device -> host -> remote)",

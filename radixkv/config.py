@@ -31,7 +31,7 @@ class CacheConfig:
     device_pages: int
     host_pages: int = 0
     remote_pages: int = 0
-    policy: str = "workload"
+    policy: str = "adaptive"
     write_policy: str = "write_through"
     selective_threshold: int = 2
     remote_timeout_s: float = 10.0

@@ -64,10 +64,31 @@ EVICTABLE: tuple[Callable[[TreeNode], bool], ...] = (
 
 # ---- policies: priority(node) -> comparable, smallest evicted first ------------------------------
 class EvictionPolicy:
+    """priority(node): smallest evicted first. A policy with several queues (`queues` > 1)
+    files each node in `queue(node)` and, at each eviction, `pick`s the queue to evict from given
+    each queue's evictable tokens (queues of the ARC kind); priority orders each queue."""
+
     name = "base"
+    queues = 1
 
     def priority(self, node: TreeNode) -> object:
         raise NotImplementedError
+
+    observes = False  # wants every request's prompt (`observe`)
+
+    def queue(self, node: TreeNode) -> int:
+        return 0
+
+    def pick(self, sizes: list[int], heads: list[object | None]) -> int:
+        """The queue to evict from next, among those with tokens in `sizes` (`heads`: each
+        queue's lowest priority, None when empty)."""
+        return next(q for q, n in enumerate(sizes) if n)
+
+    def configure(self, capacity_tokens: int) -> None:  # noqa: B027 - optional hook
+        """Told the tier's size once, when the cache is built."""
+
+    def observe(self, chunk_ids: list[int]) -> None:  # noqa: B027 - optional hook
+        """Told of each request's prompt as chained chunk ids (`radixkv.policy_duel`)."""
 
     def on_evict(self, node: TreeNode) -> None:  # noqa: B027 - optional hook
         """Told of each node the index gives up (for policies that learn from evictions)."""
@@ -108,57 +129,81 @@ POLICIES: dict[str, Callable[[], EvictionPolicy]] = {
 
 
 class EvictionIndex:
-    """The evictable leaves of one tier, in policy order."""
+    """The evictable leaves of one tier, in policy order (one heap per policy queue)."""
 
     def __init__(self, tier: int, policy: EvictionPolicy) -> None:
         self.tier = tier
         self.policy = policy
         self.evictable = EVICTABLE[tier]
-        self._heap: list[tuple[object, int, TreeNode]] = []
+        self._heaps: list[list[tuple[object, int, TreeNode]]] = [[] for _ in range(policy.queues)]
+        self.sizes = [0] * policy.queues  # evictable tokens per queue
         self._seq = 0
         self.live = 0
 
     def __len__(self) -> int:
         return self.live
 
+    def _unfile(self, node: TreeNode) -> None:
+        """Forget node's live entry (its heap entry goes stale)."""
+        t = self.tier
+        queue, _, tokens = node.heap_prio[t]
+        self.sizes[queue] -= tokens
+        node.heap_token[t] = None
+        self.live -= 1
+
     def update(self, node: TreeNode) -> None:
         """Re-file `node` after any change to its residency, references, children or stats."""
         t = self.tier
         if not self.evictable(node):
             if node.heap_token[t] is not None:
-                node.heap_token[t] = None
-                self.live -= 1
+                self._unfile(node)
             return
-        prio = self.policy.priority(node)
+        queue = self.policy.queue(node)
+        filed = (queue, self.policy.priority(node), len(node.key))
         if node.heap_token[t] is not None:
-            if node.heap_prio[t] == prio:
+            if node.heap_prio[t] == filed:
                 return
-        else:
-            self.live += 1
+            self._unfile(node)
+        self.live += 1
+        self.sizes[queue] += filed[2]
         self._seq += 1
-        node.heap_token[t], node.heap_prio[t] = self._seq, prio
-        heapq.heappush(self._heap, (prio, self._seq, node))
-        if len(self._heap) > 2 * self.live + 1024:
+        node.heap_token[t], node.heap_prio[t] = self._seq, filed
+        heap = self._heaps[queue]
+        heapq.heappush(heap, (filed[1], self._seq, node))
+        if len(heap) > 2 * self.live + 1024:
             self._compact()
 
     def pop(self) -> TreeNode | None:
-        """Remove and return the lowest-priority evictable node, or None."""
-        t, heap = self.tier, self._heap
+        """Remove and return the lowest-priority evictable node of the policy's queue, or None."""
+        if not self.live:
+            return None
+        t = self.tier
+        if len(self._heaps) == 1:
+            heap = self._heaps[0]
+        else:
+            heads = [self._head(q) for q in range(len(self._heaps))]
+            heap = self._heaps[self.policy.pick(self.sizes, heads)]  # holds evictable tokens
         while heap:
             prio, seq, node = heapq.heappop(heap)
             if node.heap_token[t] == seq:
-                node.heap_token[t] = None
-                self.live -= 1
+                self._unfile(node)
                 self.policy.on_evict(node)
                 return node
-        return None
+        raise AssertionError("a queue with evictable tokens held no live entry")
+
+    def _head(self, queue: int) -> object | None:
+        """The lowest live priority of a queue (stale entries on top are dropped), or None."""
+        heap, t = self._heaps[queue], self.tier
+        while heap and heap[0][2].heap_token[t] != heap[0][1]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
 
     def discard(self, node: TreeNode) -> None:
         if node.heap_token[self.tier] is not None:
-            node.heap_token[self.tier] = None
-            self.live -= 1
+            self._unfile(node)
 
     def _compact(self) -> None:
         t = self.tier
-        self._heap = [e for e in self._heap if e[2].heap_token[t] == e[1]]
-        heapq.heapify(self._heap)
+        for q, heap in enumerate(self._heaps):
+            self._heaps[q] = [e for e in heap if e[2].heap_token[t] == e[1]]
+            heapq.heapify(self._heaps[q])

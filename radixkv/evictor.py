@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionIndex, EvictionPolicy
+from radixkv.policy_duel import chunk_ids
 from storage import OutOfPages
 
 if TYPE_CHECKING:
@@ -24,6 +25,19 @@ class Evictor:
     def __init__(self, cache: HiRadixCache, policy_factory: Callable[[], EvictionPolicy]) -> None:
         self.cache = cache
         self.indexes = [EvictionIndex(tier, policy_factory()) for tier in (DEVICE, HOST, REMOTE)]
+        ps, config = cache.page_size, cache.config
+        for index, pages in zip(
+            self.indexes, (config.device_pages, config.host_pages, config.remote_pages), strict=True
+        ):
+            index.policy.configure(pages * ps)
+        self._observers = [i.policy for i in self.indexes if i.policy.observes]
+
+    def observe(self, tokens) -> None:
+        """A request's prompt, for policies that learn from the whole access stream."""
+        if self._observers:
+            ids = chunk_ids(tokens)
+            for policy in self._observers:
+                policy.observe(ids)
 
     def refresh(self, node: TreeNode) -> None:
         """Re-rank a node whose state changed (residency, references, hits, children)."""

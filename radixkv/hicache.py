@@ -98,6 +98,7 @@ class HiRadixCache:
         (and advances the logical clock; a peek with touch=False changes no statistics)."""
         if touch:
             self.clock += 1
+            self.evictor.observe(tokens)
         path, _ = self.tree.walk(tokens)
         root = self.tree.root
         device_pages: list[int] = []

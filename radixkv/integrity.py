@@ -36,6 +36,7 @@ def check_integrity(cache: HiRadixCache) -> dict:
     unheld = [0, 0]
     remote_pages = 0
     evictable_nodes = [0, 0, 0]
+    queued_tokens = [[0] * len(index.sizes) for index in cache.evictor.indexes]
     num_nodes = 1
 
     def own(tier: int, pages: list[int], who: str) -> None:
@@ -100,6 +101,10 @@ def check_integrity(cache: HiRadixCache) -> dict:
                 f"{who}: {TIER_NAMES[t]} index says {indexed}, rule says {not indexed}",
             )
             evictable_nodes[t] += indexed
+            if indexed:
+                queue, _, tokens = node.heap_prio[t]
+                _require(tokens == len(node.key), f"{who}: filed with {tokens} tokens")
+                queued_tokens[t][queue] += tokens
 
     _require(num_nodes == tree.num_nodes, f"tree counts {tree.num_nodes} nodes, found {num_nodes}")
     _require(
@@ -110,6 +115,11 @@ def check_integrity(cache: HiRadixCache) -> dict:
         _require(
             cache.evictor.indexes[t].live == evictable_nodes[t],
             f"{TIER_NAMES[t]} index live count off",
+        )
+        _require(
+            cache.evictor.indexes[t].sizes == queued_tokens[t],
+            f"{TIER_NAMES[t]} index tokens per queue {cache.evictor.indexes[t].sizes}, "
+            f"found {queued_tokens[t]}",
         )
     _require(
         locked_device == cache.locked_device_pages,

@@ -32,6 +32,7 @@ class TreeNode:
         "heap_token",
         "heap_prio",
         "diverged",
+        "policy_tag",
     )
 
     def __init__(self, key: tuple[int, ...], parent: TreeNode | None, depth: int) -> None:
@@ -51,6 +52,7 @@ class TreeNode:
         self.heap_token: list[int | None] = [None, None, None]  # per tier: live heap entry id
         self.heap_prio: list[object] = [None, None, None]
         self.diverged = False  # a request shared this node's prefix, then went elsewhere (split)
+        self.policy_tag: object = None  # an eviction policy's note on this node (its signature)
 
     @property
     def num_tokens(self) -> int:

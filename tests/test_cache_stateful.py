@@ -52,7 +52,7 @@ class CacheMachine(RuleBasedStateMachine):
         host_factor=st.sampled_from([0, 2, 2, 4]),
         write_policy=st.sampled_from(["write_through", "write_through_selective", "write_back"]),
         remote=st.sampled_from([True, True, False]),
-        policy=st.sampled_from(["lru", "lfu", "slru", "workload"]),
+        policy=st.sampled_from(["lru", "lfu", "slru", "workload", "adaptive", "adaptive"]),
     )
     def setup(self, device, host_factor, write_policy, remote, policy):
         self.dir = tempfile.mkdtemp(prefix="radixkv-test-")

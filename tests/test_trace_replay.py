@@ -53,7 +53,7 @@ def test_unbounded_replay_hits_exactly_the_analytic_ceiling(tmp_path):
     assert result["evictions"]["device"] == 0
 
 
-@pytest.mark.parametrize("policy", ["lru", "lfu", "slru", "workload"])
+@pytest.mark.parametrize("policy", ["lru", "lfu", "slru", "workload", "adaptive"])
 def test_small_tiers_stay_consistent_and_below_the_ceiling(tmp_path, policy):
     reqs = load_trace(write_trace(tmp_path / "t.jsonl", seed=1))
     total = sum(r.input_length for r in reqs)

@@ -30,17 +30,30 @@ def _trace_command(args: argparse.Namespace) -> int:
         f"write policy {args.write_policy}",
         file=sys.stderr,
     )
+    cost = None
+    if args.timed:
+        from radixkv.bench.timed import CostModel
+
+        cost = CostModel(
+            prefill_tokens_per_s=args.prefill_tokens_per_s,
+            kv_bytes_per_token=args.kv_bytes_per_token,
+            h2d_gbps=args.h2d_gbps,
+            remote_gbps=args.remote_gbps,
+            remote_latency_ms=args.remote_latency_ms,
+            time_scale=args.time_scale,
+        )
     results = {}
     for policy in args.policy.split(","):
         spec = ReplaySpec(args.page_size, dev, host, remote, policy, args.write_policy)
         results[policy] = replay(
-            requests, spec, progress=not args.quiet, check_every=args.check_every
+            requests, spec, progress=not args.quiet, check_every=args.check_every, cost=cost
         )
     bound = replay(
         requests,
         ReplaySpec(args.page_size, dev, host, remote, "lru", args.write_policy),
         oracle=NextUseOracle(requests),
         progress=not args.quiet,
+        cost=cost,
     )
 
     rows = [*results.items(), ("offline next-use", bound)]
@@ -54,6 +67,22 @@ def _trace_command(args: argparse.Namespace) -> int:
             f"{r['evictions']['device']:>12,}{r['evictions']['host']:>10,}{sum(r['timings_us_per_request'].values()):>8.0f}"
         )
     print(f"{'never evicts':<18}{ceiling:>9.4f}   (ceiling)")
+    if cost is not None:
+        print(
+            f"\nmodelled TTFT (ms) at {len(requests) / max(1e-9, bound['timed']['simulated_seconds']):.2f}"
+            f" req/s (time scale {cost.time_scale}); prefill {cost.prefill_tokens_per_s:,.0f} tok/s,"
+            f" host->device {cost.h2d_gbps} GB/s, remote {cost.remote_gbps} GB/s"
+        )
+        print(
+            f"{'policy':<18}{'p50':>9}{'p90':>9}{'p99':>9}{'mean':>9}{'queued':>9}{'gpu busy':>9}"
+        )
+        for name, r in rows:
+            t = r["timed"]
+            q = t["ttft_ms"]
+            print(
+                f"{name:<18}{q['p50']:>9.0f}{q['p90']:>9.0f}{q['p99']:>9.0f}{q['mean']:>9.0f}"
+                f"{t['queued_ms_mean']:>9.0f}{t['utilisation']['gpu']:>9.0%}"
+            )
     first = results[args.policy.split(",")[0]]
     out = {
         "trace": str(args.trace),
@@ -214,6 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument(
         "--check-every", type=int, default=0, help="run check_integrity() every N requests"
     )
+    timed = t.add_argument_group(
+        "timed replay (--timed): requests at their timestamps on a simulated clock, each one's "
+        "TTFT modelled from its hits by tier (radixkv/bench/timed.py)"
+    )
+    timed.add_argument("--timed", action="store_true", help="model each request's TTFT")
+    timed.add_argument("--time-scale", type=float, default=1.0, help="x the trace's timestamps")
+    timed.add_argument("--prefill-tokens-per-s", type=float, default=41_889.0)
+    timed.add_argument("--kv-bytes-per-token", type=int, default=131_072)
+    timed.add_argument("--h2d-gbps", type=float, default=50.7, help="host -> device GB/s")
+    timed.add_argument("--remote-gbps", type=float, default=10.0, help="remote -> host GB/s")
+    timed.add_argument("--remote-latency-ms", type=float, default=1.0, help="per remote read")
     t.add_argument("--json", type=Path, default=None, help="write results here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(t, only=("page_size", "write_policy"), title="cache options (EngineConfig)")

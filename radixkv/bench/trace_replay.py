@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from radixkv.bench.timed import CostModel, ServingClock
 from radixkv.bench.tracefile import BLOCK, NextUseOracle, TraceRequest
 from radixkv.config import CacheConfig
 from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionPolicy
@@ -63,8 +64,10 @@ def replay(
     oracle: NextUseOracle | None = None,
     progress: bool = True,
     check_every: int = 0,
+    cost: CostModel | None = None,
 ) -> dict:
-    """Run the trace; returns hit rates by tier, pages moved, evictions and per-op timings."""
+    """Run the trace; returns hit rates by tier, pages moved, evictions and per-op timings;
+    with `cost`, also each request's modelled TTFT on a simulated clock (`timed`)."""
     layout = KVLayout(
         num_layers=1, num_kv_heads=1, head_dim=1, page_size=spec.page_size, dtype=torch.float16
     )
@@ -93,6 +96,12 @@ def replay(
     total = skipped = 0
     timings = dict.fromkeys(TIMED, 0.0)
     clock = time.perf_counter
+    served = ServingClock(cost) if cost is not None else None
+    t_first = requests[0].timestamp_ms if requests else 0
+
+    def arrival_s(req: TraceRequest) -> float:
+        return (req.timestamp_ms - t_first) / 1e3 * cost.time_scale
+
     try:
         label = "offline bound" if oracle else spec.policy
         for i, req in enumerate(
@@ -114,9 +123,9 @@ def replay(
                 fetched = ticket.fetched_tokens
                 m = cache.match(tokens, touch=False)
             t2 = clock()
-            hit[DEVICE] += m.device_tokens
-            hit[HOST] += m.host_tokens - fetched
-            hit[REMOTE] += fetched
+            mine = [m.device_tokens, m.host_tokens - fetched, fetched]
+            for t in (DEVICE, HOST, REMOTE):
+                hit[t] += mine[t]
             cache.lock(m.last_node)
             cache.load(m)
             t3 = clock()
@@ -126,7 +135,11 @@ def replay(
             except OutOfPages:  # longer than the device tier can hold at once: served uncached
                 skipped += 1
                 cache.unlock(m.last_node)
+                if served is not None:
+                    served.serve(arrival_s(req), len(tokens), [0, 0, 0])
                 continue
+            if served is not None:
+                served.serve(arrival_s(req), len(tokens), mine)
             t4 = clock()
             cache.insert(tokens, device_pages + new)
             cache.unlock(m.last_node)
@@ -161,7 +174,15 @@ def replay(
         "timings_us_per_request": {k: 1e6 * v / n for k, v in timings.items()},
         "replay_seconds": sum(timings.values()),
         "final_integrity": integrity,
+        **({"timed": served.report(_span_s(requests, cost))} if served is not None else {}),
     }
+
+
+def _span_s(requests: list[TraceRequest], cost: CostModel) -> float:
+    """The trace's arrival span on the simulated clock."""
+    if not requests:
+        return 0.0
+    return (requests[-1].timestamp_ms - requests[0].timestamp_ms) / 1e3 * cost.time_scale
 
 
 def capacities(

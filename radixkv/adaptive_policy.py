@@ -1,0 +1,120 @@
+"""An adaptive eviction policy: ARC's recency/frequency split on the tree's nodes.
+
+Two queues, LRU inside each:
+
+    queue 0 (recent)    nodes no request has reused yet
+    queue 1 (frequent)  nodes reused at least once, or re-inserted while remembered as evicted
+
+Evictions take from the recent queue while it holds more than its target share `p` (in tokens),
+else from the frequent one. The target adapts from ghosts: signatures of recently evicted nodes,
+up to a tier's worth of tokens per queue. A node re-inserted (recomputed) while its signature is
+a ghost of the recent queue says that queue was too small: p grows; a ghost of the frequent
+queue says the opposite: p shrinks. Each step is the node's size, scaled by the ratio of the two
+ghost lists as in ARC. On the Mooncake traces most blocks are never read again and reuse gaps are
+longer than an LRU tier keeps a block at small capacities, so protecting what was reused and
+letting the one-time blocks go first is where the hit rate comes from; the adaptation keeps it
+from starving recent blocks at capacities where LRU already holds most reuse.
+
+A node's signature is (where it starts in the sequence, its first tokens): stable across
+evictions and re-insertions of the same prefix, and recomputed after a split moves its start.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from radixkv.eviction import EvictionPolicy
+from radixkv.policy_duel import PolicyDuel
+from radixkv.tree import TreeNode
+
+SIGNATURE_TOKENS = 16
+
+
+def signature(node: TreeNode) -> tuple:
+    """(start position, first tokens) of a node, cached on it (until a split moves its start)."""
+    start = node.depth - len(node.key)
+    tag = node.policy_tag
+    if tag is None or tag[0] != start:
+        tag = node.policy_tag = (start, hash(node.key[:SIGNATURE_TOKENS]))
+    return tag
+
+
+class AdaptivePolicy(EvictionPolicy):
+    name = "adaptive"
+    queues = 2
+
+    observes = True
+
+    def __init__(
+        self, dead_tail_tokens: int = 0, dueling: bool = True, **duel_options: object
+    ) -> None:
+        """`dead_tail_tokens`: unreused leaves of at most this many tokens are filed as the
+        oldest of the recent queue (a request's partial last block is almost never read again).
+        `dueling`: follow plain LRU whenever its shadow cache beats ARC's (`PolicyDuel`)."""
+        if dead_tail_tokens < 0:
+            raise ValueError("dead_tail_tokens must be >= 0")
+        self.dead_tail_tokens = dead_tail_tokens
+        self.dueling, self.duel_options = dueling, duel_options
+        self.duel: PolicyDuel | None = None  # made by configure(), once the tier's size is known
+        self.p = 0.0  # target tokens of the recent queue
+        self.capacity = 0  # evictable tokens last seen (both queues)
+        self.ghosts: tuple[OrderedDict, OrderedDict] = (OrderedDict(), OrderedDict())
+        self.ghost_tokens = [0, 0]
+        self.promoted: set[tuple] = set()  # signatures re-inserted while ghosts
+        self.ghost_hits = [0, 0]
+
+    def queue(self, node: TreeNode) -> int:
+        if node.hits > 0:
+            return 1
+        sig = signature(node)
+        if sig in self.promoted:
+            return 1
+        for g in (0, 1):
+            size = self.ghosts[g].pop(sig, None)
+            if size is None:
+                continue
+            self.ghost_tokens[g] -= size
+            self.ghost_hits[g] += 1
+            other, mine = self.ghost_tokens[1 - g], max(self.ghost_tokens[g], 1)
+            step = max(1.0, other / mine) * len(node.key)
+            self.p = min(self.capacity, self.p + step) if g == 0 else max(0.0, self.p - step)
+            self.promoted.add(sig)
+            return 1
+        return 0
+
+    def priority(self, node: TreeNode) -> object:
+        if (
+            self.dead_tail_tokens
+            and node.hits == 0
+            and not node.children
+            and len(node.key) <= self.dead_tail_tokens
+        ):
+            return -1  # before any real access time
+        return node.last_access
+
+    def configure(self, capacity_tokens: int) -> None:
+        self.duel = PolicyDuel(capacity_tokens, **self.duel_options) if self.dueling else None
+
+    def observe(self, chunk_ids: list[int]) -> None:
+        if self.duel is not None:
+            self.duel.observe(chunk_ids)
+
+    def pick(self, sizes: list[int], heads: list[object | None]) -> int:
+        self.capacity = sizes[0] + sizes[1]
+        if not sizes[0] or not sizes[1]:
+            return 0 if sizes[0] else 1
+        if self.duel is not None and not self.duel.adaptive:
+            return 0 if heads[0] <= heads[1] else 1  # LRU across both queues
+        return 0 if sizes[0] > self.p else 1
+
+    def on_evict(self, node: TreeNode) -> None:
+        sig = signature(node)
+        g = 1 if node.hits > 0 or sig in self.promoted else 0
+        self.promoted.discard(sig)
+        ghosts = self.ghosts[g]
+        if sig in ghosts:
+            self.ghost_tokens[g] -= ghosts.pop(sig)
+        ghosts[sig] = len(node.key)
+        self.ghost_tokens[g] += len(node.key)
+        while self.ghost_tokens[g] > max(self.capacity, 1) and ghosts:
+            self.ghost_tokens[g] -= ghosts.popitem(last=False)[1]

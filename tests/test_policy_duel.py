@@ -1,0 +1,80 @@
+"""The adaptive policy's parts: ARC's shadow keeps its size rules and its hot set under a scan,
+the duel follows whichever shadow hits more, and the tree policy evicts from the right queue."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from radixkv.adaptive_policy import AdaptivePolicy
+from radixkv.policy_duel import CHUNK_TOKENS, PolicyDuel, ShadowARC, ShadowLRU, chunk_ids
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=st.integers(1, 12), keys=st.lists(st.integers(0, 30), max_size=300))
+def test_arc_shadow_keeps_its_size_rules(c, keys):
+    arc, resident = ShadowARC(c), set()
+    for k in keys:
+        hit = arc.access(k)
+        assert hit == (k in resident)  # a hit is exactly a resident key
+        resident = set(arc.t1) | set(arc.t2)
+        assert k in arc.t2 or k in arc.t1  # the key just read is resident
+        assert len(arc.t1) + len(arc.t2) <= c
+        assert len(arc.t1) + len(arc.b1) <= c
+        assert len(arc.t1) + len(arc.t2) + len(arc.b1) + len(arc.b2) <= 2 * c
+        assert not (set(arc.t1) | set(arc.t2)) & (set(arc.b1) | set(arc.b2))
+        assert 0 <= arc.p <= c
+
+
+def _hot_and_scan(n: int, seed: int = 0) -> list[int]:
+    """A hot set of 20 keys read again and again among a one-pass scan of fresh keys."""
+    rng, fresh = random.Random(seed), iter(range(1000, 10**6))
+    return [rng.randrange(20) if rng.random() < 0.3 else next(fresh) for _ in range(n)]
+
+
+def test_arc_keeps_a_hot_set_through_a_scan_where_lru_loses_it():
+    keys = _hot_and_scan(20_000)
+    lru, arc = ShadowLRU(40), ShadowARC(40)
+    lru_hits = sum(lru.access(k) for k in keys)
+    arc_hits = sum(arc.access(k) for k in keys)
+    assert arc_hits > 1.3 * lru_hits
+
+
+def test_the_duel_follows_the_shadow_that_hits_more():
+    scan = PolicyDuel(40 * CHUNK_TOKENS, half_life=50)
+    for k in _hot_and_scan(5_000):
+        scan.observe([k])
+    assert scan.adaptive  # ARC's shadow won
+    # the rule itself: the decayed hits of each shadow, whichever is ahead is followed
+    duel = PolicyDuel(40 * CHUNK_TOKENS, half_life=50)
+    duel.arc = ShadowLRU(2)  # an ARC shadow too small to hit: LRU's wins
+    reference, want = ShadowLRU(40), 0.0
+    for k in _hot_and_scan(2_000, seed=2):
+        duel.observe([k])
+        want = want * 0.5 ** (1 / 50) + reference.access(k)
+    assert abs(duel.score[0] - want) < 1e-6 * max(1.0, want)
+    assert duel.score[0] > duel.score[1] and not duel.adaptive
+
+
+def test_chunk_ids_chain_prefixes():
+    a = list(range(3 * CHUNK_TOKENS + 5))
+    b = a[:CHUNK_TOKENS] + [7] * (2 * CHUNK_TOKENS)
+    ia, ib = chunk_ids(a), chunk_ids(b)
+    assert len(ia) == 3 and len(ib) == 3
+    assert ia[0] == ib[0] and ia[1] != ib[1]
+    assert chunk_ids(a[CHUNK_TOKENS:])[0] != ia[1]  # the same chunk after another prefix
+
+
+def test_adaptive_policy_takes_from_the_recent_queue_past_its_target():
+    policy = AdaptivePolicy(dueling=False)
+    policy.configure(1000)
+    policy.p = 100
+    assert policy.pick([150, 500], [3, 1]) == 0  # recent above its target
+    assert policy.pick([80, 500], [3, 1]) == 1
+    assert policy.pick([0, 500], [None, 1]) == 1 and policy.pick([10, 0], [1, None]) == 0
+    lru_mode = AdaptivePolicy()
+    lru_mode.configure(1000)
+    lru_mode.duel.score = [5.0, 1.0]  # LRU's shadow ahead: the older head goes first
+    assert lru_mode.pick([150, 500], [3, 1]) == 1 and lru_mode.pick([150, 500], [1, 3]) == 0
