@@ -40,8 +40,9 @@ class EngineConfig:
 
     model: str | None = _opt(
         None,
-        "a Hugging Face directory, a .gguf file or a preset (llama-3-8b, qwen2.5-7b: dummy "
-        "weights); default: SmolLM2-135M-Instruct, fetched on first use",
+        "a Hugging Face directory, a .gguf file, a Hub id (org/name: from the local Hugging Face "
+        "cache, else downloaded) or a preset (llama-3-8b, qwen2.5-7b: dummy weights); default: "
+        "SmolLM2-135M-Instruct, fetched on first use",
         "--model-path",
     )
     tokenizer: str | None = _opt(

@@ -23,6 +23,7 @@ import torch
 from engine.config import DEFAULT_REMOTE, EngineConfig
 from engine.default_model import cache_dir
 from engine.generation_defaults import generation_defaults
+from engine.hub import resolve_model
 from engine.int4_linear import int4_available
 from engine.model_loader import auto_dtype, load_model, load_tokenizer, model_name
 from engine.model_runner import ModelRunner, make_backend
@@ -77,8 +78,9 @@ class EngineCore:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
+        model = resolve_model(config.model)  # a Hub id: its local snapshot
         dtype = (
-            auto_dtype(config.model, self.device)
+            auto_dtype(model, self.device)
             if config.dtype == "auto"
             else getattr(torch, config.dtype)
         )
@@ -89,7 +91,7 @@ class EngineCore:
             and int4_available()
         )
         self.model, self.fingerprint, self.tokenizer = load_model(
-            config.model, self.device, dtype, keep_q4=int4
+            model, self.device, dtype, keep_q4=int4
         )
         self.model.fuse(int4)  # merged projections (and fused norms on CUDA): after loading
         if config.tokenizer is not None:
@@ -139,7 +141,7 @@ class EngineCore:
         )
         self.model_name = model_name(config.model)
         self._rids = itertools.count(1)  # next() is atomic: requests are made on any thread
-        self.generation_defaults = generation_defaults(config.generation_config, config.model)
+        self.generation_defaults = generation_defaults(config.generation_config, model)
         self._grammars = None  # engine.constraint.Grammars, built at the first structured request
         self._grammars_lock = threading.Lock()
 

@@ -11,6 +11,7 @@ import torch
 
 from engine.default_model import default_model_path
 from engine.gguf_loader import load_gguf, open_gguf
+from engine.hub import looks_like_hub_id
 from engine.llama import CausalLM
 from engine.model_config import PRESETS
 from engine.tokenizer import Tokenizer
@@ -37,7 +38,7 @@ def load_model(
         has_tokenizer = (path / "tokenizer.json").is_file()
         return m, fp, Tokenizer.from_hf_directory(path) if has_tokenizer else None
     raise ValueError(
-        f"model {model!r} is not a GGUF file, a Hugging Face directory or a preset "
+        f"model {model!r} is not a GGUF file, a Hugging Face directory, a Hub id or a preset "
         f"({', '.join(PRESETS)})"
     )
 
@@ -85,9 +86,12 @@ def load_tokenizer(path: str, model_vocab: int) -> Tokenizer:
 
 
 def model_name(model: str | None) -> str:
-    """The name a server reports: the default model's, a preset's, or the file or folder name."""
+    """The name a server reports: the default model's, a preset's, a Hub id as typed, or the
+    file or folder name."""
     if model is None:
         return "SmolLM2-135M-Instruct"
+    if looks_like_hub_id(model):
+        return model
     path = Path(model)
     if path.suffix == ".gguf":
         return path.stem

@@ -3,7 +3,7 @@
 OpenAI-compatible completions and chat completions, and the native token-id `/generate`
 (SGLang's field names). Fields a client may send that change nothing here (`user`,
 `stream_options` without usage, ...) are accepted and ignored; a field that would change the
-output and is not supported (`echo: true`) is rejected by name.
+output and is not supported (`suffix`, `echo` with `logprobs`) is rejected by name.
 
 Every rule is a field constraint, so the OpenAPI document generated from these models states
 exactly what is validated (`engine/http/api_schema.py` adds the bounds that depend on the served
@@ -67,6 +67,16 @@ def _false(value: bool) -> bool:
 OnlyFalse = Annotated[
     StrictBool, AfterValidator(_false), WithJsonSchema({"type": "boolean", "const": False})
 ]
+
+
+def _null(value: object) -> None:
+    if value is not None:
+        raise ValueError("not supported: only null")
+    return value
+
+
+# A field whose values are not supported yet: given, anything but null is a 400 naming it
+OnlyNull = Annotated[Any, AfterValidator(_null), WithJsonSchema({"type": "null"})]
 
 
 def _invalid_text(value, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
@@ -234,7 +244,8 @@ class CompletionRequest(_OpenAISampling):
         | Annotated[list[TokenPrompt], Field(min_length=1, max_length=MAX_CHOICES)]
     )
     max_tokens: MaxTokens | None = 16  # OpenAI's default for completions
-    echo: OnlyFalse = False
+    echo: StrictBool = Field(False, description="the prompt's text before the completion's")
+    suffix: OnlyNull = Field(None, description="not supported (no fill-in-the-middle): null only")
     logprobs: whole(ge=0, le=20, description="the chosen token's and the N likeliest") | None = None
 
     def sampling(self, max_tokens: int) -> dict:
@@ -247,6 +258,8 @@ class CompletionRequest(_OpenAISampling):
 
     @model_validator(mode="after")
     def _choices_bounded(self):
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo with logprobs is not supported (no prompt log probabilities)")
         if self.stream and len(self.prompts()) > 1:
             raise ValueError("a stream carries one choice: send one prompt to stream")
         if len(self.prompts()) * self.n > MAX_CHOICES:

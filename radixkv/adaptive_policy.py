@@ -43,8 +43,6 @@ class AdaptivePolicy(EvictionPolicy):
     name = "adaptive"
     queues = 2
 
-    observes = True
-
     def __init__(
         self, dead_tail_tokens: int = 0, dueling: bool = True, **duel_options: object
     ) -> None:
@@ -93,7 +91,13 @@ class AdaptivePolicy(EvictionPolicy):
         return node.last_access
 
     def configure(self, capacity_tokens: int) -> None:
-        self.duel = PolicyDuel(capacity_tokens, **self.duel_options) if self.dueling else None
+        """A tier of no tokens (an absent host or remote tier) runs no shadows."""
+        if self.dueling and capacity_tokens > 0:
+            self.duel = PolicyDuel(capacity_tokens, **self.duel_options)
+
+    @property
+    def observes(self) -> bool:
+        return self.duel is not None
 
     def observe(self, chunk_ids: list[int]) -> None:
         if self.duel is not None:

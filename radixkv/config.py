@@ -14,7 +14,7 @@ REMOTE_IO_MODES = ("thread", "inline")
 class CacheConfig:
     """Capacities are in pages of the layout's `page_size`; 0 disables the host or remote tier.
 
-    - `policy`: eviction priority, one of lru, lfu, slru, workload (default).
+    - `policy`: eviction priority, one of lru, lfu, slru, workload, adaptive (default).
     - `write_policy`: write_through copies every new page down a tier at once;
       write_through_selective only once a node has been hit `selective_threshold` times;
       write_back copies on demotion. Device -> host and host -> remote follow the same rule.

@@ -1,5 +1,5 @@
-"""Eviction policies by name: the classic ones (`radixkv.eviction`) and the workload-aware
-default (`radixkv.workload_policy`)."""
+"""Eviction policies by name: the classic ones (`radixkv.eviction`), the adaptive default
+(`radixkv.adaptive_policy`) and the workload-aware LRU (`radixkv.workload_policy`)."""
 
 from __future__ import annotations
 

@@ -181,6 +181,14 @@ BAD = [
         "context",
     ),
     ("missing prompt", {"model": MODEL}, 400, "prompt"),
+    ("suffix", {"model": MODEL, "prompt": "def f(", "suffix": "  return x"}, 400, "suffix"),
+    ("echo wrong type", {"model": MODEL, "prompt": "hi", "echo": "yes"}, 400, "echo"),
+    (
+        "echo with logprobs",
+        {"model": MODEL, "prompt": "hi", "echo": True, "logprobs": 2},
+        400,
+        "echo",
+    ),
 ]
 
 
@@ -686,3 +694,25 @@ def test_n_choices_share_one_prefill_and_prompt_lists_give_a_choice_each(served,
         timeout=60,
     )
     assert r.status_code == 400 and "one choice" in r.json()["error"]["message"]
+
+
+def test_echo_puts_the_prompt_before_the_completion(client):
+    """echo: the prompt's text, then the same completion as without it (streamed or not; a
+    token-id prompt echoes as its decoded text); suffix: null is accepted."""
+    plain = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=6, temperature=0)
+    echoed = client.completions.create(
+        model=MODEL, prompt="The sky is", max_tokens=6, temperature=0, echo=True, suffix=None
+    )
+    assert echoed.choices[0].text == "The sky is" + plain.choices[0].text
+    streamed = client.completions.create(
+        model=MODEL, prompt="The sky is", max_tokens=6, temperature=0, echo=True, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == echoed.choices[0].text
+    from engine.model_loader import load_tokenizer
+
+    tok = load_tokenizer("default", 49152)
+    ids = tok.encode("The sky is")
+    by_ids = client.completions.create(
+        model=MODEL, prompt=ids, max_tokens=6, temperature=0, echo=True
+    )
+    assert by_ids.choices[0].text == tok.decode(ids) + plain.choices[0].text

@@ -149,6 +149,16 @@ class ServingContext:
         except ValueError as err:
             raise APIError(400, str(err), "invalid_request_error", "prompt") from err
 
+    def decode_prompt(self, prompt, ids: list[int]) -> str:
+        """A prompt's text (to echo): as sent, or its token ids decoded."""
+        if isinstance(prompt, str):
+            return prompt
+        if self.core.tokenizer is None:
+            raise APIError(
+                400, "echo of token ids needs a tokenizer", "invalid_request_error", "echo"
+            )
+        return self.core.tokenizer.decode(ids)
+
     async def run_to_end(self, http: Request, req) -> tuple[list[int], RequestOutput]:
         """Collect a whole request; abort it if the client disconnects first."""
         (result,) = await self.run_all(http, [req])

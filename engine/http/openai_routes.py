@@ -37,9 +37,11 @@ def openai_router(ctx: ServingContext) -> APIRouter:
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
         ctx.check_model(body.model)
-        reqs = []  # prompt by prompt, n choices each
+        reqs, echoed = [], []  # prompt by prompt, n choices each; the text each echoes
         for prompt in body.prompts():
             ids = ctx.encode(prompt)
+            if body.echo:
+                echoed += [ctx.decode_prompt(prompt, ids)] * body.n
             sampling = body.sampling(ctx.max_tokens_for(len(ids), body.max_tokens))
             reqs += [
                 ctx.make_request(ids, body.choice_sampling(sampling, c)) for c in range(body.n)
@@ -62,7 +64,7 @@ def openai_router(ctx: ServingContext) -> APIRouter:
             choices = [
                 {
                     "index": i,
-                    "text": out.text or "",
+                    "text": (echoed[i] if echoed else "") + (out.text or ""),
                     "logprobs": shape(ctx.core.tokenizer, *_all_logprobs(req)) if shape else None,
                     "finish_reason": out.finish_reason,
                 }
@@ -70,7 +72,8 @@ def openai_router(ctx: ServingContext) -> APIRouter:
             ]
             whole = chunk("", None) | {"choices": choices}
             return whole | {"usage": usage(*(out for _, out in results), n=body.n)}
-        return _streaming(ctx, reqs[0], chunk, body.include_usage, first=None, logprobs=shape)
+        first = chunk(echoed[0], None) if echoed else None  # the echo goes out first
+        return _streaming(ctx, reqs[0], chunk, body.include_usage, first=first, logprobs=shape)
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, http: Request):

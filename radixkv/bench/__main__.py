@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--remote-frac", type=float, default=0.0, help="remote file tier (0 disables)")
     t.add_argument(
         "--policy",
-        default="workload,lru",
+        default="adaptive,lru",
         help="eviction policies, comma-separated (the first fills the top-level JSON fields)",
     )
     t.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
