@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention.kv_write import store_kv
+from engine.attention.page_csr import page_csr
 from engine.forward_batch import ForwardBatch
 from engine.llama import CausalLM
 from storage import DevicePool
@@ -158,22 +159,19 @@ class DecodeGraphs:
 
     def _plan(self, bs: int, kv_lens: list[int], tables: list[list[int]]) -> None:
         """Page tables of the real rows, then padded rows on the scratch page."""
-        ps, pad = self.page_size, bs - len(kv_lens)
-        real = [-(-n // ps) for n in kv_lens]
-        flat = [p for t, k in zip(tables, real, strict=True) for p in t[:k]]
-        flat += [self.pool.scratch_page] * pad
-        pages = real + [1] * pad
-        indptr = torch.tensor([0, *pages], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-        last = [n - (k - 1) * ps for n, k in zip(kv_lens, real, strict=True)] + [1] * pad
+        pad = bs - len(kv_lens)
+        indptr, indices, last = page_csr(
+            [*kv_lens, *[1] * pad], [*tables, *[[self.pool.scratch_page]] * pad], self.page_size
+        )
         num_heads, num_kv_heads, head_dim = self.heads
         self.wrappers[bs].plan(
-            indptr,
-            torch.tensor(flat, dtype=torch.int32),
-            torch.tensor(last, dtype=torch.int32),
+            torch.from_numpy(indptr),
+            torch.from_numpy(indices),
+            torch.from_numpy(last),
             num_heads,
             num_kv_heads,
             head_dim,
-            ps,
+            self.page_size,
             q_data_type=self.q_dtype,
             kv_data_type=self.kv_dtype,
         )

@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from engine.attention.page_csr import page_csr
 from engine.cuda_graph import _GraphAttention, _StaticBatch, capture_forward
 from engine.forward_batch import ForwardBatch
 from engine.llama import CausalLM
@@ -119,17 +120,16 @@ class ExtendGraphs:
 
     def _plan(self, size: int, n: int, prefix: int, table: list[int]) -> None:
         """The real sequence: n tokens over `prefix`; the padding one: size + 1 - n tokens."""
-        ps, scratch = self.page_size, self.pool.scratch_page
-        pad = size + 1 - n
-        kv_len, pages, pad_pages = prefix + n, -(-(prefix + n) // ps), -(-pad // ps)
+        ps, pad = self.page_size, size + 1 - n
+        indptr, indices, last = page_csr(
+            [prefix + n, pad], [table, [self.pool.scratch_page] * -(-pad // ps)], ps
+        )
         num_heads, num_kv_heads, head_dim = self.heads
         self.wrappers[size].plan(
             torch.tensor([0, n, size + 1], dtype=torch.int32),
-            torch.tensor([0, pages, pages + pad_pages], dtype=torch.int32),
-            torch.tensor(table[:pages] + [scratch] * pad_pages, dtype=torch.int32),
-            torch.tensor(
-                [kv_len - (pages - 1) * ps, pad - (pad_pages - 1) * ps], dtype=torch.int32
-            ),
+            torch.from_numpy(indptr),
+            torch.from_numpy(indices),
+            torch.from_numpy(last),
             num_heads,
             num_kv_heads,
             head_dim,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from engine.attention.kv_write import store_kv
+from engine.attention.page_csr import page_csr
 from engine.forward_batch import ForwardBatch
 from storage import DevicePool
 
@@ -60,15 +61,7 @@ class FlashInferPagedAttention:
     def prepare(self, batch: ForwardBatch, q_dtype: torch.dtype) -> None:
         ps = batch.page_size
         kv_lens = [p + e for p, e in zip(batch.prefix_lens, batch.extend_lens, strict=True)]
-        pages = [-(-n // ps) for n in kv_lens]
-        indices = torch.tensor(
-            [p for t, k in zip(batch.page_tables, pages, strict=True) for p in t[:k]],
-            dtype=torch.int32,
-        )
-        indptr = torch.tensor([0, *pages], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-        last = torch.tensor(
-            [n - (k - 1) * ps for n, k in zip(kv_lens, pages, strict=True)], dtype=torch.int32
-        )
+        indptr, indices, last = map(torch.from_numpy, page_csr(kv_lens, batch.page_tables, ps))
         pages_args = (indptr, indices, last, self.num_heads, self.num_kv_heads, self.head_dim, ps)
         dtypes = dict(q_data_type=q_dtype, kv_data_type=self.pool.data.dtype)
         if all(e == 1 for e in batch.extend_lens):
