@@ -182,12 +182,6 @@ class _OpenAISampling(_Body):
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
-    @model_validator(mode="after")
-    def _one_stream(self):
-        if self.stream and self.n > 1:
-            raise ValueError("a stream carries one choice: use n = 1 to stream")
-        return self
-
     def choice_sampling(self, sampling: dict, choice: int) -> dict:
         """Choice `choice`'s sampling: with a seed, seed + choice (else the n would match)."""
         seed = sampling["seed"]
@@ -260,8 +254,6 @@ class CompletionRequest(_OpenAISampling):
     def _choices_bounded(self):
         if self.echo and self.logprobs is not None:
             raise ValueError("echo with logprobs is not supported (no prompt log probabilities)")
-        if self.stream and len(self.prompts()) > 1:
-            raise ValueError("a stream carries one choice: send one prompt to stream")
         if len(self.prompts()) * self.n > MAX_CHOICES:
             raise ValueError(f"at most {MAX_CHOICES} choices (prompts x n) per call")
         return self

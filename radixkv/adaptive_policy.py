@@ -1,4 +1,5 @@
-"""An adaptive eviction policy: ARC's recency/frequency split on the tree's nodes.
+"""The default eviction policy: ARC's recency/frequency split on the tree's nodes, guarded by a
+duel with plain LRU.
 
 Two queues, LRU inside each:
 
@@ -7,13 +8,17 @@ Two queues, LRU inside each:
 
 Evictions take from the recent queue while it holds more than its target share `p` (in tokens),
 else from the frequent one. The target adapts from ghosts: signatures of recently evicted nodes,
-up to a tier's worth of tokens per queue. A node re-inserted (recomputed) while its signature is
-a ghost of the recent queue says that queue was too small: p grows; a ghost of the frequent
+up to two tiers' worth of tokens per queue. A node re-inserted (recomputed) while its signature
+is a ghost of the recent queue says that queue was too small: p grows; a ghost of the frequent
 queue says the opposite: p shrinks. Each step is the node's size, scaled by the ratio of the two
-ghost lists as in ARC. On the Mooncake traces most blocks are never read again and reuse gaps are
-longer than an LRU tier keeps a block at small capacities, so protecting what was reused and
-letting the one-time blocks go first is where the hit rate comes from; the adaptation keeps it
-from starving recent blocks at capacities where LRU already holds most reuse.
+ghost lists as in ARC.
+
+On the Mooncake traces most blocks are never read again and reuse gaps are longer than an LRU
+tier keeps a block at small capacities, so protecting what was reused and letting one-time
+blocks go first is where the hit rate comes from; at capacities where LRU already keeps most
+reuse the split loses, so the tier follows LRU (the oldest head of the two queues) whenever an
+LRU shadow cache out-hits an ARC one (`radixkv.policy_duel`). docs/architecture.md has the
+measurements.
 
 A node's signature is (where it starts in the sequence, its first tokens): stable across
 evictions and re-insertions of the same prefix, and recomputed after a split moves its start.
@@ -44,7 +49,11 @@ class AdaptivePolicy(EvictionPolicy):
     queues = 2
 
     def __init__(
-        self, dead_tail_tokens: int = 0, dueling: bool = True, **duel_options: object
+        self,
+        dead_tail_tokens: int = 0,
+        dueling: bool = True,
+        ghost_factor: float = 2.0,
+        **duel_options: object,
     ) -> None:
         """`dead_tail_tokens`: unreused leaves of at most this many tokens are filed as the
         oldest of the recent queue (a request's partial last block is almost never read again).
@@ -53,6 +62,7 @@ class AdaptivePolicy(EvictionPolicy):
             raise ValueError("dead_tail_tokens must be >= 0")
         self.dead_tail_tokens = dead_tail_tokens
         self.dueling, self.duel_options = dueling, duel_options
+        self.ghost_factor = ghost_factor  # ghosts kept per queue, in tiers' worth of tokens
         self.duel: PolicyDuel | None = None  # made by configure(), once the tier's size is known
         self.p = 0.0  # target tokens of the recent queue
         self.capacity = 0  # evictable tokens last seen (both queues)
@@ -120,5 +130,5 @@ class AdaptivePolicy(EvictionPolicy):
             self.ghost_tokens[g] -= ghosts.pop(sig)
         ghosts[sig] = len(node.key)
         self.ghost_tokens[g] += len(node.key)
-        while self.ghost_tokens[g] > max(self.capacity, 1) and ghosts:
+        while self.ghost_tokens[g] > max(self.ghost_factor * self.capacity, 1) and ghosts:
             self.ghost_tokens[g] -= ghosts.popitem(last=False)[1]

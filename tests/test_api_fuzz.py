@@ -36,8 +36,8 @@ SEMANTIC_RULES = (
     "not both",
     "logit_bias names a token id outside",
     "top_logprobs needs logprobs",
-    "a stream carries one choice",
     "choices (prompts x n) per call",
+    "echo with logprobs is not supported",
 )
 EXAMPLES = int(os.environ.get("RADIXKV_FUZZ_EXAMPLES", "25"))
 CONTEXT = 40

@@ -688,12 +688,39 @@ def test_n_choices_share_one_prefill_and_prompt_lists_give_a_choice_each(served,
     assert 4 <= c.usage.completion_tokens <= 12
     tok = served[1].core.tokenizer
     assert c.usage.prompt_tokens == len(tok.encode("One, two,")) + len(tok.encode("Red, green,"))
-    r = httpx.post(
-        served[0] + "/v1/completions",
-        json={"model": MODEL, "prompt": "hi", "n": 2, "stream": True},
-        timeout=60,
-    )
-    assert r.status_code == 400 and "one choice" in r.json()["error"]["message"]
+
+
+def test_streams_carry_every_choice(served, client):
+    """n > 1 and prompt lists stream too: each chunk names its choice, each choice's text equals
+    the same call's unstreamed choice, usage counts them all, and the followers of a prompt
+    found it cached (one prefill)."""
+    kw = dict(model=MODEL, max_tokens=5, temperature=0)
+    prompts = ["One, two,", "Red, green,"]
+    whole = client.completions.create(prompt=prompts, n=2, **kw)
+    texts, finishes, usage_seen = ["", "", "", ""], [None] * 4, None
+    for c in client.completions.create(
+        prompt=prompts, n=2, stream=True, stream_options={"include_usage": True}, **kw
+    ):
+        for ch in c.choices:
+            texts[ch.index] += ch.text
+            finishes[ch.index] = ch.finish_reason or finishes[ch.index]
+        usage_seen = c.usage or usage_seen
+    assert texts == [ch.text for ch in whole.choices]
+    assert all(f in ("length", "stop") for f in finishes)
+    assert usage_seen.completion_tokens == whole.usage.completion_tokens
+    assert usage_seen.prompt_tokens == whole.usage.prompt_tokens
+    chat = [{"role": "user", "content": "Name a colour. " * 20}]
+    stats = served[1].stats
+    before = sum(stats.cached_tokens.values())
+    parts, roles = {}, 0
+    for c in client.chat.completions.create(messages=chat, n=3, stream=True, seed=2, **kw):
+        for ch in c.choices:
+            roles += ch.delta.role == "assistant"
+            parts[ch.index] = parts.get(ch.index, "") + (ch.delta.content or "")
+    assert sorted(parts) == [0, 1, 2] and roles == 3
+    assert len(set(parts.values())) == 1  # greedy: the three agree
+    prompt = client.chat.completions.create(messages=chat, **kw).usage.prompt_tokens
+    assert sum(stats.cached_tokens.values()) - before >= 2 * (prompt - 16)
 
 
 def test_echo_puts_the_prompt_before_the_completion(client):

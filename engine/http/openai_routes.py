@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -72,8 +74,10 @@ def openai_router(ctx: ServingContext) -> APIRouter:
             ]
             whole = chunk("", None) | {"choices": choices}
             return whole | {"usage": usage(*(out for _, out in results), n=body.n)}
-        first = chunk(echoed[0], None) if echoed else None  # the echo goes out first
-        return _streaming(ctx, reqs[0], chunk, body.include_usage, first=first, logprobs=shape)
+        first = [chunk(e, None) for e in echoed] if echoed else None  # each choice's echo first
+        return _streaming(
+            ctx, reqs, chunk, body.include_usage, first=first, logprobs=shape, n=body.n
+        )
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, http: Request):
@@ -100,7 +104,6 @@ def openai_router(ctx: ServingContext) -> APIRouter:
                 )
             sampling["grammar"] = calling.grammar
         reqs = [ctx.make_request(ids, body.choice_sampling(sampling, c)) for c in range(body.n)]
-        req = reqs[0]
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", _now()
 
         shape = chat_logprobs if body.logprobs else None
@@ -149,7 +152,7 @@ def openai_router(ctx: ServingContext) -> APIRouter:
 
         first = chunk(None, None, role=True)
         return _streaming(
-            ctx, req, chunk, body.include_usage, first=first, calling=calling, logprobs=shape
+            ctx, reqs, chunk, body.include_usage, first, calling=calling, logprobs=shape, n=body.n
         )
 
     return router
@@ -178,63 +181,118 @@ def _now() -> int:
 
 def _streaming(
     ctx: ServingContext,
-    req,
+    reqs: list,
     chunk: Callable,
     include_usage: bool,
-    first: dict | None,
+    first: dict | list[dict] | None,
     calling: ToolCalling | None = None,
     logprobs: Callable | None = None,
+    n: int = 1,
 ) -> StreamingResponse:
-    """SSE of a request's output. With tools offered, text that may be a call is held back and
-    the calls, once parsed at the end, go out as `tool_calls` deltas (OpenAI's shape)."""
-    held = calling.stream() if calling is not None else None
+    """SSE of a call's choices (one request each, prompt by prompt, `n` choices per prompt),
+    interleaved as they produce text, each chunk carrying its choice's index; then the usage of
+    all of them and [DONE]. As in `run_all`, choices sharing the first one's prompt start once it
+    has its first token, so one prefill serves them all. `first`: the chunk each choice opens
+    with (one for all, or one per choice)."""
 
     async def events() -> AsyncIterator[bytes]:
-        if first is not None:
-            yield sse(first)
-        stream, ids, full = ctx.text_stream(req), [], ""
-        # tokens (and their log probabilities) whose logprobs have not gone out yet; offset:
-        # the text sent so far (completions' text_offset)
-        pending_ids, pending, offset = [], [], 0
+        queue: asyncio.Queue = asyncio.Queue()
+        first_token = asyncio.Event()
+        outs: list = [None] * len(reqs)
 
-        def with_logprobs(text: str | None, finish: str | None) -> dict:
-            nonlocal pending_ids, pending, offset
-            shape = None
-            if logprobs is not None and pending:
-                shape = logprobs(ctx.core.tokenizer, pending_ids, pending, offset=offset)
-                pending_ids, pending = [], []
-            offset += len(text or "")
-            return chunk(text, finish, shape)
+        async def run(i: int, req) -> None:
+            try:
+                if i and req.prompt_ids == reqs[0].prompt_ids:
+                    await first_token.wait()
+                opening = first[i] if isinstance(first, list) else first
+                choice = _choice_events(ctx, req, chunk, opening, calling, logprobs)
+                async for item in choice:
+                    first_token.set()
+                    if isinstance(item, dict):
+                        for c in item["choices"]:
+                            c["index"] = i
+                    else:  # the finished output
+                        outs[i] = item
+                        if item.finish_reason == "error":
+                            await queue.put(stream_error(item))
+                            return
+                        continue
+                    await queue.put(sse(item))
+            finally:
+                first_token.set()  # a follower never waits on a choice that ended early
+                await queue.put(None)
 
-        async for out in ctx.loop.generate(req):
-            if out.finish_reason == "error":
-                yield stream_error(out)
-                return
-            ids.extend(out.new_token_ids)
-            pending_ids += out.new_token_ids[: len(out.new_logprobs)]
-            pending += out.new_logprobs
-            text = stream.delta(ids, out)
-            finish = out.finish_reason
-            if held is not None:
-                full += text
-                text = held.delta(full)
-                if finish is not None:
-                    content, calls = calling.parse(full)
-                    if calls:
-                        if content and held.sent == 0:
-                            yield sse(chunk(content, None))
-                        deltas = [{"index": i, **c.to_openai()} for i, c in enumerate(calls)]
-                        yield sse(chunk(None, None, tool_calls=deltas))
-                        finish, text = "tool_calls", ""
-                    else:  # no call after all: what was held back goes out now
-                        text += full[held.sent :]
-            if text or finish is not None:
-                yield sse(with_logprobs(text, finish))
-            if finish is not None:
-                if include_usage:
-                    last = chunk("", None)
-                    last["choices"] = []
-                    yield sse(last | {"usage": usage(out)})
-                yield sse("[DONE]")
+        tasks = [asyncio.ensure_future(run(i, r)) for i, r in enumerate(reqs)]
+        try:
+            running = len(tasks)
+            while running:
+                item = await queue.get()
+                if item is None:
+                    running -= 1
+                    continue
+                yield item
+                if item.startswith(b'data: {"error"'):
+                    return  # the engine failed a choice: the stream ends with its error
+            for t in tasks:
+                t.result()  # re-raise what a choice's task raised
+            if include_usage:
+                last = chunk("", None)
+                last["choices"] = []
+                yield sse(last | {"usage": usage(*outs, n=n)})
+            yield sse("[DONE]")
+        finally:  # the client left, or the stream ended: abort what still runs
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def _choice_events(ctx: ServingContext, req, chunk, first, calling, logprobs):
+    """One choice's chunks (index 0; the caller sets it), then its finished RequestOutput. With
+    tools offered, text that may be a call is held back and the calls, once parsed at the end,
+    go out as `tool_calls` deltas (OpenAI's shape)."""
+    held = calling.stream() if calling is not None else None
+    if first is not None:
+        yield copy.deepcopy(first)
+    stream, ids, full = ctx.text_stream(req), [], ""
+    # tokens (and their log probabilities) whose logprobs have not gone out yet; offset: the
+    # text sent so far (completions' text_offset)
+    pending_ids, pending, offset = [], [], 0
+
+    def with_logprobs(text: str | None, finish: str | None) -> dict:
+        nonlocal pending_ids, pending, offset
+        shape = None
+        if logprobs is not None and pending:
+            shape = logprobs(ctx.core.tokenizer, pending_ids, pending, offset=offset)
+            pending_ids, pending = [], []
+        offset += len(text or "")
+        return chunk(text, finish, shape)
+
+    async for out in ctx.loop.generate(req):
+        if out.finish_reason == "error":
+            yield out
+            return
+        ids.extend(out.new_token_ids)
+        pending_ids += out.new_token_ids[: len(out.new_logprobs)]
+        pending += out.new_logprobs
+        text = stream.delta(ids, out)
+        finish = out.finish_reason
+        if held is not None:
+            full += text
+            text = held.delta(full)
+            if finish is not None:
+                content, calls = calling.parse(full)
+                if calls:
+                    if content and held.sent == 0:
+                        yield chunk(content, None)
+                    deltas = [{"index": i, **c.to_openai()} for i, c in enumerate(calls)]
+                    yield chunk(None, None, tool_calls=deltas)
+                    finish, text = "tool_calls", ""
+                else:  # no call after all: what was held back goes out now
+                    text += full[held.sent :]
+        if text or finish is not None:
+            yield with_logprobs(text, finish)
+        if finish is not None:
+            yield out
+            return
