@@ -7,6 +7,10 @@ would have hit: two shadow caches of the tier's size that hold only chunk ids (n
 and one ARC, both fed every request's prompt as chains of `CHUNK_TOKENS`-token chunks. A hit
 counts up to a prompt's first missing chunk, as a prefix cache's would. Their hits decay with a half-life of `half_life` requests (2,000: shorter ones flapped between the two and lost on the synthetic trace); the tier follows ARC while ARC's shadow hits at
 least as much as LRU's.
+
+Sampling (`sample=8`: one chunk in eight, shadows an eighth the size) cuts the host work and
+chose the same on the traces (conversation 2%: 11.08%, synthetic 5%: 15.55%), but landed a hair
+below LRU at conversation 20% (35.08% against 35.09%), so the default watches every chunk.
 """
 
 from __future__ import annotations
@@ -105,10 +109,14 @@ class PolicyDuel:
         half_life: int = 2000,
         prefix_hits: bool = True,
         margin: float = 0.0,
+        sample: int = 1,
     ) -> None:
-        if capacity_tokens < 0 or half_life <= 0:
-            raise ValueError("capacity_tokens >= 0 and half_life > 0 are required")
-        chunks = max(1, capacity_tokens // CHUNK_TOKENS)
+        """`sample`: the shadows see one chunk id in `sample` (by its hash) and hold as many
+        fewer, as set-dueling caches sample sets: `sample` times less host work."""
+        if capacity_tokens < 0 or half_life <= 0 or sample < 1:
+            raise ValueError("capacity_tokens >= 0, half_life > 0 and sample >= 1 are required")
+        self.sample = sample
+        chunks = max(1, capacity_tokens // CHUNK_TOKENS // sample)
         self.lru, self.arc = ShadowLRU(chunks), ShadowARC(chunks)
         self.decay = 0.5 ** (1 / half_life)
         self.score = [0.0, 0.0]  # decayed shadow hits: LRU, ARC
@@ -121,6 +129,8 @@ class PolicyDuel:
         hits = [0, 0]
         chained = [True, True]  # a prefix cache hits only up to the first chunk it lacks
         for key in ids:
+            if key % self.sample:
+                continue
             for i, shadow in enumerate((self.lru, self.arc)):
                 chained[i] = shadow.access(key) and (chained[i] or not self.prefix_hits)
                 hits[i] += chained[i]

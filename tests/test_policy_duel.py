@@ -78,3 +78,12 @@ def test_adaptive_policy_takes_from_the_recent_queue_past_its_target():
     lru_mode.configure(1000)
     lru_mode.duel.score = [5.0, 1.0]  # LRU's shadow ahead: the older head goes first
     assert lru_mode.pick([150, 500], [3, 1]) == 1 and lru_mode.pick([150, 500], [1, 3]) == 0
+
+
+def test_a_sampled_duel_sees_one_chunk_in_n():
+    duel = PolicyDuel(64 * CHUNK_TOKENS, sample=4)
+    assert duel.lru.capacity == 16
+    duel.observe(list(range(40)))  # ids 0, 4, ..., 36 are seen: 10 of them
+    assert sorted(duel.lru.items) == list(range(0, 40, 4))
+    duel.observe(list(range(40)))
+    assert duel.score[0] == 10  # every sampled chunk hit again (the first pass hit none)
