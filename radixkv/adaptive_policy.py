@@ -33,6 +33,7 @@ from radixkv.policy_duel import PolicyDuel
 from radixkv.tree import TreeNode
 
 SIGNATURE_TOKENS = 16
+PROMOTED_MIN = 4096  # signatures remembered as promoted, at least
 
 
 def signature(node: TreeNode) -> tuple:
@@ -68,7 +69,9 @@ class AdaptivePolicy(EvictionPolicy):
         self.capacity = 0  # evictable tokens last seen (both queues)
         self.ghosts: tuple[OrderedDict, OrderedDict] = (OrderedDict(), OrderedDict())
         self.ghost_tokens = [0, 0]
-        self.promoted: set[tuple] = set()  # signatures re-inserted while ghosts
+        # signatures re-inserted while ghosts, oldest first; capped, because a node may leave the
+        # tier without an eviction (dropped, or promoted up a tier) and never be told here
+        self.promoted: OrderedDict[tuple, None] = OrderedDict()
         self.ghost_hits = [0, 0]
 
     def queue(self, node: TreeNode) -> int:
@@ -86,7 +89,9 @@ class AdaptivePolicy(EvictionPolicy):
             other, mine = self.ghost_tokens[1 - g], max(self.ghost_tokens[g], 1)
             step = max(1.0, other / mine) * len(node.key)
             self.p = min(self.capacity, self.p + step) if g == 0 else max(0.0, self.p - step)
-            self.promoted.add(sig)
+            self.promoted[sig] = None
+            if len(self.promoted) > max(PROMOTED_MIN, self.capacity // SIGNATURE_TOKENS):
+                self.promoted.popitem(last=False)
             return 1
         return 0
 
@@ -124,7 +129,7 @@ class AdaptivePolicy(EvictionPolicy):
     def on_evict(self, node: TreeNode) -> None:
         sig = signature(node)
         g = 1 if node.hits > 0 or sig in self.promoted else 0
-        self.promoted.discard(sig)
+        self.promoted.pop(sig, None)
         ghosts = self.ghosts[g]
         if sig in ghosts:
             self.ghost_tokens[g] -= ghosts.pop(sig)

@@ -70,11 +70,10 @@ class EvictionPolicy:
 
     name = "base"
     queues = 1
+    observes = False  # wants every request's prompt (`observe`)
 
     def priority(self, node: TreeNode) -> object:
         raise NotImplementedError
-
-    observes = False  # wants every request's prompt (`observe`)
 
     def queue(self, node: TreeNode) -> int:
         return 0
