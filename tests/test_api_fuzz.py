@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
@@ -44,11 +45,30 @@ CONTEXT = 40
 
 
 @pytest.fixture(scope="module")
-def fuzzed_server():
+def fuzzed_server(tmp_path_factory):
+    """A tiny random Llama with the default model's tokenizer (and so its chat template): the
+    fuzz checks the API, not the answers, and the default model on a slow CPU spent minutes
+    generating."""
+    import transformers
+
+    path = tmp_path_factory.mktemp("fuzz-model")
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=49_152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+    )
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
     with (
         Engine(
+            str(path),
+            tokenizer="default",
             device="cpu",
-            kv_memory_gb=0.25,
+            kv_memory_gb=0.05,
             host_memory_gb=0,
             remote_url=None,
             max_model_len=CONTEXT,
