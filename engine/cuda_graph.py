@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
+from engine.attention.flashinfer_backend import decode_tensor_cores
 from engine.attention.kv_write import store_kv
 from engine.attention.page_csr import page_csr
 from engine.forward_batch import ForwardBatch
@@ -63,6 +64,36 @@ class _GraphAttention:
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)
 
 
+class CaptureCost:
+    """Time and device memory a set of graph captures took, logged once at start-up:
+
+    with CaptureCost(dev, "the decode step for batch sizes 1,2,...") as cost:
+        ...capture...
+    cost.seconds, cost.memory_bytes
+    """
+
+    def __init__(self, dev: torch.device, what: str) -> None:
+        self.dev, self.what = dev, what
+        self.seconds, self.memory_bytes = 0.0, 0
+
+    def __enter__(self) -> CaptureCost:
+        self._started = time.perf_counter()
+        self._free = torch.cuda.mem_get_info(self.dev)[0]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.cuda.synchronize(self.dev)  # start-up only: the capture's cost, logged once
+        self.seconds = time.perf_counter() - self._started
+        self.memory_bytes = max(0, self._free - torch.cuda.mem_get_info(self.dev)[0])
+        if exc[0] is None:
+            log.info(
+                "captured CUDA graphs of %s in %.1f s (%.0f MiB)",
+                self.what,
+                self.seconds,
+                self.memory_bytes / 2**20,
+            )
+
+
 def capture_forward(model: CausalLM, batch, backend, mempool, dev: torch.device):
     """(graph, output): the model's forward over fixed-address `batch`, warmed up on a side
     stream (lazy initialisations stay outside the capture), then captured into `mempool`."""
@@ -88,9 +119,6 @@ class DecodeGraphs:
         page_size: int,
         tensor_cores: bool | None = None,
     ) -> None:
-        import flashinfer
-
-        from engine.attention.flashinfer_backend import decode_tensor_cores
 
         cfg = model.config
         self.pool, self.page_size = pool, page_size
@@ -116,36 +144,37 @@ class DecodeGraphs:
         self.wrappers: dict[int, object] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         mempool = torch.cuda.graph_pool_handle()
-        started, free_before = time.perf_counter(), torch.cuda.mem_get_info(dev)[0]
-        for bs in reversed(self.sizes):  # largest first: smaller graphs reuse its memory
-            wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
-                self.workspace,
-                "NHD",
-                use_cuda_graph=True,
-                use_tensor_cores=self.tensor_cores,
-                paged_kv_indptr_buffer=self.indptr[: bs + 1],
-                paged_kv_indices_buffer=self.indices,
-                paged_kv_last_page_len_buffer=self.last_len[:bs],
-            )
-            self.wrappers[bs] = wrapper
-            batch = _StaticBatch(
-                self.input_ids[:bs],
-                self.positions[:bs],
-                self.out_pages[:bs],
-                self.out_offsets[:bs],
-                self.last_indices[:bs],
-            )
-            backend = _GraphAttention(pool, wrapper, cfg.num_heads, cfg.head_dim)
-            self._plan(bs, [], [])
-            self.graphs[bs], self.outputs[bs] = capture_forward(model, batch, backend, mempool, dev)
-        torch.cuda.synchronize(dev)  # start-up only: the capture's cost, logged once
-        self.capture_s = time.perf_counter() - started
-        self.memory_bytes = max(0, free_before - torch.cuda.mem_get_info(dev)[0])
-        log.info(
-            "captured CUDA graphs of the decode step for batch sizes %s in %.1f s (%.0f MiB)",
-            ",".join(map(str, self.sizes)),
-            self.capture_s,
-            self.memory_bytes / 2**20,
+        what = f"the decode step for batch sizes {','.join(map(str, self.sizes))}"
+        with CaptureCost(dev, what) as cost:
+            for bs in reversed(self.sizes):  # largest first: smaller graphs reuse its memory
+                self._capture(bs, model, mempool)
+        self.capture_s, self.memory_bytes = cost.seconds, cost.memory_bytes
+
+    def _capture(self, bs: int, model: CausalLM, mempool) -> None:
+        import flashinfer
+
+        cfg = model.config
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
+            self.workspace,
+            "NHD",
+            use_cuda_graph=True,
+            use_tensor_cores=self.tensor_cores,
+            paged_kv_indptr_buffer=self.indptr[: bs + 1],
+            paged_kv_indices_buffer=self.indices,
+            paged_kv_last_page_len_buffer=self.last_len[:bs],
+        )
+        self.wrappers[bs] = wrapper
+        batch = _StaticBatch(
+            self.input_ids[:bs],
+            self.positions[:bs],
+            self.out_pages[:bs],
+            self.out_offsets[:bs],
+            self.last_indices[:bs],
+        )
+        backend = _GraphAttention(self.pool, wrapper, cfg.num_heads, cfg.head_dim)
+        self._plan(bs, [], [])
+        self.graphs[bs], self.outputs[bs] = capture_forward(
+            model, batch, backend, mempool, self.pool.device
         )
 
     def can_run(self, batch: ForwardBatch) -> bool:

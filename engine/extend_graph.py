@@ -12,18 +12,13 @@ length needs), which no request owns.
 
 from __future__ import annotations
 
-import logging
-import time
-
 import torch
 
 from engine.attention.page_csr import page_csr
-from engine.cuda_graph import _GraphAttention, _StaticBatch, capture_forward
+from engine.cuda_graph import CaptureCost, _GraphAttention, _StaticBatch, capture_forward
 from engine.forward_batch import ForwardBatch
 from engine.llama import CausalLM
 from storage import DevicePool
-
-log = logging.getLogger(__name__)
 
 
 def extend_ladder(max_tokens: int) -> list[int]:
@@ -44,7 +39,6 @@ class ExtendGraphs:
         max_context: int,
         page_size: int,
     ) -> None:
-        import flashinfer
 
         cfg = model.config
         self.pool, self.page_size = pool, page_size
@@ -73,40 +67,37 @@ class ExtendGraphs:
         self.wrappers: dict[int, object] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         mempool = torch.cuda.graph_pool_handle()
-        started, free_before = time.perf_counter(), torch.cuda.mem_get_info(dev)[0]
-        for size in reversed(self.sizes):  # largest first: smaller graphs reuse its memory
-            rows = size + 1
-            self.wrappers[size] = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
-                self.workspace,
-                "NHD",
-                use_cuda_graph=True,
-                qo_indptr_buf=self.qo_indptr,
-                paged_kv_indptr_buf=self.kv_indptr,
-                paged_kv_indices_buf=self.indices,
-                paged_kv_last_page_len_buf=self.last_len,
-            )
-            batch = _StaticBatch(
-                self.input_ids[:rows],
-                self.positions[:rows],
-                self.out_pages[:rows],
-                self.out_offsets[:rows],
-                self.last_indices,
-            )
-            backend = _GraphAttention(pool, self.wrappers[size], cfg.num_heads, cfg.head_dim)
-            # captured with the real sequence on the scratch page too
-            self._plan(size, size, 0, [pool.scratch_page] * -(-size // page_size))
-            self.graphs[size], self.outputs[size] = capture_forward(
-                model, batch, backend, mempool, dev
-            )
-        torch.cuda.synchronize(dev)  # start-up only: the capture's cost, logged once
-        self.capture_s = time.perf_counter() - started
-        self.memory_bytes = max(0, free_before - torch.cuda.mem_get_info(dev)[0])
-        log.info(
-            "captured CUDA graphs of short extends (one sequence, up to %s new tokens) in %.1f s "
-            "(%.0f MiB)",
-            ",".join(map(str, self.sizes)),
-            self.capture_s,
-            self.memory_bytes / 2**20,
+        sizes = ",".join(map(str, self.sizes))
+        with CaptureCost(dev, f"short extends (one sequence, up to {sizes} new tokens)") as cost:
+            for size in reversed(self.sizes):  # largest first: smaller graphs reuse its memory
+                self._capture(size, model, mempool)
+        self.capture_s, self.memory_bytes = cost.seconds, cost.memory_bytes
+
+    def _capture(self, size: int, model: CausalLM, mempool) -> None:
+        import flashinfer
+
+        cfg, rows = model.config, size + 1
+        self.wrappers[size] = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+            self.workspace,
+            "NHD",
+            use_cuda_graph=True,
+            qo_indptr_buf=self.qo_indptr,
+            paged_kv_indptr_buf=self.kv_indptr,
+            paged_kv_indices_buf=self.indices,
+            paged_kv_last_page_len_buf=self.last_len,
+        )
+        batch = _StaticBatch(
+            self.input_ids[:rows],
+            self.positions[:rows],
+            self.out_pages[:rows],
+            self.out_offsets[:rows],
+            self.last_indices,
+        )
+        backend = _GraphAttention(self.pool, self.wrappers[size], cfg.num_heads, cfg.head_dim)
+        # captured with the real sequence on the scratch page too
+        self._plan(size, size, 0, [self.pool.scratch_page] * -(-size // self.page_size))
+        self.graphs[size], self.outputs[size] = capture_forward(
+            model, batch, backend, mempool, self.pool.device
         )
 
     def can_run(self, batch: ForwardBatch) -> bool:

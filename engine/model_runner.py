@@ -34,8 +34,8 @@ def make_backend(kind: str, pool: DevicePool, model: CausalLM):
 
 class ModelRunner:
     """`graphs`: captured forwards (engine.cuda_graph.DecodeGraphs for decode steps,
-    engine.extend_graph.ExtendGraphs for one sequence's short extend, or a single one of them);
-    a batch replays the first that can run it, else runs eagerly."""
+    engine.extend_graph.ExtendGraphs for one sequence's short extend); a batch replays the first
+    that can run it, else runs eagerly."""
 
     def __init__(
         self, model: CausalLM, backend, attention: str, graphs=(), vocab_limit: int | None = None
@@ -44,9 +44,7 @@ class ModelRunner:
         tokenizer: ids past the tokenizer's would decode to nothing)."""
         self.model, self.backend, self.attention = model, backend, attention
         self.vocab_limit = vocab_limit
-        if graphs is None:
-            graphs = ()
-        self.graphs = tuple(graphs) if isinstance(graphs, list | tuple) else (graphs,)
+        self.graphs = tuple(graphs)
 
     def run(self, batch: ForwardBatch) -> list[int | None]:
         """One forward over the batch, then a token for every sequence that samples."""

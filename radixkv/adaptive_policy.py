@@ -51,19 +51,14 @@ class AdaptivePolicy(EvictionPolicy):
 
     def __init__(
         self,
-        dead_tail_tokens: int = 0,
         dueling: bool = True,
         ghost_factor: float = 2.0,
         **duel_options: object,
     ) -> None:
-        """`dead_tail_tokens`: unreused leaves of at most this many tokens are filed as the
-        oldest of the recent queue (a request's partial last block is almost never read again).
-        `dueling`: follow plain LRU whenever its shadow cache beats ARC's (`PolicyDuel`)."""
-        if dead_tail_tokens < 0:
-            raise ValueError("dead_tail_tokens must be >= 0")
-        self.dead_tail_tokens = dead_tail_tokens
+        """`dueling`: follow plain LRU whenever its shadow cache beats ARC's (`PolicyDuel`,
+        given `duel_options`); `ghost_factor`: ghosts kept per queue, in tiers' worth of tokens."""
         self.dueling, self.duel_options = dueling, duel_options
-        self.ghost_factor = ghost_factor  # ghosts kept per queue, in tiers' worth of tokens
+        self.ghost_factor = ghost_factor
         self.duel: PolicyDuel | None = None  # made by configure(), once the tier's size is known
         self.p = 0.0  # target tokens of the recent queue
         self.capacity = 0  # evictable tokens last seen (both queues)
@@ -72,7 +67,6 @@ class AdaptivePolicy(EvictionPolicy):
         # signatures re-inserted while ghosts, oldest first; capped, because a node may leave the
         # tier without an eviction (dropped, or promoted up a tier) and never be told here
         self.promoted: OrderedDict[tuple, None] = OrderedDict()
-        self.ghost_hits = [0, 0]
 
     def queue(self, node: TreeNode) -> int:
         if node.hits > 0:
@@ -85,7 +79,6 @@ class AdaptivePolicy(EvictionPolicy):
             if size is None:
                 continue
             self.ghost_tokens[g] -= size
-            self.ghost_hits[g] += 1
             other, mine = self.ghost_tokens[1 - g], max(self.ghost_tokens[g], 1)
             step = max(1.0, other / mine) * len(node.key)
             self.p = min(self.capacity, self.p + step) if g == 0 else max(0.0, self.p - step)
@@ -96,13 +89,6 @@ class AdaptivePolicy(EvictionPolicy):
         return 0
 
     def priority(self, node: TreeNode) -> object:
-        if (
-            self.dead_tail_tokens
-            and node.hits == 0
-            and not node.children
-            and len(node.key) <= self.dead_tail_tokens
-        ):
-            return -1  # before any real access time
         return node.last_access
 
     def configure(self, capacity_tokens: int) -> None:

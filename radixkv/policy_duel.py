@@ -107,8 +107,6 @@ class PolicyDuel:
         self,
         capacity_tokens: int,
         half_life: int = 2000,
-        prefix_hits: bool = True,
-        margin: float = 0.0,
         sample: int = 1,
     ) -> None:
         """`sample`: the shadows see one chunk id in `sample` (by its hash) and hold as many
@@ -120,23 +118,20 @@ class PolicyDuel:
         self.lru, self.arc = ShadowLRU(chunks), ShadowARC(chunks)
         self.decay = 0.5 ** (1 / half_life)
         self.score = [0.0, 0.0]  # decayed shadow hits: LRU, ARC
-        self.requests = 0
-        self.prefix_hits, self.margin = prefix_hits, margin
 
     def observe(self, ids: Sequence[int]) -> None:
         """One request's prompt, as `chunk_ids`."""
-        self.requests += 1
         hits = [0, 0]
         chained = [True, True]  # a prefix cache hits only up to the first chunk it lacks
         for key in ids:
             if key % self.sample:
                 continue
             for i, shadow in enumerate((self.lru, self.arc)):
-                chained[i] = shadow.access(key) and (chained[i] or not self.prefix_hits)
+                chained[i] = shadow.access(key) and chained[i]
                 hits[i] += chained[i]
         self.score = [s * self.decay + h for s, h in zip(self.score, hits, strict=True)]
 
     @property
     def adaptive(self) -> bool:
         """Follow the adaptive split (ARC's shadow hits at least as much as LRU's)?"""
-        return self.score[1] >= self.score[0] * (1 + self.margin)
+        return self.score[1] >= self.score[0]

@@ -214,10 +214,10 @@ def _streaming(
                     else:  # the finished output
                         outs[i] = item
                         if item.finish_reason == "error":
-                            await queue.put(stream_error(item))
+                            await queue.put((stream_error(item), True))
                             return
                         continue
-                    await queue.put(sse(item))
+                    await queue.put((sse(item), False))
             finally:
                 first_token.set()  # a follower never waits on a choice that ended early
                 await queue.put(None)
@@ -230,8 +230,9 @@ def _streaming(
                 if item is None:
                     running -= 1
                     continue
-                yield item
-                if item.startswith(b'data: {"error"'):
+                event, failed = item
+                yield event
+                if failed:
                     return  # the engine failed a choice: the stream ends with its error
             for t in tasks:
                 t.result()  # re-raise what a choice's task raised

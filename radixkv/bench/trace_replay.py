@@ -174,15 +174,12 @@ def replay(
         "timings_us_per_request": {k: 1e6 * v / n for k, v in timings.items()},
         "replay_seconds": sum(timings.values()),
         "final_integrity": integrity,
-        **({"timed": served.report(_span_s(requests, cost))} if served is not None else {}),
+        **(
+            {"timed": served.report(arrival_s(requests[-1]) if requests else 0.0)}
+            if served is not None
+            else {}
+        ),
     }
-
-
-def _span_s(requests: list[TraceRequest], cost: CostModel) -> float:
-    """The trace's arrival span on the simulated clock."""
-    if not requests:
-        return 0.0
-    return (requests[-1].timestamp_ms - requests[0].timestamp_ms) / 1e3 * cost.time_scale
 
 
 def capacities(
