@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from radixkv.policies import make_policy
+from radixkv.prefetcher import PrefetchConfig
 
 WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")
 REMOTE_IO_MODES = ("thread", "inline")
@@ -26,6 +27,8 @@ class CacheConfig:
     - `remote_io`: `thread` (default) runs remote calls on a background I/O thread; `inline`
       runs each one on the owner's thread, in submission order, only when the owner waits
       (`wait_one` / `wait_idle`): deterministic, for property tests and simulated replays.
+    - `prefetch`: the limits of promotion ahead of need (`radixkv.prefetcher`); it acts only
+      when its owner calls `HiRadixCache.prefetcher.step`.
     """
 
     device_pages: int
@@ -37,6 +40,7 @@ class CacheConfig:
     remote_timeout_s: float = 10.0
     remote_load_margin: float = 1.0
     remote_io: str = "thread"
+    prefetch: PrefetchConfig = PrefetchConfig()
 
     def __post_init__(self) -> None:
         for name in ("device_pages", "host_pages", "remote_pages"):
@@ -67,4 +71,6 @@ class CacheConfig:
             raise ValueError(
                 f"CacheConfig.remote_io must be one of {', '.join(REMOTE_IO_MODES)}, got {self.remote_io!r}"
             )
+        if not isinstance(self.prefetch, PrefetchConfig):
+            raise ValueError("CacheConfig.prefetch must be a PrefetchConfig")
         make_policy(self.policy)  # raises ValueError naming the choices

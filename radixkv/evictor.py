@@ -97,6 +97,8 @@ class Evictor:
             and self.cache.writes.backup_to_host(node)
         ):
             self.cache.writes.apply(node)
+        if node.prefetch_mark:
+            self.cache.prefetcher.on_leave(node, DEVICE)
         pages, node.device = node.device, None
         self.cache.device_pool.allocator.free(pages)
         node.parent.device_children -= 1
@@ -117,6 +119,8 @@ class Evictor:
             and self.cache.writes.keep_on_demotion(node)
         ):
             self.cache.writes.demote_to_remote(node)
+        if node.prefetch_mark:
+            self.cache.prefetcher.on_leave(node, HOST)
         pages, node.host = node.host, None
         self.cache.host_pool.allocator.free(pages)
         self.cache.counters.evicted_pages[HOST] += len(pages)

@@ -30,6 +30,7 @@ from radixkv.integrity import check_integrity
 from radixkv.namespace import CacheNamespace
 from radixkv.policies import make_policy
 from radixkv.prefetch import Prefetch, RemoteReads
+from radixkv.prefetcher import Prefetcher
 from radixkv.promotion import load_host_part
 from radixkv.tree import RadixTree, TreeNode
 from radixkv.writes import TierWrites
@@ -38,8 +39,9 @@ from storage import DevicePool, HostPool, KVLayout, RemoteStore, open_store
 
 class HiRadixCache:
     """The hierarchical cache. Collaborators it owns: `evictor` (eviction indexes and demotion,
-    `radixkv.evictor`), `writes` (write policies, `radixkv.writes`) and `reads` (remote reads
-    and their completions, `radixkv.prefetch`)."""
+    `radixkv.evictor`), `writes` (write policies, `radixkv.writes`), `reads` (remote reads
+    and their completions, `radixkv.prefetch`) and `prefetcher` (promotion ahead of need,
+    `radixkv.prefetcher`)."""
 
     def __init__(
         self,
@@ -91,6 +93,7 @@ class HiRadixCache:
         )
         self.writes = TierWrites(self)
         self.reads = RemoteReads(self)
+        self.prefetcher = Prefetcher(self, config.prefetch)
 
     # ---- queries ---------------------------------------------------------------------------
     def match(self, tokens: Sequence[int], *, touch: bool = True) -> MatchResult:
@@ -128,6 +131,8 @@ class HiRadixCache:
                 node.hits += 1
                 node.last_access = self.clock
                 node.diverged = False
+                if node.prefetch_mark:
+                    self.prefetcher.on_read(node)
                 self._refresh(node)
                 if node is last:
                     break
@@ -297,6 +302,9 @@ class HiRadixCache:
             stack.extend(n.children.values())
         for n in reversed(doomed):  # leaves first
             assert n.lock_ref == 0 and n.io_ref == 0, "dropping a referenced node"
+            if n.prefetch_mark:
+                self.prefetcher.on_leave(n, DEVICE)
+                self.prefetcher.on_leave(n, HOST)
             if n.device is not None:
                 self.device_pool.allocator.free(n.device)
                 n.parent.device_children -= 1

@@ -43,6 +43,7 @@ class Prefetch:
     released: bool = False  # the owner gave it up: a fetch finishing later keeps nothing
     held: TreeNode | None = None  # the pinned (io_ref) node, while held
     held_pages: int = 0
+    mark_kind: int | None = None  # a prediction's kind (`radixkv.prefetcher`): pages get marked
 
 
 class RemoteReads:
@@ -52,7 +53,12 @@ class RemoteReads:
         self.held_pages = 0  # host pages pinned for waiting requests (`release_prefetch`)
 
     def prefetch(
-        self, tokens: Sequence[int], *, discover: bool = True, hold: bool = False
+        self,
+        tokens: Sequence[int],
+        *,
+        discover: bool = True,
+        hold: bool = False,
+        mark_kind: int | None = None,
     ) -> Prefetch:
         """Start bringing the remote part of `tokens`' cached prefix into the host tier.
 
@@ -61,7 +67,7 @@ class RemoteReads:
         `release_prefetch(ticket)`, which the caller then must call. Non-blocking; completes in
         `poll()`.
         """
-        ticket = Prefetch(hold=hold)
+        ticket = Prefetch(hold=hold, mark_kind=mark_kind)
         if self.cache.store is None or not self.cache.config.host_pages:
             ticket.done = True
             return ticket
@@ -174,6 +180,8 @@ class RemoteReads:
                 if good:
                     x.host = part[:good]
                     ticket.fetched_tokens += good * self.cache.page_size
+                    if ticket.mark_kind is not None:
+                        self.cache.prefetcher.mark(x, HOST, ticket.mark_kind)
                     self.cache._refresh(x)
                 self.cache.host_pool.allocator.free(part[good:])
             if failed is not None:

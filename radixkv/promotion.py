@@ -16,13 +16,21 @@ if TYPE_CHECKING:
     from radixkv.tree import TreeNode
 
 
-def load_host_part(cache: HiRadixCache, match: MatchResult, *, overlap: bool = False) -> int:
+def load_host_part(
+    cache: HiRadixCache,
+    match: MatchResult,
+    *,
+    overlap: bool = False,
+    max_pages: int | None = None,
+    loaded: list[TreeNode] | None = None,
+) -> int:
     """Copy the host-resident part of a match to the device; returns tokens loaded.
 
     The caller holds a lock on `match.last_node`. Loading stops at the first node not on host
     (a remote part needs `prefetch` first). Afterwards `match(tokens)` sees them on device.
     With `overlap` (the scheduler), the next forward waits layer by layer on the events of
-    `controller.take_layer_events()`.
+    `controller.take_layer_events()`. With `max_pages`, only that many of its first pages are
+    loaded (a node is split at the page where it stops); `loaded` receives the nodes filled.
     """
     assert match.last_node.is_root or match.last_node.lock_ref > 0, "load() needs the match locked"
     todo: list[TreeNode] = []
@@ -35,6 +43,16 @@ def load_host_part(cache: HiRadixCache, match: MatchResult, *, overlap: bool = F
         if n.host is None:
             todo = todo[:i]
             break
+    if max_pages is not None:
+        kept, room = [], max_pages
+        for n in todo:
+            if room <= 0:
+                break
+            if len(n.host) > room:
+                n = cache.tree.split(n, room * cache.page_size)  # the upper part: its first pages
+            kept.append(n)
+            room -= len(n.host)
+        todo = kept
     need = sum(len(n.host) for n in todo)
     if need == 0:
         return 0
@@ -48,4 +66,6 @@ def load_host_part(cache: HiRadixCache, match: MatchResult, *, overlap: bool = F
         cache.locked_device_pages += len(n.device)  # the caller's lock covers every node here
         cache._refresh(n)
         cache._refresh(n.parent)
+    if loaded is not None:
+        loaded.extend(todo)
     return need * cache.page_size

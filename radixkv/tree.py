@@ -33,6 +33,7 @@ class TreeNode:
         "heap_prio",
         "diverged",
         "policy_tag",
+        "prefetch_mark",
     )
 
     def __init__(self, key: tuple[int, ...], parent: TreeNode | None, depth: int) -> None:
@@ -53,6 +54,9 @@ class TreeNode:
         self.heap_prio: list[object] = [None, None, None]
         self.diverged = False  # a request shared this node's prefix, then went elsewhere (split)
         self.policy_tag: object = None  # an eviction policy's note on this node (its signature)
+        # set by `radixkv.prefetcher` on pages it moved up and nobody has read yet:
+        # bit (1 << tier) per tier so filled, the kind of prediction in bits 4 and up
+        self.prefetch_mark = 0
 
     @property
     def num_tokens(self) -> int:
@@ -143,6 +147,7 @@ class RadixTree:
         upper.remote = node.remote
         upper.lock_ref, upper.io_ref = node.lock_ref, node.io_ref
         upper.hits, upper.last_access = node.hits, node.last_access
+        upper.prefetch_mark = node.prefetch_mark
         if node.page_keys is not None:
             upper.page_keys, node.page_keys = node.page_keys[:k], node.page_keys[k:]
         node.key = node.key[at:]

@@ -1,6 +1,8 @@
 """A hypothesis state machine drives the cache against a reference model.
 
-Random insert / match / lock / unlock / evict / flush / prefetch / corrupt sequences, with
+Random insert / match / lock / unlock / evict / flush / prefetch / corrupt sequences, and the
+prefetcher's queued requests and sessions promoted between them (racing evictions, locks and
+remote completions), with
 `check_integrity()` after every step. Page bytes are a pure function of their prefix, so any
 page served from any tier is checked bit for bit. In the lossless configuration (write-through
 into a remote tier big enough for everything) the cached length of every match must equal the
@@ -23,6 +25,7 @@ from hypothesis import HealthCheck, event, seed, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from radixkv import DEVICE, HOST, CacheConfig, CacheNamespace, HiRadixCache
+from radixkv.prefetcher import PrefetchConfig
 from storage import FileStore, OutOfPages, encode_page
 from tests.conftest import TINY, assert_pages_hold, write_pages
 
@@ -64,6 +67,8 @@ class CacheMachine(RuleBasedStateMachine):
             policy=policy,
             write_policy=write_policy,
             remote_io="inline",
+            # sessions are promoted from their first learned gap on, to race everything else
+            prefetch=PrefetchConfig(confidence=0.0, min_history=1, lead_quantile=0.0),
         )
         self.cache = HiRadixCache(
             TINY, config, namespace=CacheNamespace("test-model", TINY), store=store
@@ -72,10 +77,18 @@ class CacheMachine(RuleBasedStateMachine):
         self.inserted: set[tuple[int, ...]] = set()  # every page-aligned prefix ever inserted
         self.held: list = []
         self.tickets: list = []  # prefetches held for queued requests
+        self.expected: list = []  # the prefetcher's expectations for queued requests
+        self.now = 0.0  # the prefetcher's clock: a second per rule that reads it
+
+    def tick(self) -> float:
+        self.now += 1.0
+        return self.now
 
     def teardown(self):
         for ticket in self.tickets:
             self.cache.release_prefetch(ticket)
+        for e in self.expected:
+            self.cache.prefetcher.release(e)
         self.cache.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -167,6 +180,45 @@ class CacheMachine(RuleBasedStateMachine):
     def release_prefetch(self, i):
         self.cache.release_prefetch(self.tickets.pop(i % len(self.tickets)))
 
+    @precondition(lambda self: len(self.expected) < 3)
+    @rule(tokens=tokens_st, pressure=st.integers(0, 8))
+    def a_request_queues_for_the_prefetcher(self, tokens, pressure):
+        """A request queues while other traffic pushes `pressure` device pages down a tier."""
+        self.cache.evict(DEVICE, pressure)
+        self.expected.append(self.cache.prefetcher.expect(tokens))
+
+    @precondition(lambda self: self.expected)
+    @rule(i=st.integers(0, 2))
+    def a_queued_request_starts(self, i):
+        e = self.expected.pop(i % len(self.expected))
+        m = self.cache.match(e.tokens)  # what its turn reads: prefetched pages become useful
+        assert_pages_hold(self.cache, e.tokens, m.device_pages)
+        self.cache.prefetcher.release(e)
+
+    @rule(conv=st.integers(0, 3), pages=st.integers(1, MAX_PAGES), returns=st.booleans())
+    def a_session_turn(self, conv, pages, returns):
+        """A session ends a turn (its context), or its next turn arrives."""
+        pf = self.cache.prefetcher
+        if returns:
+            pf.turn_began(conv, self.tick())
+        else:
+            pf.turn_ended(conv, conversation(conv, 0, pages), self.tick())
+
+    @rule(device=st.integers(0, 8), host=st.integers(0, 8), later=st.floats(0, 50))
+    def prefetcher_step(self, device, host, later):
+        """Idle link time between two turns: promote within the budgets."""
+        self.now += later
+        moved, fetched = self.cache.prefetcher.step(self.now, device_pages=device, host_pages=host)
+        assert moved <= device and fetched <= host
+        if moved:
+            event("the prefetcher moved pages to the device")
+        if fetched:
+            event("the prefetcher read a session's pages from remote")
+        if any(self.cache.prefetcher.stats.useful_pages):
+            event("a prefetched page was read")
+        if any(self.cache.prefetcher.stats.wasted_pages):
+            event("a prefetched page left its tier unread")
+
     @precondition(lambda self: self.cache.controller.inflight)
     @rule()
     def complete_one_remote_operation(self):
@@ -225,6 +277,10 @@ class CacheMachine(RuleBasedStateMachine):
             cache = self.cache
             assert cache.prefetch_held_pages == sum(t.held_pages for t in self.tickets)
             assert cache.prefetch_held_pages <= cache.config.host_pages // 2
+            pf = cache.prefetcher
+            assert 0 <= pf.held_device_pages <= pf.config.device_share * cache.config.device_pages
+            s = pf.stats
+            assert sum(s.useful_pages) + sum(s.wasted_pages) <= sum(s.moved_pages)
 
 
 CacheMachine.TestCase.settings = settings(

@@ -23,17 +23,33 @@ COST = CostModel(
 def test_clock_charges_compute_loads_and_queueing_as_documented():
     clock = ServingClock(COST)
     # 2,000 tokens, none cached: 2 s of compute
-    assert clock.serve(0.0, 2000, [0, 0, 0]) == pytest.approx(2.0)
-    # arrives at 1 s while the GPU is busy until 2 s: queues 1 s, then 0.5 s of compute
-    assert clock.serve(1.0, 1000, [500, 0, 0]) == pytest.approx(1.5)
-    # at 10 s, idle: 1,000 host tokens load in 1 s while 500 tokens compute in 0.5 s
-    assert clock.serve(10.0, 1500, [0, 1000, 0]) == pytest.approx(1.0)
-    # at 20 s: 500 remote tokens: 0.1 s latency + 1 s remote link + 0.5 s over the host link
-    assert clock.serve(20.0, 500, [0, 0, 500]) == pytest.approx(1.6)
+    assert clock.serve(0.0, 2000) == pytest.approx(2.0)
+    # arrives at 1 s while the GPU is busy until 2 s: queues 1 s, then 500 uncached tokens
+    assert clock.serve(1.0, 500) == pytest.approx(1.5)
+    # at 10 s, idle: 1,000 host tokens load in its turn (1 s) under 500 tokens of compute (0.5 s)
+    assert clock.serve(10.0, 500, 1000) == pytest.approx(1.0)
+    assert clock.gpu_free == pytest.approx(11.0)  # the turn held the GPU for the load
+    # at 20 s: 500 remote tokens read on arrival (0.1 s latency + 1 s), then loaded (0.5 s)
+    done = clock.read_remote(20.0, 500)
+    assert done == pytest.approx(21.1)
+    assert clock.serve(20.0, 0, 500, done) == pytest.approx(1.6)
     report = clock.report(duration_s=20.0)
     assert report["ttft_ms"]["p50"] == pytest.approx(1600)  # nearest rank of 1, 1.5, 1.6, 2 s
     assert report["queued_ms_mean"] == pytest.approx(1000 / 4)
+    assert report["load_wait_ms_mean"] == pytest.approx((0.5 + 1.6) / 4 * 1000)
     assert report["utilisation"]["gpu"] == pytest.approx((2 + 0.5 + 0.5) / 21.6)
+
+
+def test_prefetches_use_only_the_link_time_before_the_next_turn():
+    clock = ServingClock(COST)
+    clock.serve(0.0, 2000)  # the GPU is busy until 2 s; the link is idle
+    assert clock.idle_tokens(0.5, clock.gpu_free) == 1500  # 1.5 s at 1,000 tokens/s
+    clock.book(0.5, 1500)  # a queued request's 1,500 host tokens go over before its turn
+    assert clock.idle_tokens(1.0, clock.gpu_free) == 0
+    # its turn at 2 s then has nothing left to load: only its 100 uncached tokens
+    assert clock.serve(1.0, 100) == pytest.approx(1.1)
+    assert clock.idle_tokens(0.0, 10.0, remote=True) == int((10.0 - 0.1) * 500)
+    assert clock.report(2.1)["utilisation"]["host_link_prefetch"] == pytest.approx(1.5 / 2.1)
 
 
 @pytest.mark.parametrize(
@@ -59,3 +75,30 @@ def test_timed_cli_reports_ttft_and_a_cache_shortens_it(tmp_path, capsys):
     assert roomy["token_hit_rate"] > tiny["token_hit_rate"]
     assert roomy["timed"]["ttft_ms"]["mean"] < tiny["timed"]["ttft_ms"]["mean"]
     assert set(roomy["timed"]["ttft_ms"]) == {"mean", "p50", "p90", "p99"}
+
+
+def test_prefetch_moves_queued_requests_host_hits_ahead_and_shortens_ttft(tmp_path, capsys):
+    """A busy GPU (requests queue) and a small device tier over a host tier: the prefetcher
+    loads queued requests' host hits in the link's idle time, every page it moves is read."""
+    trace = write_trace(tmp_path / "t.jsonl", n=150, seed=3)
+    out = tmp_path / "p.json"
+    argv = ["trace", "--trace", str(trace), "--device-frac", "0.05", "--host-frac", "1.0"]
+    argv += ["--policy", "lru", "--timed", "--prefetch", "--prefill-tokens-per-s", "20000"]
+    argv += ["--h2d-gbps", "0.5", "--kv-bytes-per-token", "100000", "--check-every", "10"]
+    assert main([*argv, "--json", str(out), "--quiet"]) == 0
+    runs = json.loads(out.read_text())["policies"]
+    off, on = runs["lru"], runs["lru +prefetch"]
+    assert "prefetch" not in off
+    p = on["prefetch"]
+    assert p["moved_pages"] > 0 and p["precision"] == 1.0 and p["wasted_bytes"] == 0
+    assert 0 < p["coverage"] <= 1
+    assert on["hit_rate_by_tier"]["device"] > off["hit_rate_by_tier"]["device"]
+    assert on["timed"]["ttft_ms"]["mean"] < off["timed"]["ttft_ms"]["mean"]
+    assert on["timed"]["utilisation"]["host_link_prefetch"] > 0
+    assert "precision" in capsys.readouterr().out
+
+
+def test_prefetch_needs_the_timed_replay(tmp_path):
+    trace = write_trace(tmp_path / "t.jsonl", n=10)
+    with pytest.raises(SystemExit):
+        main(["trace", "--trace", str(trace), "--prefetch", "--quiet"])

@@ -42,12 +42,20 @@ def _trace_command(args: argparse.Namespace) -> int:
             remote_latency_ms=args.remote_latency_ms,
             time_scale=args.time_scale,
         )
+    if args.prefetch and cost is None:
+        raise ValueError("--prefetch needs --timed: the prefetcher runs on idle link time")
     results = {}
     for policy in args.policy.split(","):
         spec = ReplaySpec(args.page_size, dev, host, remote, policy, args.write_policy)
-        results[policy] = replay(
-            requests, spec, progress=not args.quiet, check_every=args.check_every, cost=cost
-        )
+        for pf in (False, True) if args.prefetch else (False,):
+            results[policy + (" +prefetch" if pf else "")] = replay(
+                requests,
+                spec,
+                progress=not args.quiet,
+                check_every=args.check_every,
+                cost=cost,
+                prefetch=pf,
+            )
     bound = replay(
         requests,
         ReplaySpec(args.page_size, dev, host, remote, "lru", args.write_policy),
@@ -83,7 +91,20 @@ def _trace_command(args: argparse.Namespace) -> int:
                 f"{name:<18}{q['p50']:>9.0f}{q['p90']:>9.0f}{q['p99']:>9.0f}{q['mean']:>9.0f}"
                 f"{t['queued_ms_mean']:>9.0f}{t['utilisation']['gpu']:>9.0%}"
             )
-    first = results[args.policy.split(",")[0]]
+    prefetched = [(name, r["prefetch"]) for name, r in rows if "prefetch" in r]
+    if prefetched:
+        print(
+            f"\n{'prefetch':<18}{'moved pg':>10}{'useful':>10}{'wasted':>10}{'precision':>10}"
+            f"{'coverage':>10}{'wasted GB':>10}"
+        )
+        for name, p in prefetched:
+            prec = "-" if p["precision"] is None else f"{p['precision']:.1%}"
+            cov = "-" if p["coverage"] is None else f"{p['coverage']:.1%}"
+            print(
+                f"{name:<18}{p['moved_pages']:>10,}{p['useful_pages']:>10,}{p['wasted_pages']:>10,}"
+                f"{prec:>10}{cov:>10}{p['wasted_bytes'] / 1e9:>10.2f}"
+            )
+    first = results[next(iter(results))]
     out = {
         "trace": str(args.trace),
         "requests": len(requests),
@@ -254,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     timed.add_argument("--h2d-gbps", type=float, default=50.7, help="host -> device GB/s")
     timed.add_argument("--remote-gbps", type=float, default=10.0, help="remote -> host GB/s")
     timed.add_argument("--remote-latency-ms", type=float, default=1.0, help="per remote read")
+    timed.add_argument(
+        "--prefetch",
+        action="store_true",
+        help="run each policy a second time with the prefetcher on (radixkv/prefetcher.py)",
+    )
     t.add_argument("--json", type=Path, default=None, help="write results here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     add_config_flags(t, only=("page_size", "write_policy"), title="cache options (EngineConfig)")

@@ -1,18 +1,19 @@
-"""The clock of a timed trace replay: what each request's hits by tier would cost in time.
+"""The clock of a timed trace replay: what each request's hits by tier cost in time.
 
-Requests arrive at their trace timestamps (times `time_scale`). One serving GPU computes the
-tokens no tier holds at `prefill_tokens_per_s`, one request after another; the host->device link
-and the remote->host link each move one request's pages at a time, at their bandwidths (the
-remote link pays `remote_latency_ms` per request that reads it). A request's loads start when it
-arrives (layer-wise loading overlaps them with its compute), and its first token comes when both
-its compute and its loads are done:
+Requests arrive at their trace timestamps (times `time_scale`) and wait in one FIFO queue for one
+serving GPU. A request's remote part is read on arrival (the engine's scheduler starts that
+read while the request waits) over the remote->host link, one request at a time, paying
+`remote_latency_ms` per read. Its host part (what it found on host, and what came from remote)
+is copied host->device in its turn on the GPU, layer by layer under its compute, as the engine
+does: the turn lasts as long as the longer of the two. So
 
     remote_done = max(arrival, remote_free) + latency + remote_bytes / remote_bw
-    load_done   = max(max(arrival, h2d_free) + host_bytes / h2d_bw, remote_done)
-                  + remote_bytes / h2d_bw
-    compute     = max(arrival, gpu_free) + uncached_tokens / prefill_tokens_per_s
-    TTFT        = max(compute, load_done) - arrival
+    start       = max(arrival, gpu_free)
+    load_done   = max(start, h2d_free, remote_done) + load_bytes / h2d_bw
+    TTFT        = max(start + uncached_tokens / prefill_tokens_per_s, load_done) - arrival
 
+A prefetcher may use the host->device link while it is idle before the next turn needs it
+(`idle_tokens` / `book`): what it moves to the device before a turn is not loaded in it.
 Decode steps are not charged (the replay has no batching); outputs matter only through the next
 turn's prompt, which the trace already holds. The defaults are this engine's own measurements on
 an H200 with llama-3-8b shapes (benchmarks/gpu_engine.py: prefill 41,889 tokens/s, pinned
@@ -23,8 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-
-from radixkv.eviction import DEVICE, HOST, REMOTE
 
 
 @dataclass(frozen=True)
@@ -49,7 +48,7 @@ class CostModel:
 
 @dataclass
 class ServingClock:
-    """The simulated GPU and links; `serve` returns one request's TTFT in seconds."""
+    """The simulated GPU and links (seconds); `serve` returns one request's TTFT."""
 
     cost: CostModel
     gpu_free: float = 0.0
@@ -59,35 +58,82 @@ class ServingClock:
     queued_s: float = 0.0  # total time requests waited for the GPU
     last_done: float = 0.0  # the latest first token
     busy_s: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # gpu, h2d, remote
+    load_wait_s: float = 0.0  # GPU time spent waiting for loads beyond a turn's compute
+    prefetch_s: float = 0.0  # host->device link time spent on prefetches
 
-    def serve(self, arrival_s: float, total_tokens: int, hit_tokens: list[int]) -> float:
-        c = self.cost
-        per_token = c.kv_bytes_per_token
-        remote_bytes = hit_tokens[REMOTE] * per_token
-        host_bytes = hit_tokens[HOST] * per_token
-        remote_done = arrival_s
-        if remote_bytes:
-            start = max(arrival_s, self.remote_free)
-            took = c.remote_latency_ms / 1e3 + remote_bytes / (c.remote_gbps * 1e9)
-            remote_done = self.remote_free = start + took
-            self.busy_s[2] += took
-        load_done = arrival_s
-        if host_bytes or remote_bytes:
-            start = max(arrival_s, self.h2d_free)
-            host_done = start + host_bytes / (c.h2d_gbps * 1e9)
-            load_done = max(host_done, remote_done) + remote_bytes / (c.h2d_gbps * 1e9)
-            self.busy_s[1] += (host_bytes + remote_bytes) / (c.h2d_gbps * 1e9)
-            self.h2d_free = load_done
-        uncached = total_tokens - sum(hit_tokens[t] for t in (DEVICE, HOST, REMOTE))
-        start = max(arrival_s, self.gpu_free)
+    def _seconds(self, tokens: int, gbps: float) -> float:
+        return tokens * self.cost.kv_bytes_per_token / (gbps * 1e9)
+
+    def read_remote(self, arrival_s: float, tokens: int) -> float:
+        """A request's remote part read on its arrival; returns when it is on host."""
+        if not tokens:
+            return arrival_s
+        start = max(arrival_s, self.remote_free)
+        took = self.cost.remote_latency_ms / 1e3 + self._seconds(tokens, self.cost.remote_gbps)
+        self.remote_free = start + took
+        self.busy_s[2] += took
+        return self.remote_free
+
+    def turn_start(self, arrival_s: float) -> float:
+        return max(arrival_s, self.gpu_free)
+
+    def serve(
+        self,
+        arrival_s: float,
+        uncached_tokens: int,
+        load_tokens: int = 0,
+        remote_done_s: float | None = None,
+    ) -> float:
+        """A request's turn: compute `uncached_tokens`, load `load_tokens` host->device (after
+        its remote part is on host at `remote_done_s`); returns its TTFT."""
+        start = self.turn_start(arrival_s)
         self.queued_s += start - arrival_s
-        took = uncached / c.prefill_tokens_per_s
-        self.gpu_free = start + took
-        self.busy_s[0] += took
-        ttft = max(self.gpu_free, load_done) - arrival_s
-        self.last_done = max(self.last_done, arrival_s + ttft)
+        compute_done = start + uncached_tokens / self.cost.prefill_tokens_per_s
+        end = compute_done
+        if load_tokens:
+            load_start = max(start, self.h2d_free, remote_done_s or start)
+            took = self._seconds(load_tokens, self.cost.h2d_gbps)
+            self.h2d_free = load_start + took
+            self.busy_s[1] += took
+            end = max(end, self.h2d_free)
+        self.busy_s[0] += compute_done - start
+        self.load_wait_s += end - compute_done
+        self.gpu_free = end
+        ttft = end - arrival_s
+        self.last_done = max(self.last_done, end)
         self.ttfts.append(ttft)
         return ttft
+
+    def idle_tokens(self, now_s: float, until_s: float, *, remote: bool = False) -> int:
+        """Tokens of KV the host->device (or remote->host) link can move between `now_s` and
+        `until_s` without delaying a transfer that starts at `until_s`."""
+        free, gbps = (
+            (self.remote_free, self.cost.remote_gbps)
+            if remote
+            else (
+                self.h2d_free,
+                self.cost.h2d_gbps,
+            )
+        )
+        idle = until_s - max(now_s, free) - (self.cost.remote_latency_ms / 1e3 if remote else 0)
+        if idle <= 0:
+            return 0
+        if math.isinf(idle):
+            return 1 << 62
+        return int(idle * gbps * 1e9 / self.cost.kv_bytes_per_token)
+
+    def book(self, now_s: float, tokens: int, *, remote: bool = False) -> None:
+        """A prefetch of `tokens` over the host->device (or remote->host) link, starting when
+        the link is free."""
+        if remote:
+            took = self.cost.remote_latency_ms / 1e3 + self._seconds(tokens, self.cost.remote_gbps)
+            self.remote_free = max(now_s, self.remote_free) + took
+            self.busy_s[2] += took
+            return
+        took = self._seconds(tokens, self.cost.h2d_gbps)
+        self.h2d_free = max(now_s, self.h2d_free) + took
+        self.busy_s[1] += took
+        self.prefetch_s += took
 
     def report(self, duration_s: float) -> dict:
         """TTFT percentiles (ms, nearest rank), mean queueing, and how busy the GPU and links
@@ -107,9 +153,11 @@ class ServingClock:
                 "p99": pct(0.99),
             },
             "queued_ms_mean": self.queued_s / n * 1e3 if n else float("nan"),
+            "load_wait_ms_mean": self.load_wait_s / n * 1e3 if n else float("nan"),
             "utilisation": {
                 "gpu": self.busy_s[0] / span,
                 "host_link": self.busy_s[1] / span,
+                "host_link_prefetch": self.prefetch_s / span,
                 "remote_link": self.busy_s[2] / span,
             },
             "simulated_seconds": span,

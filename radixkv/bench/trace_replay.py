@@ -8,6 +8,8 @@ are tiny (one layer, one head, head_dim 1) so the replay measures the cache, not
 from __future__ import annotations
 
 import math
+import os
+import secrets
 import shutil
 import tempfile
 import time
@@ -22,7 +24,7 @@ from radixkv.config import CacheConfig
 from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionPolicy
 from radixkv.hicache import HiRadixCache
 from radixkv.namespace import CacheNamespace
-from storage import FileStore, KVLayout, OutOfPages
+from storage import FileStore, KVLayout, OutOfPages, open_store
 from storage.codec import HEADER_FIXED_BYTES
 
 
@@ -46,6 +48,7 @@ class ReplaySpec:
     remote_pages: int
     policy: str
     write_policy: str = "write_through"
+    remote_url: str | None = None  # a store for the remote tier; default: a fresh file store
 
     def __post_init__(self) -> None:
         if self.page_size <= 0 or BLOCK % self.page_size:
@@ -57,6 +60,36 @@ class ReplaySpec:
 TIMED = ("match", "prefetch", "load", "alloc", "insert")
 
 
+class SessionGuess:
+    """Which earlier request a trace request continues (the trace names no sessions).
+
+    A conversation's next turn resends its whole prompt but the last block, which the new turn
+    fills further: request j continues the session of the latest request whose prompt minus its
+    last block is a prefix of j's. Block ids are chained (an id always has the same parent), so
+    that prefix is named by its last id.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[int, int] = {}  # last block id of a context -> its session
+
+    def arrive(self, index: int, req: TraceRequest) -> tuple[int, bool]:
+        """(session id, whether it continues one) for request `index`; the id is the index of
+        the session's first request."""
+        h = req.hash_ids
+        for k in range(len(h) - 1, 1, -1):
+            session = self._open.get(h[k - 1])
+            if session is not None:
+                return session, True
+        return index, False
+
+    def context(self, session: int, req: TraceRequest) -> int:
+        """Record `req`'s context for its session; returns its length in tokens."""
+        if len(req.hash_ids) < 2:
+            return 0
+        self._open[req.hash_ids[-2]] = session
+        return BLOCK * (len(req.hash_ids) - 1)
+
+
 def replay(
     requests: list[TraceRequest],
     spec: ReplaySpec,
@@ -65,14 +98,29 @@ def replay(
     progress: bool = True,
     check_every: int = 0,
     cost: CostModel | None = None,
+    prefetch: bool = False,
 ) -> dict:
-    """Run the trace; returns hit rates by tier, pages moved, evictions and per-op timings;
-    with `cost`, also each request's modelled TTFT on a simulated clock (`timed`)."""
+    """Run the trace; returns hit rates by tier, pages moved, evictions and per-op timings.
+
+    With `cost`, requests queue for one GPU at their timestamps and each one's TTFT is modelled
+    on a simulated clock (`timed`); their remote parts are read when they arrive. `prefetch`
+    (needs `cost`) runs the cache's prefetcher between turns on the host->device link's idle
+    time: queued requests' host parts go to the device before their turn, and returning
+    sessions are promoted ahead of their predicted return.
+    """
+    if prefetch and cost is None:
+        raise ValueError("prefetch needs the timed replay (--timed): it runs on idle link time")
     layout = KVLayout(
         num_layers=1, num_kv_heads=1, head_dim=1, page_size=spec.page_size, dtype=torch.float16
     )
-    remote_dir = tempfile.mkdtemp(prefix="radixkv-replay-") if spec.remote_pages else None
+    # a real file store, in memory-backed /dev/shm where there is one (the replay times the
+    # cache, not a disk)
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    fresh_dir = spec.remote_pages and spec.remote_url is None
+    remote_dir = tempfile.mkdtemp(prefix="radixkv-replay-", dir=shm) if fresh_dir else None
     store = None
+    if spec.remote_pages and spec.remote_url is not None:
+        store = open_store(spec.remote_url)  # shared: the namespace below is this run's own
     if remote_dir:
         blob_bytes = layout.page_bytes + HEADER_FIXED_BYTES + 4 * len(layout.page_shape)
         store = FileStore(remote_dir, capacity_bytes=spec.remote_pages * blob_bytes)
@@ -82,11 +130,13 @@ def replay(
         remote_pages=spec.remote_pages,
         policy="lru" if oracle else spec.policy,
         write_policy=spec.write_policy,
+        remote_io="inline",  # remote calls run on this thread, in order: a replay is deterministic
     )
     cache = HiRadixCache(
         layout,
         config,
-        namespace=CacheNamespace("trace-replay", layout),
+        # a namespace of its own: runs sharing a store never read each other's pages
+        namespace=CacheNamespace(f"trace-replay-{secrets.token_hex(8)}", layout),
         store=store,
         device="cpu",
         policy_factory=(lambda: NextUsePolicy(oracle)) if oracle else None,
@@ -98,37 +148,81 @@ def replay(
     clock = time.perf_counter
     served = ServingClock(cost) if cost is not None else None
     t_first = requests[0].timestamp_ms if requests else 0
+    n = len(requests)
+    arrival = [
+        (r.timestamp_ms - t_first) / 1e3 * cost.time_scale if cost else 0.0 for r in requests
+    ]
+    pf = cache.prefetcher
+    sessions = SessionGuess() if prefetch else None
+    waiting: dict[int, tuple] = {}  # arrived, not yet run: index -> (tokens, read, done, hold)
+    arrived = 0  # requests [0, arrived) have arrived
 
-    def arrival_s(req: TraceRequest) -> float:
-        return (req.timestamp_ms - t_first) / 1e3 * cost.time_scale
+    def arrive(j: int) -> None:
+        """Request j joins the queue: its remote part is read now; the prefetcher is told."""
+        tokens = requests[j].tokens()
+        t0 = clock()
+        ticket, read = None, 0
+        if cache.match(tokens, touch=False).remote_tokens:
+            ticket = cache.prefetch(tokens, discover=False, hold=True)
+            cache.wait_idle()
+            read = ticket.fetched_tokens
+        timings["prefetch"] += clock() - t0
+        done = served.read_remote(arrival[j], read) if served else 0.0
+        expect = None
+        if prefetch:
+            session, returning = sessions.arrive(j, requests[j])
+            if returning:
+                pf.turn_began(session, arrival[j])
+            expect = (pf.expect(tokens), session)
+        waiting[j] = (tokens, ticket, read, done, expect)
+
+    def run_prefetcher(now: float, i: int) -> None:
+        """Between turns: promote on the link's idle time before the next turn needs it."""
+        queued = arrived > i + 1
+        nxt = served.gpu_free if queued or arrived >= n else max(served.gpu_free, arrival[arrived])
+        budget = served.idle_tokens(now, nxt) // ps
+        nxt_arrival = arrival[arrived] if arrived < n else math.inf
+        remote_budget = served.idle_tokens(now, nxt_arrival, remote=True) // ps
+        moved, fetched = pf.step(
+            now,
+            device_pages=min(budget, spec.device_pages),
+            host_pages=min(remote_budget, spec.host_pages),
+        )
+        if moved:
+            served.book(now, moved * ps)
+        if fetched:
+            cache.wait_idle()
+            served.book(now, fetched * ps, remote=True)
 
     try:
         label = "offline bound" if oracle else spec.policy
-        for i, req in enumerate(
-            tqdm(
-                requests, desc=f"replay {label}", unit="req", disable=not progress, mininterval=1.0
-            )
+        for i in tqdm(
+            range(n), desc=f"replay {label}", unit="req", disable=not progress, mininterval=1.0
         ):
+            req = requests[i]
+            start = served.turn_start(arrival[i]) if served else 0.0
+            while arrived <= i or (served and arrived < n and arrival[arrived] <= start):
+                arrive(arrived)
+                arrived += 1
+                if prefetch:
+                    run_prefetcher(arrival[arrived - 1], i - 1)
             if oracle:
                 oracle.now = i
-            tokens = req.tokens()
+            tokens, ticket, read, remote_done, expect = waiting.pop(i)
             total += len(tokens)
             t0 = clock()
             m = cache.match(tokens)
             t1 = clock()
-            fetched = 0
-            if m.remote_tokens:
-                ticket = cache.prefetch(tokens, discover=False)
-                cache.wait_idle()
-                fetched = ticket.fetched_tokens
-                m = cache.match(tokens, touch=False)
-            t2 = clock()
+            fetched = min(read, m.host_tokens)
             mine = [m.device_tokens, m.host_tokens - fetched, fetched]
             for t in (DEVICE, HOST, REMOTE):
                 hit[t] += mine[t]
             cache.lock(m.last_node)
+            cache.release_prefetch(ticket)  # its pages are locked by the request now
+            if expect is not None:
+                pf.release(expect[0])
             cache.load(m)
-            t3 = clock()
+            t2 = clock()
             device_pages = cache.match(tokens, touch=False).device_pages
             try:
                 new = cache.alloc(len(tokens) // ps - len(device_pages))
@@ -136,27 +230,37 @@ def replay(
                 skipped += 1
                 cache.unlock(m.last_node)
                 if served is not None:
-                    served.serve(arrival_s(req), len(tokens), [0, 0, 0])
+                    served.serve(arrival[i], len(tokens))
                 continue
             if served is not None:
-                served.serve(arrival_s(req), len(tokens), mine)
-            t4 = clock()
+                uncached = len(tokens) - m.device_tokens - m.host_tokens
+                served.serve(arrival[i], uncached, m.host_tokens, remote_done)
+            t3 = clock()
             cache.insert(tokens, device_pages + new)
             cache.unlock(m.last_node)
-            cache.poll()
-            t5 = clock()
-            for name, dt in zip(TIMED, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+            cache.wait_idle()  # its write-through to the remote tier
+            t4 = clock()
+            for name, dt in zip(
+                ("match", "load", "alloc", "insert"),
+                (t1 - t0, t2 - t1, t3 - t2, t4 - t3),
+                strict=True,
+            ):
                 timings[name] += dt
+            if prefetch:
+                context = sessions.context(expect[1], req)
+                if context:
+                    pf.turn_ended(expect[1], tokens[:context], served.gpu_free)
+                run_prefetcher(start, i)
             if check_every and i % check_every == 0:
                 cache.check_integrity()
         cache.wait_idle()
         integrity = cache.check_integrity()
+        prefetch_report = pf.report(sum(hit)) if prefetch else None
     finally:
         cache.close()
         if remote_dir:
             shutil.rmtree(remote_dir, ignore_errors=True)
-    n = len(requests)
-    return {
+    result = {
         "policy": "offline-next-use" if oracle else spec.policy,
         "requests": n,
         "input_tokens": total,
@@ -174,12 +278,16 @@ def replay(
         "timings_us_per_request": {k: 1e6 * v / n for k, v in timings.items()},
         "replay_seconds": sum(timings.values()),
         "final_integrity": integrity,
-        **(
-            {"timed": served.report(arrival_s(requests[-1]) if requests else 0.0)}
-            if served is not None
-            else {}
-        ),
     }
+    if served is not None:
+        result["timed"] = served.report(arrival[-1] if requests else 0.0)
+    if prefetch_report is not None:
+        # the replay's pages are tiny: wasted bytes at the cost model's KV size instead
+        prefetch_report["wasted_bytes"] = (
+            prefetch_report["wasted_pages"] * ps * cost.kv_bytes_per_token
+        )
+        result["prefetch"] = prefetch_report
+    return result
 
 
 def capacities(

@@ -1,0 +1,341 @@
+"""Ahead-of-need promotion: moving prefixes up a tier before the request that reads them runs.
+
+`Prefetcher` is a collaborator owned by `HiRadixCache` (`cache.prefetcher`). It predicts from what
+the tree and its caller tell it and moves pages only through the cache's own operations (lock,
+load, remote reads), within the page budgets its caller gives each `step`, so a prefetch never
+takes link time that a waiting request needs (the caller sizes the budget to the link's idle
+time before the next request needs it):
+
+- queued requests (`expect` / `release`): a request waiting for the GPU has the host-resident
+  part of its cached prefix loaded onto the device before its turn, the head of the queue first,
+  and held there (locked) until the request starts. Requests that share a segment share its one
+  copy: the second finds it on device.
+- returning sessions (`turn_ended` / `turn_began`): after a turn, a session's context is promoted
+  when its predicted return nears: at the `lead_quantile` of the learned gaps between a
+  session's turns, and only for sessions whose class (turns so far) has come back at least
+  `confidence` of the time. Remote parts come to host; host parts go to the device, held until
+  the session returns or its window (twice the `expire_quantile` of the gaps) closes.
+
+Device pages held by prefetches are capped at `device_share` of the device tier.
+
+Accounting (`stats`): a page moved is marked on its node with the tier and the kind of
+prediction; a later read of the node counts it useful, leaving that tier first counts it wasted.
+precision = useful / moved; coverage = useful tokens / hit tokens.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import itertools
+import math
+from collections import OrderedDict, deque
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from radixkv.eviction import DEVICE, HOST
+from radixkv.promotion import load_host_part
+from storage import OutOfPages
+
+if TYPE_CHECKING:
+    from radixkv.hicache import HiRadixCache
+    from radixkv.tree import TreeNode
+
+QUEUED, SESSION = 0, 1
+KINDS = ("queued", "session")
+TURN_CLASSES = 5  # sessions are told apart by turns so far: 1, 2, 3, 4, 5 or more
+_TIER_BITS = 0b1111  # prefetch_mark: bit (1 << tier) per tier filled; kind + 1 from bit 4 up
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    """How far the prefetcher may go. Times are in the caller's clock (seconds)."""
+
+    device_share: float = 0.25  # of the device tier, at most, held by prefetches
+    confidence: float = 0.9  # a session class must have returned this often to be prefetched
+    lead_quantile: float = 0.05  # promote a session at this quantile of the learned gaps
+    expire_quantile: float = 0.95  # and give up on it after this one
+    history: int = 1024  # gaps between turns remembered
+    min_history: int = 16  # gaps seen before sessions are predicted
+    session_ttl_s: float = 600.0  # a session's window before any gap has been learned
+    max_sessions: int = 65_536  # sessions whose turn counts are remembered
+
+    def __post_init__(self) -> None:
+        for name in ("device_share", "confidence"):
+            v = getattr(self, name)
+            if not (0 <= v <= 1):
+                raise ValueError(f"PrefetchConfig.{name} must be within [0, 1], got {v!r}")
+        if not (0 <= self.lead_quantile < self.expire_quantile <= 1):
+            raise ValueError("PrefetchConfig needs 0 <= lead_quantile < expire_quantile <= 1")
+        for name in ("history", "min_history", "max_sessions"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"PrefetchConfig.{name} must be an integer >= 1")
+        if not (self.session_ttl_s > 0 and math.isfinite(self.session_ttl_s)):
+            raise ValueError("PrefetchConfig.session_ttl_s must be a positive number")
+
+
+@dataclass
+class Expectation:
+    """Pages promoted for one coming read of `tokens`, held (locked) until `release`."""
+
+    tokens: tuple[int, ...]
+    kind: int = QUEUED
+    locked: TreeNode | None = None
+    device_pages: int = 0  # pages this expectation loaded onto the device
+    released: bool = False
+
+
+@dataclass
+class _Session:
+    key: Hashable
+    tokens: tuple[int, ...]
+    ended_at: float
+    turns: int
+    promoted: Expectation | None = None
+
+
+@dataclass
+class PrefetchStats:
+    moved_pages: list[int] = field(default_factory=lambda: [0] * len(KINDS))
+    useful_pages: list[int] = field(default_factory=lambda: [0] * len(KINDS))
+    wasted_pages: list[int] = field(default_factory=lambda: [0] * len(KINDS))
+
+
+class Prefetcher:
+    def __init__(self, cache: HiRadixCache, config: PrefetchConfig) -> None:
+        self.cache = cache
+        self.config = config
+        self.stats = PrefetchStats()
+        self.held_device_pages = 0
+        self._queue: deque[Expectation] = deque()
+        self._sessions: dict[Hashable, _Session] = {}  # between a turn's end and its return
+        self._turns: OrderedDict[Hashable, int] = OrderedDict()  # turns so far, bounded
+        self._events: list[tuple[float, int, bool, Hashable, _Session]] = []  # (t, seq, expire?)
+        self._seq = itertools.count()
+        self._due: deque[_Session] = deque()  # sessions whose return is near, to promote
+        self._gaps: deque[float] = deque(maxlen=config.history)
+        self._sorted_gaps: list[float] = []
+        self._returned = [0] * TURN_CLASSES
+        self._resolved = [0] * TURN_CLASSES
+        self._waiting = [0] * TURN_CLASSES  # sessions between a turn and its return or expiry
+        self.session_device_pages = 0  # of held_device_pages, those held for sessions
+
+    # ---- hints from the caller ---------------------------------------------------------------
+    def expect(self, tokens: Sequence[int]) -> Expectation:
+        """A request for `tokens` is queued: promote its prefix before its turn (`step`)."""
+        e = Expectation(tuple(tokens[: self.cache.tree.aligned(len(tokens))]))
+        self._queue.append(e)
+        return e
+
+    def release(self, e: Expectation | None) -> None:
+        """Its request started, or left: drop the hold (idempotent)."""
+        if e is None or e.released:
+            return
+        e.released = True
+        if e.locked is not None:
+            self.cache.unlock(e.locked)
+            e.locked = None
+        self.held_device_pages -= e.device_pages
+        if e.kind == SESSION:
+            self.session_device_pages -= e.device_pages
+        e.device_pages = 0
+
+    def turn_began(self, session: Hashable, now: float) -> None:
+        """A session's next request arrived: its gap is learned and its hold released."""
+        s = self._sessions.pop(session, None)
+        if s is None:
+            return
+        c = min(s.turns, TURN_CLASSES) - 1
+        self._returned[c] += 1
+        self._resolved[c] += 1
+        self._waiting[c] -= 1
+        self._learn_gap(now - s.ended_at)
+        self.release(s.promoted)
+
+    def turn_ended(self, session: Hashable, tokens: Sequence[int], now: float) -> None:
+        """A session's turn finished; `tokens` is the context its next turn will resend."""
+        turns = self._turns.pop(session, 0) + 1
+        self._turns[session] = turns
+        if len(self._turns) > self.config.max_sessions:
+            self._turns.popitem(last=False)
+        old = self._sessions.pop(session, None)
+        if old is not None:  # ended twice without a new turn between: the newer context wins
+            self._waiting[min(old.turns, TURN_CLASSES) - 1] -= 1
+            self.release(old.promoted)
+        self._waiting[min(turns, TURN_CLASSES) - 1] += 1
+        s = _Session(session, tuple(tokens[: self.cache.tree.aligned(len(tokens))]), now, turns)
+        self._sessions[session] = s
+        learned = len(self._gaps) >= self.config.min_history
+        if learned:
+            lead = self._quantile(self.config.lead_quantile)
+            heapq.heappush(self._events, (now + lead, next(self._seq), False, session, s))
+        # a session not back by twice the expire quantile of the gaps is taken for gone
+        expire = 2 * self._quantile(self.config.expire_quantile) if learned else None
+        ttl = self.config.session_ttl_s if expire is None else expire
+        heapq.heappush(self._events, (now + ttl, next(self._seq), True, session, s))
+
+    # ---- moving pages --------------------------------------------------------------------------
+    def step(self, now: float, *, device_pages: int, host_pages: int = 0) -> tuple[int, int]:
+        """Promote within budgets: at most `device_pages` host->device and `host_pages`
+        remote->host. Returns the pages moved to each (remote reads complete in `poll()`)."""
+        self._advance(now)
+        dev_left, host_left = device_pages, host_pages
+        while self._queue and self._queue[0].released:
+            self._queue.popleft()
+        for e in self._queue:  # head first: it runs soonest
+            if dev_left <= 0:
+                break
+            if not e.released:
+                dev_left -= self._to_device(e, dev_left)
+        while self._due and (dev_left > 0 or host_left > 0):
+            s = self._due[0]
+            if self._sessions.get(s.key) is not s:
+                self._due.popleft()  # returned or expired meanwhile
+                continue
+            host_left -= self._to_host(s.tokens, host_left)
+            if s.promoted is None:
+                s.promoted = Expectation(s.tokens, kind=SESSION)
+            dev_left -= self._to_device(s.promoted, dev_left)
+            m = self.cache.match(s.tokens, touch=False)
+            if m.host_tokens == 0 and m.remote_tokens == 0:
+                self._due.popleft()  # all of it is on device (or the rest is gone)
+            else:
+                break  # budgets spent on it; continue next step
+        return device_pages - dev_left, host_pages - host_left
+
+    def _advance(self, now: float) -> None:
+        while self._events and self._events[0][0] <= now:
+            _, _, expire, session, s = heapq.heappop(self._events)
+            if self._sessions.get(session) is not s:
+                continue  # it returned, or ended again, meanwhile
+            if expire:
+                del self._sessions[session]
+                self._resolved[min(s.turns, TURN_CLASSES) - 1] += 1
+                self._waiting[min(s.turns, TURN_CLASSES) - 1] -= 1
+                self.release(s.promoted)
+            elif self.confident(s.turns):
+                self._due.append(s)
+
+    def return_rate(self, turns: int) -> float:
+        """A lower estimate of how often a session with `turns` turns so far comes back.
+
+        Sessions still waiting count as not back: a return resolves within a gap, a no-show
+        only at its window's end, so counting resolved sessions alone overrates the rate early
+        on. Laplace-smoothed (nothing seen is 1/2).
+        """
+        c = min(turns, TURN_CLASSES) - 1
+        return (self._returned[c] + 1) / (self._resolved[c] + self._waiting[c] + 2)
+
+    def confident(self, turns: int) -> bool:
+        """Has this class of session (turns so far) come back often enough to prefetch?"""
+        return self.return_rate(turns) >= self.config.confidence
+
+    def _to_device(self, e: Expectation, budget: int) -> int:
+        """Load up to `budget` pages of `e`'s host-resident prefix onto the device, held."""
+        cache = self.cache
+        share = self.config.device_share * cache.config.device_pages
+        cap = int(share) - self.held_device_pages
+        if e.kind == SESSION:  # sessions wait longer than queued requests: half the share at most
+            cap = min(cap, int(share / 2) - self.session_device_pages)
+        room = min(budget, cap)
+        if room <= 0:
+            return 0
+        m = cache.match(e.tokens, touch=False)
+        if m.host_tokens == 0:
+            return 0
+        if e.locked is not m.last_node:  # first hold, or the cached prefix grew meanwhile
+            cache.lock(m.last_node)
+            if e.locked is not None:
+                cache.unlock(e.locked)
+            e.locked = m.last_node
+        loaded: list[TreeNode] = []
+        try:
+            load_host_part(cache, m, max_pages=room, loaded=loaded)
+        except OutOfPages:
+            return 0  # the device is all locked by running requests: try next step
+        pages = 0
+        for n in loaded:
+            self.mark(n, DEVICE, e.kind)
+            pages += len(n.device)
+        e.device_pages += pages
+        self.held_device_pages += pages
+        if e.kind == SESSION:
+            self.session_device_pages += pages
+        self.stats.moved_pages[e.kind] += pages
+        return pages
+
+    def _to_host(self, tokens: tuple[int, ...], budget: int) -> int:
+        """Start reading `tokens`' remote part into host if it fits `budget` pages."""
+        if budget <= 0 or self.cache.store is None:
+            return 0
+        m = self.cache.match(tokens, touch=False)
+        need = m.remote_tokens // self.cache.page_size
+        if need == 0 or need > budget:
+            return 0
+        self.cache.reads.prefetch(tokens, discover=False, mark_kind=SESSION)
+        return need
+
+    # ---- accounting --------------------------------------------------------------------------
+    def mark(self, node: TreeNode, tier: int, kind: int) -> None:
+        """`node`'s pages on `tier` were moved there by a prediction of `kind`."""
+        pages = len(node.key) // self.cache.page_size
+        if tier == HOST:
+            self.stats.moved_pages[kind] += pages  # device moves are counted by their caller
+        node.prefetch_mark = (node.prefetch_mark & _TIER_BITS) | (1 << tier) | ((kind + 1) << 4)
+
+    def on_read(self, node: TreeNode) -> None:
+        """A request's match covered `node`: whatever was prefetched into it proved useful."""
+        mark = node.prefetch_mark
+        if mark:
+            pages = len(node.key) // self.cache.page_size
+            self.stats.useful_pages[(mark >> 4) - 1] += pages * bin(mark & _TIER_BITS).count("1")
+            node.prefetch_mark = 0
+
+    def on_leave(self, node: TreeNode, tier: int) -> None:
+        """`node`'s copy on `tier` is going: unread, its prefetch was wasted."""
+        mark = node.prefetch_mark
+        if mark & (1 << tier):
+            self.stats.wasted_pages[(mark >> 4) - 1] += len(node.key) // self.cache.page_size
+            mark &= ~(1 << tier)
+            node.prefetch_mark = mark if mark & _TIER_BITS else 0
+
+    def report(self, hit_tokens: int) -> dict:
+        """Moved, useful and wasted pages by kind; precision, coverage of `hit_tokens`."""
+        s, ps = self.stats, self.cache.page_size
+        moved, useful, wasted = sum(s.moved_pages), sum(s.useful_pages), sum(s.wasted_pages)
+        by_kind = {
+            k: {
+                "moved_pages": s.moved_pages[i],
+                "useful_pages": s.useful_pages[i],
+                "wasted_pages": s.wasted_pages[i],
+                "precision": s.useful_pages[i] / s.moved_pages[i] if s.moved_pages[i] else None,
+            }
+            for i, k in enumerate(KINDS)
+        }
+        return {
+            "moved_pages": moved,
+            "useful_pages": useful,
+            "wasted_pages": wasted,
+            "wasted_bytes": wasted * self.cache.layout.page_bytes,
+            "pending_pages": moved - useful - wasted,
+            "precision": useful / moved if moved else None,
+            "coverage": useful * ps / hit_tokens if hit_tokens else None,
+            "held_device_pages": self.held_device_pages,
+            "queued": sum(not e.released for e in self._queue),
+            "sessions_waiting": len(self._sessions),
+            "session_return_rate_by_turns": [self.return_rate(t + 1) for t in range(TURN_CLASSES)],
+            "by_kind": by_kind,
+        }
+
+    # ---- the learned gaps ----------------------------------------------------------------------
+    def _learn_gap(self, gap: float) -> None:
+        if len(self._gaps) == self._gaps.maxlen:
+            old = self._gaps[0]
+            del self._sorted_gaps[bisect.bisect_left(self._sorted_gaps, old)]
+        self._gaps.append(gap)
+        bisect.insort(self._sorted_gaps, gap)
+
+    def _quantile(self, q: float) -> float:
+        xs = self._sorted_gaps
+        return xs[min(len(xs) - 1, int(q * len(xs)))]
