@@ -137,6 +137,12 @@ class EngineConfig:
         "how tool calls are read from the output: hermes (<tool_call> JSON blocks: Hermes, "
         "Qwen, and the fallback prompt), llama3_json, or auto (by the chat template)",
     )
+    prefetch_pages: int = _opt(
+        256,
+        "pages the prefetcher may promote between two steps: returning sessions' contexts "
+        "(named by the X-Session-ID header or the user field) back to the device and host "
+        "before their predicted return; 0: off",
+    )
     check_integrity: bool = _opt(False, "prove page ownership after every step (slow; for tests)")
 
     def __post_init__(self) -> None:
@@ -147,6 +153,12 @@ class EngineConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise bad(name, "must be an integer >= 1")
+        if (
+            not isinstance(self.prefetch_pages, int)
+            or isinstance(self.prefetch_pages, bool)
+            or (self.prefetch_pages < 0)
+        ):
+            raise bad("prefetch_pages", "must be an integer >= 0")
         if self.max_model_len is not None and (
             not isinstance(self.max_model_len, int)
             or isinstance(self.max_model_len, bool)

@@ -133,6 +133,7 @@ class EngineCore:
         self.scheduler = Scheduler(
             self.prefix_cache,
             self.device,
+            prefetch_pages=config.prefetch_pages if config.prefix_caching else 0,
             max_batch_tokens=config.max_batch_tokens,
             max_running=config.max_running,
             eos_token_ids=self._eos_ids(),
@@ -180,11 +181,12 @@ class EngineCore:
             )
         return ids
 
-    def make_request(self, prompt, **sampling) -> Request:
+    def make_request(self, prompt, *, session: str | None = None, **sampling) -> Request:
         """Validate a prompt and sampling options into a Request, not yet queued (thread-safe).
 
         Raises ValueError saying what is wrong: an empty or out-of-vocabulary prompt, invalid
         sampling values, a prompt plus max_tokens beyond the context or the device tier.
+        `session` names the conversation it continues (the prefetcher learns when it returns).
         """
         ids = self.encode(prompt)
         unknown = set(sampling) - set(SamplingParams.__dataclass_fields__)
@@ -211,7 +213,9 @@ class EngineCore:
                 f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) needs "
                 f"more KV memory than the device tier holds ({device_tokens} tokens)"
             )
-        req = Request(next(self._rids), ids, params)
+        if session is not None and (not isinstance(session, str) or not 0 < len(session) <= 256):
+            raise ValueError("a session id must be a string of 1 to 256 characters")
+        req = Request(next(self._rids), ids, params, session=session)
         if params.grammar is not None:
             req.constraint = self.grammars().constraint(*params.grammar)
         return req

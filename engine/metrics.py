@@ -155,6 +155,24 @@ class ServingCollector:
                 "Remote reads skipped because recomputing was estimated faster.",
                 remote["remote_reads_skipped_as_slower"],
             )
+        pf = r["prefetch"]
+        yield _counter(
+            "radixkv_prefetch_pages",
+            "Pages the prefetcher moved up a tier ahead of need, by outcome (useful: read "
+            "before leaving the tier; wasted: left it unread).",
+            {k: pf[f"{k}_pages"] for k in ("moved", "useful", "wasted")},
+            "outcome",
+        )
+        yield _gauge(
+            "radixkv_prefetch_precision",
+            "Useful prefetched pages / prefetched pages (0 before any prefetch).",
+            pf["precision"] or 0.0,
+        )
+        yield _gauge(
+            "radixkv_prefetch_coverage",
+            "Hit tokens served faster thanks to a prefetch / hit tokens.",
+            pf["coverage"] or 0.0,
+        )
         yield _counter("radixkv_step_errors", "Engine steps that raised.", s.step_errors)
         for h in (s.ttft, s.itl, s.e2e):
             yield h.family()

@@ -1,8 +1,8 @@
 """Request bodies of the HTTP API, validated strictly: a wrong type is an error, never coerced.
 
 OpenAI-compatible completions and chat completions, and the native token-id `/generate`
-(SGLang's field names). Fields a client may send that change nothing here (`user`,
-`stream_options` without usage, ...) are accepted and ignored; a field that would change the
+(SGLang's field names). Fields a client may send that change nothing here (`stream_options`
+without usage, ...) are accepted and ignored; a field that would change the
 output and is not supported (`suffix`, `echo` with `logprobs`) is rejected by name.
 
 Every rule is a field constraint, so the OpenAPI document generated from these models states
@@ -133,6 +133,11 @@ class _OpenAISampling(_Body):
     stop: Stop | None = None
     stop_token_ids: list[Int] | None = None  # extension
     ignore_eos: bool = False  # extension
+    user: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = Field(
+        None,
+        description="an end user's id; it names the conversation for the cache's prefetcher "
+        "unless the X-Session-ID header does",
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: whole(ge=1, le=MAX_CHOICES, description="choices per prompt (sharing its prefill)") = 1

@@ -43,6 +43,7 @@ class Request:
     # per output token when params.logprobs is set: (its log probability, [(token, logprob)])
     output_logprobs: list = field(default_factory=list)
     text: str = ""
+    session: str | None = None  # a conversation it belongs to (the prefetcher's hint)
 
     def __post_init__(self) -> None:
         if not self.prompt_ids:

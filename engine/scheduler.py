@@ -2,7 +2,8 @@
 
 `schedule()` (steps 1-4) returns the next batch; `process_outputs()` (step 5) applies the
 runner's tokens. The scheduler talks to the cache only through `radixkv.prefix_cache`.
-  1. apply finished remote reads (`cache.poll()`);
+  1. apply finished remote reads (`cache.poll()`); let the prefetcher promote returning
+     sessions' pages within `prefetch_pages`;
   2. admit waiting requests, cache-aware: a request whose remote prefetch is still in flight waits
      without blocking the others; among ready ones, the longest cached prefix goes first unless
      someone has waited `starvation_steps` steps; one whose prompt shares a long prefix with a
@@ -77,6 +78,7 @@ class Scheduler:
         detokenize: Callable[[list[int]], str] | None = None,
         starvation_steps: int = 32,
         check_integrity: bool = False,
+        prefetch_pages: int = 0,
     ) -> None:
         if max_batch_tokens < 1 or max_running < 1:
             raise ValueError("max_batch_tokens and max_running must be >= 1")
@@ -87,6 +89,7 @@ class Scheduler:
         self.detokenize = detokenize
         self.starvation_steps = starvation_steps
         self.check_integrity = check_integrity
+        self.prefetch_pages = prefetch_pages  # the prefetcher's budget between two steps (0: off)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.steps = 0
@@ -125,6 +128,8 @@ class Scheduler:
         """Admit, plan and reserve pages for the next batch; None when nothing can run."""
         self.steps += 1
         self.cache.poll()
+        if self.prefetch_pages:
+            self.cache.prefetch_step(self.prefetch_pages)
         self._admit()
         plan = self._plan()
         if not plan:
@@ -208,6 +213,8 @@ class Scheduler:
             used = min(1.0, len(req.output_ids) / min(req.params.max_tokens, _RESERVE_CLIP_TOKENS))
             ratio = (1 - _RATIO_ALPHA) * self.new_token_ratio + _RATIO_ALPHA * used
             self.new_token_ratio = min(1.0, max(_RATIO_MIN, ratio))
+            if req.session is not None and self.prefetch_pages:
+                self.cache.session_ended(req.session, req.all_ids)  # its next turn resends these
         req.state, req.finish_reason = State.FINISHED, reason
         self._waited.pop(req.rid, None)
         self.cache.release_prefetch(req.prefetch)
@@ -291,6 +298,8 @@ class Scheduler:
         except OutOfPages:
             self.cache.unlock(m)
             raise
+        if req.session is not None and self.prefetch_pages and not req.output_ids:
+            self.cache.session_began(req.session)  # what was promoted for it is locked by it now
         fetched = min(req.prefetch.fetched_tokens, m.host_tokens) if req.prefetch is not None else 0
         self.cache.release_prefetch(req.prefetch)  # its pages are locked by the request now
         if not req.output_ids:  # account the prompt's cache hit once, at first admission

@@ -44,6 +44,7 @@ def cache_report(cache: HiRadixCache, *, integrity: bool = False) -> dict:
         if cache.store is None
         else {**cache.remote_status(), "traffic": cache.store.stats.as_dict()},
         "tree_nodes": cache.tree.num_nodes,
+        "prefetch": cache.prefetcher.report(sum(c.tokens_hit)),
     }
     if integrity:
         report["integrity"] = cache.check_integrity()

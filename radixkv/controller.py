@@ -74,6 +74,7 @@ class CacheController:
         self.read_observer: Callable[[int, float], None] | None = None
         cuda = device_pool.device.type == "cuda"
         self._side_stream = torch.cuda.Stream(device_pool.device) if cuda else None
+        self._deferred_event = None  # the latest prefetch load's, until joined
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         # inline mode: calls submitted and not yet run, oldest first (see the module docstring)
@@ -94,11 +95,16 @@ class CacheController:
         self.moved["device_to_host"] += len(device_pages)
 
     def host_to_device(
-        self, host_pages: list[int], device_pages: list[int], overlap: bool = False
+        self,
+        host_pages: list[int],
+        device_pages: list[int],
+        overlap: bool = False,
+        defer: bool = False,
     ) -> None:
         """Load pages. On GPU: layer by layer on a side stream. With `overlap` the per-layer events
-        wait for the next forward (`take_layer_events`); otherwise the current stream waits for
-        the whole load (a stream wait, not a CPU sync)."""
+        wait for the next forward (`take_layer_events`); with `defer` (a prefetch) nothing waits
+        until `join_deferred` (before the pages are read or given up); otherwise the current
+        stream waits for the whole load (a stream wait, not a CPU sync)."""
         self.moved["host_to_device"] += len(device_pages)
         if self._side_stream is not None:
             events = copy_host_to_device_by_layer(
@@ -107,10 +113,19 @@ class CacheController:
             if events is not None:
                 if overlap:
                     self._layer_events = events  # the latest load's event i covers earlier loads
+                elif defer:
+                    self._deferred_event = events[-1]  # covers earlier loads (one side stream)
                 else:
                     torch.cuda.current_stream(self.device_pool.device).wait_event(events[-1])
                 return
         copy_host_to_device(self.host_pool, host_pages, self.device_pool, device_pages)
+
+    def join_deferred(self) -> None:
+        """The current stream waits for prefetch loads (`defer`) issued so far (a stream wait,
+        not a CPU sync; nothing when none is pending)."""
+        event, self._deferred_event = self._deferred_event, None
+        if event is not None:
+            torch.cuda.current_stream(self.device_pool.device).wait_event(event)
 
     def take_layer_events(self) -> list | None:
         """The per-layer events of overlapped loads, once (for the next forward to wait on)."""

@@ -114,6 +114,7 @@ class Prefetcher:
         self._events: list[tuple[float, int, bool, Hashable, _Session]] = []  # (t, seq, expire?)
         self._seq = itertools.count()
         self._due: deque[_Session] = deque()  # sessions whose return is near, to promote
+        self._unscheduled: list[_Session] = []  # ended before any gap was learned
         self._gaps: deque[float] = deque(maxlen=config.history)
         self._sorted_gaps: list[float] = []
         self._returned = [0] * TURN_CLASSES
@@ -133,6 +134,7 @@ class Prefetcher:
         if e is None or e.released:
             return
         e.released = True
+        self.cache.controller.join_deferred()  # its pages may be evicted and reused from now on
         if e.locked is not None:
             self.cache.unlock(e.locked)
             e.locked = None
@@ -152,6 +154,11 @@ class Prefetcher:
         self._waiting[c] -= 1
         self._learn_gap(now - s.ended_at)
         self.release(s.promoted)
+        if self._unscheduled and len(self._gaps) >= self.config.min_history:
+            for waiting in self._unscheduled:  # now their returns can be predicted too
+                if self._sessions.get(waiting.key) is waiting:
+                    self._schedule_promotion(waiting)
+            self._unscheduled.clear()
 
     def turn_ended(self, session: Hashable, tokens: Sequence[int], now: float) -> None:
         """A session's turn finished; `tokens` is the context its next turn will resend."""
@@ -168,12 +175,19 @@ class Prefetcher:
         self._sessions[session] = s
         learned = len(self._gaps) >= self.config.min_history
         if learned:
-            lead = self._quantile(self.config.lead_quantile)
-            heapq.heappush(self._events, (now + lead, next(self._seq), False, session, s))
+            self._schedule_promotion(s)
+        else:
+            self._unscheduled.append(s)
+            if len(self._unscheduled) > self.config.max_sessions:
+                del self._unscheduled[0]
         # a session not back by twice the expire quantile of the gaps is taken for gone
         expire = 2 * self._quantile(self.config.expire_quantile) if learned else None
         ttl = self.config.session_ttl_s if expire is None else expire
         heapq.heappush(self._events, (now + ttl, next(self._seq), True, session, s))
+
+    def _schedule_promotion(self, s: _Session) -> None:
+        at = s.ended_at + self._quantile(self.config.lead_quantile)
+        heapq.heappush(self._events, (at, next(self._seq), False, s.key, s))
 
     # ---- moving pages --------------------------------------------------------------------------
     def step(self, now: float, *, device_pages: int, host_pages: int = 0) -> tuple[int, int]:
@@ -188,20 +202,18 @@ class Prefetcher:
                 break
             if not e.released:
                 dev_left -= self._to_device(e, dev_left)
-        while self._due and (dev_left > 0 or host_left > 0):
-            s = self._due[0]
+        live: deque[_Session] = deque()
+        for s in self._due:  # sessions whose return is near (few): kept until back or expired
             if self._sessions.get(s.key) is not s:
-                self._due.popleft()  # returned or expired meanwhile
+                continue  # returned or expired meanwhile
+            live.append(s)
+            if dev_left <= 0 and host_left <= 0:
                 continue
             host_left -= self._to_host(s.tokens, host_left)
             if s.promoted is None:
                 s.promoted = Expectation(s.tokens, kind=SESSION)
             dev_left -= self._to_device(s.promoted, dev_left)
-            m = self.cache.match(s.tokens, touch=False)
-            if m.host_tokens == 0 and m.remote_tokens == 0:
-                self._due.popleft()  # all of it is on device (or the rest is gone)
-            else:
-                break  # budgets spent on it; continue next step
+        self._due = live
         return device_pages - dev_left, host_pages - host_left
 
     def _advance(self, now: float) -> None:
@@ -251,7 +263,7 @@ class Prefetcher:
             e.locked = m.last_node
         loaded: list[TreeNode] = []
         try:
-            load_host_part(cache, m, max_pages=room, loaded=loaded)
+            load_host_part(cache, m, defer=True, max_pages=room, loaded=loaded)
         except OutOfPages:
             return 0  # the device is all locked by running requests: try next step
         pages = 0

@@ -12,6 +12,7 @@ flag the scheduler tests everywhere).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -84,6 +85,7 @@ class PrefixCache:
         """Copy the locked prefix's host part to the device (the next forward waits for it layer
         by layer); returns the handle with its device pages now. Raises OutOfPages when the
         device cannot make room (locked pages fill it)."""
+        self._cache.controller.join_deferred()  # pages the prefetcher moved may be among them
         if handle._match is None or not handle.host_tokens:
             return handle
         self._cache.load(handle._match, overlap=True)
@@ -124,6 +126,24 @@ class PrefixCache:
 
     def release_prefetch(self, ticket: Prefetch | None) -> None:
         self._cache.release_prefetch(ticket)
+
+    # ---- prediction (`radixkv.prefetcher`) ------------------------------------------------------
+    def session_began(self, session: str) -> None:
+        """A request continuing `session` arrived (its return is learned)."""
+        self._cache.prefetcher.turn_began(session, time.monotonic())
+
+    def session_ended(self, session: str, tokens: Sequence[int]) -> None:
+        """`session`'s turn finished with `tokens` as its context (prompt and output)."""
+        self._cache.prefetcher.turn_ended(session, tokens, time.monotonic())
+
+    def prefetch_step(self, pages: int) -> int:
+        """Between steps: promote returning sessions' pages, at most `pages` host -> device and
+        as many remote -> host; returns the pages promoted to the device."""
+        host = pages if self.has_remote else 0
+        moved, _ = self._cache.prefetcher.step(
+            time.monotonic(), device_pages=pages, host_pages=host
+        )
+        return moved
 
     def poll(self) -> None:
         """Apply finished remote operations (never blocks)."""
@@ -173,3 +193,12 @@ class NoPrefixCache(PrefixCache):
 
     def prefetch(self, tokens: Sequence[int]) -> Prefetch | None:
         return None
+
+    def session_began(self, session: str) -> None:
+        pass  # nothing is kept, so nothing is predicted
+
+    def session_ended(self, session: str, tokens: Sequence[int]) -> None:
+        pass
+
+    def prefetch_step(self, pages: int) -> int:
+        return 0

@@ -21,6 +21,7 @@ def load_host_part(
     match: MatchResult,
     *,
     overlap: bool = False,
+    defer: bool = False,
     max_pages: int | None = None,
     loaded: list[TreeNode] | None = None,
 ) -> int:
@@ -29,7 +30,8 @@ def load_host_part(
     The caller holds a lock on `match.last_node`. Loading stops at the first node not on host
     (a remote part needs `prefetch` first). Afterwards `match(tokens)` sees them on device.
     With `overlap` (the scheduler), the next forward waits layer by layer on the events of
-    `controller.take_layer_events()`. With `max_pages`, only that many of its first pages are
+    `controller.take_layer_events()`; with `defer` (a prefetch) nothing waits until
+    `controller.join_deferred()`. With `max_pages`, only that many of its first pages are
     loaded (a node is split at the page where it stops); `loaded` receives the nodes filled.
     """
     assert match.last_node.is_root or match.last_node.lock_ref > 0, "load() needs the match locked"
@@ -58,7 +60,9 @@ def load_host_part(
         return 0
     cache._make_room(DEVICE, need)
     pages = cache.device_pool.allocator.alloc(need)
-    cache.controller.host_to_device([p for n in todo for p in n.host], pages, overlap=overlap)
+    cache.controller.host_to_device(
+        [p for n in todo for p in n.host], pages, overlap=overlap, defer=defer
+    )
     pos = 0
     for n in todo:
         n.device, pos = pages[pos : pos + len(n.host)], pos + len(n.host)

@@ -270,3 +270,36 @@ def test_admission_by_memory_keeps_preemption_rare_in_a_burst(tiny_dir):
             assert report["device"]["locked"] == 0
     assert preemptions[True] <= 0.02 * len(prompts), preemptions
     assert preemptions[False] > 10 * max(1, preemptions[True]), preemptions
+
+
+def test_a_returning_session_finds_its_context_promoted_back_to_the_device(tiny_dir):
+    """Sessions named on their requests: the prefetcher learns how long they stay away, moves a
+    session's context (pushed off the device by other traffic) back before it returns, and its
+    next turn reads it from the device with the same tokens as transformers."""
+    import time
+
+    from radixkv.prefetcher import SESSION, PrefetchConfig
+
+    path, hf = tiny_dir
+    with engine(path, pages=64, host_memory_gb=gb(256)) as eng:
+        pf = eng.cache.prefetcher
+        pf.config = PrefetchConfig(min_history=2, confidence=0.5, lead_quantile=0.0)
+        turn1 = {
+            s: eng.generate([PROMPTS[s]], max_tokens=4, ignore_eos=True, session=f"s{s}")[0]
+            for s in range(3)
+        }
+        time.sleep(0.2)
+        ctx = {s: PROMPTS[s] + turn1[s].token_ids + [90 + s, 91] for s in range(3)}
+        for s in range(2):  # two returns: the gaps are learned
+            eng.generate([ctx[s]], max_tokens=4, ignore_eos=True, session=f"s{s}")
+        eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)  # other traffic's doing
+        assert eng.cache.match(ctx[2], touch=False).device_tokens == 0
+        time.sleep(0.3)  # past the shortest learned gap: s2's return is near
+        eng.generate([[5, 6, 7]], max_tokens=2, ignore_eos=True)  # steps run the prefetcher
+        assert pf.stats.moved_pages[SESSION] > 0
+        back = eng.generate([ctx[2]], max_tokens=6, ignore_eos=True, session="s2")[0]
+        assert back.cached_tokens_by_tier["device"] >= len(PROMPTS[2]) // 16 * 16
+        assert back.token_ids == hf_greedy(hf, ctx[2], 6)
+        assert pf.stats.useful_pages[SESSION] > 0
+        report = eng.core.cache_report()["prefetch"]  # what /cache/stats shows
+        assert report["by_kind"]["session"]["useful_pages"] > 0

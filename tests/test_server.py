@@ -743,3 +743,33 @@ def test_echo_puts_the_prompt_before_the_completion(client):
         model=MODEL, prompt=ids, max_tokens=6, temperature=0, echo=True
     )
     assert by_ids.choices[0].text == tok.decode(ids) + plain.choices[0].text
+
+
+def test_a_session_id_reaches_the_prefetcher_and_its_metrics_show(served, client):
+    url = served[0]
+    client.completions.create(
+        model=MODEL,
+        prompt="Session one says hello",
+        max_tokens=2,
+        extra_headers={"X-Session-ID": "conversation-7"},
+    )
+    client.completions.create(model=MODEL, prompt="Another one", max_tokens=2, user="user-42")
+    stats = _quiesced(url)
+    assert stats["prefetch"]["sessions_waiting"] >= 2  # both turns ended; their returns awaited
+    long_id = httpx.post(
+        url + "/v1/completions",
+        json={"model": MODEL, "prompt": "x", "max_tokens": 1},
+        headers={"X-Session-ID": "s" * 300},
+    )
+    assert long_id.status_code == 400 and "X-Session-ID" in long_id.json()["error"]["message"]
+    bad_user = httpx.post(
+        url + "/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 1, "user": 7}
+    )
+    assert bad_user.status_code == 400 and "user" in bad_user.text
+    text = httpx.get(url + "/metrics").text
+    for family in (
+        'radixkv_prefetch_pages_total{outcome="moved"}',
+        "radixkv_prefetch_precision",
+        "radixkv_prefetch_coverage",
+    ):
+        assert family in text, family

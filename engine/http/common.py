@@ -126,14 +126,15 @@ class ServingContext:
                 "model_not_found",
             )
 
-    def make_request(self, prompt, sampling: dict):
-        """A request; sampling values left None take the model's generation defaults."""
+    def make_request(self, prompt, sampling: dict, session: str | None = None):
+        """A request; sampling values left None take the model's generation defaults. `session`
+        names its conversation (the prefetcher's hint)."""
         defaults = self.core.generation_defaults
         sampling = {
             k: defaults[k] if v is None and k in defaults else v for k, v in sampling.items()
         }
         try:
-            return self.core.make_request(prompt, **sampling)
+            return self.core.make_request(prompt, session=session, **sampling)
         except ValueError as err:
             code = "context_length_exceeded" if "context" in str(err) else None
             raise APIError(400, str(err), "invalid_request_error", code=code) from err

@@ -24,6 +24,16 @@ from engine.http.tool_calling import ToolCalling
 from engine.openai_protocol import ChatCompletionRequest, CompletionRequest
 
 
+def session_of(http: Request, body) -> str | None:
+    """The conversation a request continues: the X-Session-ID header, else the `user` field."""
+    header = http.headers.get("x-session-id")
+    if header is not None and not 0 < len(header) <= 256:
+        raise APIError(
+            400, "X-Session-ID must be 1 to 256 characters", "invalid_request_error", "session"
+        )
+    return header or body.user
+
+
 def openai_router(ctx: ServingContext) -> APIRouter:
     router = APIRouter()
 
@@ -39,6 +49,7 @@ def openai_router(ctx: ServingContext) -> APIRouter:
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, http: Request):
         ctx.check_model(body.model)
+        session = session_of(http, body)
         reqs, echoed = [], []  # prompt by prompt, n choices each; the text each echoes
         for prompt in body.prompts():
             ids = ctx.encode(prompt)
@@ -46,7 +57,8 @@ def openai_router(ctx: ServingContext) -> APIRouter:
                 echoed += [ctx.decode_prompt(prompt, ids)] * body.n
             sampling = body.sampling(ctx.max_tokens_for(len(ids), body.max_tokens))
             reqs += [
-                ctx.make_request(ids, body.choice_sampling(sampling, c)) for c in range(body.n)
+                ctx.make_request(ids, body.choice_sampling(sampling, c), session)
+                for c in range(body.n)
             ]
         rid, now = f"cmpl-{uuid.uuid4().hex}", _now()
 
@@ -103,7 +115,10 @@ def openai_router(ctx: ServingContext) -> APIRouter:
                     "tool_choice",
                 )
             sampling["grammar"] = calling.grammar
-        reqs = [ctx.make_request(ids, body.choice_sampling(sampling, c)) for c in range(body.n)]
+        session = session_of(http, body)
+        reqs = [
+            ctx.make_request(ids, body.choice_sampling(sampling, c), session) for c in range(body.n)
+        ]
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", _now()
 
         shape = chat_logprobs if body.logprobs else None

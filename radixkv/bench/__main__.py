@@ -46,7 +46,9 @@ def _trace_command(args: argparse.Namespace) -> int:
         raise ValueError("--prefetch needs --timed: the prefetcher runs on idle link time")
     results = {}
     for policy in args.policy.split(","):
-        spec = ReplaySpec(args.page_size, dev, host, remote, policy, args.write_policy)
+        spec = ReplaySpec(
+            args.page_size, dev, host, remote, policy, args.write_policy, args.remote_url
+        )
         for pf in (False, True) if args.prefetch else (False,):
             results[policy + (" +prefetch" if pf else "")] = replay(
                 requests,
@@ -56,15 +58,19 @@ def _trace_command(args: argparse.Namespace) -> int:
                 cost=cost,
                 prefetch=pf,
             )
-    bound = replay(
-        requests,
-        ReplaySpec(args.page_size, dev, host, remote, "lru", args.write_policy),
-        oracle=NextUseOracle(requests),
-        progress=not args.quiet,
-        cost=cost,
-    )
+    bound = None
+    if not args.no_bound:
+        bound = replay(
+            requests,
+            ReplaySpec(
+                args.page_size, dev, host, remote, "lru", args.write_policy, args.remote_url
+            ),
+            oracle=NextUseOracle(requests),
+            progress=not args.quiet,
+            cost=cost,
+        )
 
-    rows = [*results.items(), ("offline next-use", bound)]
+    rows = [*results.items(), *((("offline next-use", bound),) if bound else ())]
     print(
         f"\n{'policy':<18}{'hit rate':>9}{'device':>8}{'host':>8}{'remote':>8}{'evicted dev':>12}{'host':>10}{'us/req':>8}"
     )
@@ -75,9 +81,11 @@ def _trace_command(args: argparse.Namespace) -> int:
             f"{r['evictions']['device']:>12,}{r['evictions']['host']:>10,}{sum(r['timings_us_per_request'].values()):>8.0f}"
         )
     print(f"{'never evicts':<18}{ceiling:>9.4f}   (ceiling)")
+    first = results[next(iter(results))]
     if cost is not None:
+        first_timed = first["timed"]
         print(
-            f"\nmodelled TTFT (ms) at {len(requests) / max(1e-9, bound['timed']['simulated_seconds']):.2f}"
+            f"\nmodelled TTFT (ms) at {len(requests) / max(1e-9, first_timed['simulated_seconds']):.2f}"
             f" req/s (time scale {cost.time_scale}); prefill {cost.prefill_tokens_per_s:,.0f} tok/s,"
             f" host->device {cost.h2d_gbps} GB/s, remote {cost.remote_gbps} GB/s"
         )
@@ -104,7 +112,6 @@ def _trace_command(args: argparse.Namespace) -> int:
                 f"{name:<18}{p['moved_pages']:>10,}{p['useful_pages']:>10,}{p['wasted_pages']:>10,}"
                 f"{prec:>10}{cov:>10}{p['wasted_bytes'] / 1e9:>10.2f}"
             )
-    first = results[next(iter(results))]
     out = {
         "trace": str(args.trace),
         "requests": len(requests),
@@ -124,7 +131,7 @@ def _trace_command(args: argparse.Namespace) -> int:
             )
         },
         "ceiling_token_hit_rate": ceiling,
-        "bound_token_hit_rate": bound["token_hit_rate"],
+        "bound_token_hit_rate": bound["token_hit_rate"] if bound else None,
         "policies": results,
         "bound": bound,
     }
@@ -254,7 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         "--device-frac", type=float, default=0.05, help="device tier as a fraction of unique tokens"
     )
     t.add_argument("--host-frac", type=float, default=0.20, help="host tier (0 disables)")
-    t.add_argument("--remote-frac", type=float, default=0.0, help="remote file tier (0 disables)")
+    t.add_argument("--remote-frac", type=float, default=0.0, help="remote tier (0 disables)")
+    t.add_argument(
+        "--remote-url",
+        default=None,
+        help="the remote tier's store (redis://..., file:///...); default: a fresh file store",
+    )
+    t.add_argument("--no-bound", action="store_true", help="skip the offline next-use bound")
     t.add_argument(
         "--policy",
         default="adaptive,lru",
