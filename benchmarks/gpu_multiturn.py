@@ -9,6 +9,8 @@ Configurations, one engine each, in one run:
     device       the radix cache on the device tier only
     device+host  device and host tiers
     +remote      device, host and a file remote tier
+    device+host+prefetch  device and host, the prefetcher promoting returning conversations
+                 (each client's requests carry its session id; use --think-s; not run by default)
 
 Printed per configuration: duration, requests/s, TTFT p50/p90 (all rounds and rounds >= 2),
 cached fraction by tier, preemptions, and the run's floor (prefill FLOPs at the measured bf16
@@ -38,9 +40,11 @@ from gpu_engine import measure_floors, weight_bytes  # noqa: E402
 
 CONFIGS = {
     "off": dict(prefix_caching=False, host_memory_gb=0, remote_url=None),
-    "device": dict(host_memory_gb=0, remote_url=None),
-    "device+host": dict(remote_url=None),
-    "+remote": {},
+    "device": dict(host_memory_gb=0, remote_url=None, prefetch_pages=0),
+    "device+host": dict(remote_url=None, prefetch_pages=0),
+    "+remote": dict(prefetch_pages=0),
+    # the prefetcher on (it promotes returning sessions: measure with --think-s)
+    "device+host+prefetch": dict(remote_url=None),
 }
 
 
@@ -59,7 +63,9 @@ async def run_clients(eng, args, rng: random.Random) -> list[dict]:
         context = system + docs[c]
         for r in range(args.rounds):
             context = context + words(args.question_tokens)
-            req = eng.make_request(context, max_tokens=args.output_tokens, ignore_eos=True)
+            req = eng.make_request(
+                context, max_tokens=args.output_tokens, ignore_eos=True, session=f"client-{c}"
+            )
             sent, first, out_ids, final = time.perf_counter(), None, [], None
             async for out in eng.loop.generate(req):
                 if first is None and out.new_token_ids:
@@ -118,6 +124,7 @@ def summarize(
         "cached_fraction": {t: n / prompt for t, n in cached.items()},
         "computed_prompt_tokens": computed,
         "preemptions": eng.scheduler.preemptions,
+        "prefetch": eng.core.cache_report()["prefetch"],
         "floor_s": floor,
         "ratio_to_floor": duration / floor,
     }
@@ -129,6 +136,13 @@ def summarize(
         f"preemptions {row['preemptions']}, floor {floor:.1f} s -> {row['ratio_to_floor']:.2f}x",
         flush=True,
     )
+    pf = row["prefetch"]
+    if pf["moved_pages"]:
+        print(
+            f"{'':>12}  prefetch: {pf['moved_pages']:,} pages moved, precision "
+            f"{pf['precision']:.1%}, coverage {pf['coverage']:.1%}, {pf['wasted_pages']:,} wasted",
+            flush=True,
+        )
     return row
 
 
@@ -147,7 +161,7 @@ def main() -> int:
     p.add_argument("--kv-memory-gb", type=float, default=8.0, help="device tier")
     p.add_argument("--host-memory-gb", type=float, default=32.0, help="host tier")
     p.add_argument("--max-running", type=int, default=32)
-    p.add_argument("--configs", default=",".join(CONFIGS))
+    p.add_argument("--configs", default="off,device,device+host,+remote")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if not torch.cuda.is_available():

@@ -119,7 +119,8 @@ class Prefetcher:
         self._sorted_gaps: list[float] = []
         self._returned = [0] * TURN_CLASSES
         self._resolved = [0] * TURN_CLASSES
-        self._waiting = [0] * TURN_CLASSES  # sessions between a turn and its return or expiry
+        self._away = [0.0] * TURN_CLASSES  # sessions away, weighted (see `return_rate`)
+        self._weights_at: float | None = None
         self.session_device_pages = 0  # of held_device_pages, those held for sessions
 
     # ---- hints from the caller ---------------------------------------------------------------
@@ -151,7 +152,6 @@ class Prefetcher:
         c = min(s.turns, TURN_CLASSES) - 1
         self._returned[c] += 1
         self._resolved[c] += 1
-        self._waiting[c] -= 1
         self._learn_gap(now - s.ended_at)
         self.release(s.promoted)
         if self._unscheduled and len(self._gaps) >= self.config.min_history:
@@ -168,9 +168,7 @@ class Prefetcher:
             self._turns.popitem(last=False)
         old = self._sessions.pop(session, None)
         if old is not None:  # ended twice without a new turn between: the newer context wins
-            self._waiting[min(old.turns, TURN_CLASSES) - 1] -= 1
             self.release(old.promoted)
-        self._waiting[min(turns, TURN_CLASSES) - 1] += 1
         s = _Session(session, tuple(tokens[: self.cache.tree.aligned(len(tokens))]), now, turns)
         self._sessions[session] = s
         learned = len(self._gaps) >= self.config.min_history
@@ -224,24 +222,42 @@ class Prefetcher:
             if expire:
                 del self._sessions[session]
                 self._resolved[min(s.turns, TURN_CLASSES) - 1] += 1
-                self._waiting[min(s.turns, TURN_CLASSES) - 1] -= 1
                 self.release(s.promoted)
-            elif self.confident(s.turns):
+            elif self.confident(s.turns, now):
                 self._due.append(s)
 
-    def return_rate(self, turns: int) -> float:
-        """A lower estimate of how often a session with `turns` turns so far comes back.
+    def return_rate(self, turns: int, now: float | None = None) -> float:
+        """An estimate of how often a session with `turns` turns so far comes back.
 
-        Sessions still waiting count as not back: a return resolves within a gap, a no-show
-        only at its window's end, so counting resolved sessions alone overrates the rate early
-        on. Laplace-smoothed (nothing seen is 1/2).
+        A return resolves within a gap but a no-show only at its window's end, so counting
+        resolved sessions alone overrates the rate early on. Each session still away counts as
+        a no-show weighted by the share of learned gaps shorter than its absence (a returning
+        one would most likely be back by now). A class with fewer than `min_history` resolved
+        sessions borrows the estimate over all classes. Laplace-smoothed (nothing seen: 1/2).
+        The weights come from one pass over the sessions away, redone at most once a second.
         """
+        if now is not None and (self._weights_at is None or now - self._weights_at >= 1.0):
+            self._refresh_absences(now)
         c = min(turns, TURN_CLASSES) - 1
-        return (self._returned[c] + 1) / (self._resolved[c] + self._waiting[c] + 2)
+        if self._resolved[c] >= self.config.min_history:
+            returned, resolved, away = self._returned[c], self._resolved[c], self._away[c]
+        else:
+            returned, resolved, away = sum(self._returned), sum(self._resolved), sum(self._away)
+        return (returned + 1) / (resolved + away + 2)
 
-    def confident(self, turns: int) -> bool:
+    def _refresh_absences(self, now: float) -> None:
+        self._weights_at = now
+        self._away = [0.0] * TURN_CLASSES
+        n = len(self._sorted_gaps)
+        if not n:
+            return
+        for s in self._sessions.values():
+            share = bisect.bisect_right(self._sorted_gaps, now - s.ended_at) / n
+            self._away[min(s.turns, TURN_CLASSES) - 1] += share
+
+    def confident(self, turns: int, now: float | None = None) -> bool:
         """Has this class of session (turns so far) come back often enough to prefetch?"""
-        return self.return_rate(turns) >= self.config.confidence
+        return self.return_rate(turns, now) >= self.config.confidence
 
     def _to_device(self, e: Expectation, budget: int) -> int:
         """Load up to `budget` pages of `e`'s host-resident prefix onto the device, held."""
