@@ -49,8 +49,25 @@ class ModelRunner:
     def run(self, batch: ForwardBatch) -> list[int | None]:
         """One forward over the batch, then a token for every sequence that samples."""
         graph = next((g for g in self.graphs if g.can_run(batch)), None)
+        if graph is None and batch.layer_ready is not None and self.graphs:
+            graph = self._graph_after_load(batch)
         logits = graph.run(batch) if graph is not None else self.model(batch, self.backend)
         return sample_rows(logits, batch.sampling, self.vocab_limit)
+
+    def _graph_after_load(self, batch: ForwardBatch):
+        """A graph for a batch that only waits on a host load, which then waits for the whole
+        load (a stream wait, not a CPU sync). Graphs run short batches (a decode step, one
+        short extend): their compute is small beside the copy, so one wait and a replay beat
+        eager kernels launched layer by layer behind the copy (a 4,096-token host hit's TTFT
+        is then the copy plus a replay)."""
+        ready, batch.layer_ready = batch.layer_ready, None
+        graph = next((g for g in self.graphs if g.can_run(batch)), None)
+        if graph is None:
+            batch.layer_ready = ready
+            return None
+        # the last layer's event: the whole load
+        torch.cuda.current_stream(batch.input_ids.device).wait_event(ready[-1])
+        return graph
 
 
 @torch.inference_mode()  # the logits are inference tensors: adjusted in place

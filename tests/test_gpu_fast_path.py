@@ -39,8 +39,7 @@ def small_llama(tmp_path_factory):
 def _engine(path, **kw):
     from radixkv import Engine
 
-    return Engine(
-        str(path),
+    options = dict(
         device="cuda",
         dtype="bfloat16",
         attention="flashinfer",
@@ -48,8 +47,8 @@ def _engine(path, **kw):
         host_memory_gb=0,
         remote_url=None,
         max_running=8,
-        **kw,
     )
+    return Engine(str(path), **{**options, **kw})
 
 
 def test_graph_decode_gives_the_eager_tokens_over_256_steps(small_llama):
@@ -147,4 +146,46 @@ def test_engine_replays_the_extend_graph_and_gives_the_eager_tokens(small_llama)
                     (96, 7),
                     (64, 30),
                 ]
+    assert runs[True] == runs[False]
+
+
+def test_admission_never_overcommits_in_a_burst_of_200_requests(small_llama):
+    """200 requests at once into a device tier that holds a handful of them, on the fast path
+    (CUDA graphs, flashinfer): admission by memory queues them instead of preempting; every
+    request finishes with its tokens and every page comes back."""
+    prompts = [[(13 * i + j) % 500 + 1 for j in range(40 + (i * 7) % 90)] for i in range(200)]
+    with _engine(small_llama, kv_memory_gb=0.002, max_running=32, check_integrity=True) as eng:
+        pages = eng.cache.device_pool.num_pages
+        assert pages * eng.cache.page_size < 200 * 60  # far below what the burst asks for
+        out = eng.generate(prompts, max_tokens=24, ignore_eos=True)
+        assert all(r.finish_reason == "length" and len(r.token_ids) == 24 for r in out)
+        assert eng.scheduler.preemptions <= 0.02 * len(prompts), eng.scheduler.preemptions
+        report = eng.cache.check_integrity()
+        assert report["device"]["locked"] == 0 and report["device"]["request_or_inflight"] == 0
+
+
+def test_a_host_hit_waits_for_its_load_and_replays_the_extend_graph(small_llama):
+    """A prompt whose prefix is on the host tier: its short extend waits for the whole load and
+    replays the graph (not eager kernels layer by layer); tokens equal the eager engine's."""
+    from engine.extend_graph import ExtendGraphs
+    from radixkv import DEVICE
+
+    base = [(3 * j) % 500 + 1 for j in range(160)]
+    runs = {}
+    for graphs in (True, False):
+        with _engine(
+            small_llama, cuda_graph=graphs, host_memory_gb=0.05, check_integrity=True
+        ) as eng:
+            replays = []
+            if graphs:
+                extend = next(g for g in eng.core.runner.graphs if isinstance(g, ExtendGraphs))
+                real_run = extend.run
+                extend.run = lambda b, seen=replays, run=real_run: seen.append(b) or run(b)
+            first = eng.generate([base], max_tokens=8, ignore_eos=True)[0].token_ids
+            eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)
+            hit = eng.generate([base + [11, 12, 13]], max_tokens=16, ignore_eos=True)[0]
+            assert hit.cached_tokens_by_tier["host"] == 160
+            runs[graphs] = (first, hit.token_ids)
+            if graphs:
+                assert [(b.prefix_lens[0], b.extend_lens[0]) for b in replays][-1] == (160, 3)
     assert runs[True] == runs[False]
