@@ -7,6 +7,7 @@ are tiny (one layer, one head, head_dim 1) so the replay measures the cache, not
 
 from __future__ import annotations
 
+import heapq
 import math
 import os
 import secrets
@@ -154,7 +155,9 @@ def replay(
     ]
     pf = cache.prefetcher
     sessions = SessionGuess() if prefetch else None
-    waiting: dict[int, tuple] = {}  # arrived, not yet run: index -> (tokens, read, done, hold)
+    # arrived, not yet run: index -> (tokens, remote ticket, tokens read, read done at, expect)
+    waiting: dict[int, tuple] = {}
+    unread: list[tuple[float, int]] = []  # (remote read done at, index): not yet expected
     arrived = 0  # requests [0, arrived) have arrived
 
     def arrive(j: int) -> None:
@@ -173,11 +176,18 @@ def replay(
             session, returning = sessions.arrive(j, requests[j])
             if returning:
                 pf.turn_began(session, arrival[j])
-            expect = (pf.expect(tokens), session)
+            expect = [None, session]  # expected once its remote part is on host (`unread`)
+            heapq.heappush(unread, (done, j))
         waiting[j] = (tokens, ticket, read, done, expect)
 
     def run_prefetcher(now: float, i: int) -> None:
-        """Between turns: promote on the link's idle time before the next turn needs it."""
+        """Between turns: promote on the link's idle time before the next turn needs it. A
+        queued request is expected from when its remote read is done: before that, in simulated
+        time, its pages are not on host yet (the cache read them at once)."""
+        while unread and unread[0][0] <= now:
+            _, j = heapq.heappop(unread)
+            if j in waiting:
+                waiting[j][4][0] = pf.expect(waiting[j][0])
         queued = arrived > i + 1
         nxt = served.gpu_free if queued or arrived >= n else max(served.gpu_free, arrival[arrived])
         budget = served.idle_tokens(now, nxt) // ps
@@ -220,7 +230,7 @@ def replay(
             cache.lock(m.last_node)
             cache.release_prefetch(ticket)  # its pages are locked by the request now
             if expect is not None:
-                pf.release(expect[0])
+                pf.release(expect[0])  # None if its remote read was not done before its turn
             cache.load(m)
             t2 = clock()
             device_pages = cache.match(tokens, touch=False).device_pages
