@@ -143,6 +143,12 @@ class EngineConfig:
         "(named by the X-Session-ID header or the user field) back to the device and host "
         "before their predicted return; 0: off",
     )
+    share_hot_prefixes: bool = _opt(
+        True,
+        "with a remote tier: warm the host tier at start-up with the prefixes other processes "
+        "sharing the tier read most, and publish this engine's every minute and at shutdown",
+        negative=("--no-share-hot-prefixes",),
+    )
     check_integrity: bool = _opt(False, "prove page ownership after every step (slow; for tests)")
 
     def __post_init__(self) -> None:

@@ -33,6 +33,8 @@ from engine.scheduler import Scheduler
 from radixkv.cache_report import cache_report
 from radixkv.config import CacheConfig
 from radixkv.hicache import HiRadixCache
+from radixkv.hot_prefixes import publish as publish_hot_prefixes
+from radixkv.hot_prefixes import warm as warm_hot_prefixes
 from radixkv.namespace import CacheNamespace
 from radixkv.prefix_cache import NoPrefixCache, PrefixCache
 from storage import KVLayout, RemoteStore, open_store
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 IO_WAIT_S = 0.05  # longest block on remote I/O per iterate() (a `wake()` ends it early)
 EXTEND_GRAPH_TOKENS = 256  # one sequence's extends up to this many new tokens replay a graph
 AUTO_REMOTE_FRACTION = 0.10  # a file tier's default cap: this share of the disk's free space
+HOT_PUBLISH_S = 60.0  # how often an engine sharing a remote tier publishes its hot prefixes
 
 
 def default_remote_dir() -> Path:
@@ -113,6 +116,12 @@ class EngineCore:
             layout, cache_config, namespace=namespace, store=store, device=str(self.device)
         )
         self.prefix_cache = (PrefixCache if config.prefix_caching else NoPrefixCache)(self.cache)
+        # cross-instance hot prefixes (radixkv.hot_prefixes): warmed now, published every minute
+        self.sharing_hot = bool(
+            store is not None and config.share_hot_prefixes and config.prefix_caching
+        )
+        self.warming = warm_hot_prefixes(self.cache) if self.sharing_hot else None
+        self._hot_published_at = time.monotonic()
         backend, attention = make_backend(config.attention, self.cache.device_pool, self.model)
         graphs = []
         if config.cuda_graph and attention == "flashinfer":
@@ -235,6 +244,9 @@ class EngineCore:
     # ---- the step loop ---------------------------------------------------------------------------
     def step(self) -> list[Request]:
         """One engine step; returns the requests that produced a token (or finished)."""
+        if self.sharing_hot and time.monotonic() - self._hot_published_at > HOT_PUBLISH_S:
+            self._hot_published_at = time.monotonic()
+            publish_hot_prefixes(self.cache)  # one tree walk a minute; the I/O is asynchronous
         batch = self.scheduler.schedule()
         if batch is None:
             return []
@@ -263,5 +275,7 @@ class EngineCore:
         return self.scheduler.has_work
 
     def close(self) -> None:
-        """Finish remote writes in flight and close the cache (and its store)."""
+        """Publish hot prefixes, finish remote writes in flight, close the cache (and its store)."""
+        if self.sharing_hot:
+            publish_hot_prefixes(self.cache)
         self.cache.close()

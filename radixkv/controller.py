@@ -268,6 +268,10 @@ class CacheController:
 
         self._submit(run, counted, empty=not keys)
 
+    def get_blobs(self, keys: list[str], on_done: Callback) -> None:
+        """Read framed blobs as stored (None where absent); the caller verifies them."""
+        self._submit(lambda: self.store.get(keys), on_done, empty=not keys)
+
     def exists(self, keys: list[bytes], on_done: Callback) -> None:
         self._submit(lambda: self.store.exists([k.hex() for k in keys]), on_done, empty=not keys)
 

@@ -303,3 +303,27 @@ def test_a_returning_session_finds_its_context_promoted_back_to_the_device(tiny_
         assert pf.stats.useful_pages[SESSION] > 0
         report = eng.core.cache_report()["prefetch"]  # what /cache/stats shows
         assert report["by_kind"]["session"]["useful_pages"] > 0
+
+
+def test_a_new_engine_warms_its_host_tier_from_the_hot_prefixes_an_old_one_shared(
+    tiny_dir, tmp_path
+):
+    """Two engines over one file tier, one after the other (a restart, or a new pod): the first
+    publishes its hot prefixes when it closes; the second starts with them on host, and its
+    first request hits them there with the same tokens as transformers."""
+    path, hf = tiny_dir
+    remote = f"file://{tmp_path / 'remote'}"
+    with engine(path, host_memory_gb=gb(256), remote_url=remote) as first:
+        for p in PROMPTS:  # the shared system prompt is read by three of them
+            first.generate([p], max_tokens=2, ignore_eos=True)
+    with engine(path, host_memory_gb=gb(256), remote_url=remote) as second:
+        second.cache.wait_idle()  # the warm-up's reads (a real engine serves meanwhile)
+        assert second.core.warming.prefixes >= 1
+        assert second.cache.match(SYSTEM, touch=False).host_tokens == len(SYSTEM)
+        got = second.generate([PROMPTS[2]], max_tokens=8, ignore_eos=True)[0]
+        assert got.cached_tokens_by_tier["host"] == len(SYSTEM)
+        assert got.token_ids == hf_greedy(hf, PROMPTS[2], 8)
+    with engine(path, host_memory_gb=gb(256), remote_url=remote, share_hot_prefixes=False) as off:
+        off.cache.wait_idle()
+        assert off.core.warming is None
+        assert off.cache.match(SYSTEM, touch=False).cached_tokens == 0
