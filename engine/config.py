@@ -147,7 +147,6 @@ class EngineConfig:
         True,
         "with a remote tier: warm the host tier at start-up with the prefixes other processes "
         "sharing the tier read most, and publish this engine's every minute and at shutdown",
-        negative=("--no-share-hot-prefixes",),
     )
     check_integrity: bool = _opt(False, "prove page ownership after every step (slow; for tests)")
 

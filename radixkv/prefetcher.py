@@ -84,6 +84,7 @@ class Expectation:
     locked: TreeNode | None = None
     device_pages: int = 0  # pages this expectation loaded onto the device
     released: bool = False
+    settled: bool = False  # its whole cached prefix is on device (or nothing is cached)
 
 
 @dataclass
@@ -198,7 +199,7 @@ class Prefetcher:
         for e in self._queue:  # head first: it runs soonest
             if dev_left <= 0:
                 break
-            if not e.released:
+            if not e.released and not e.settled:
                 dev_left -= self._to_device(e, dev_left)
         live: deque[_Session] = deque()
         for s in self._due:  # sessions whose return is near (few): kept until back or expired
@@ -271,6 +272,8 @@ class Prefetcher:
             return 0
         m = cache.match(e.tokens, touch=False)
         if m.host_tokens == 0:
+            # a queued request with nothing on host or remote has nothing more to come up
+            e.settled = e.kind == QUEUED and m.remote_tokens == 0
             return 0
         if e.locked is not m.last_node:  # first hold, or the cached prefix grew meanwhile
             cache.lock(m.last_node)
