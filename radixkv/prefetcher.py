@@ -16,7 +16,8 @@ time before the next request needs it):
   `confidence` of the time. Remote parts come to host; host parts go to the device, held until
   the session returns or its window (twice the `expire_quantile` of the gaps) closes.
 
-Device pages held by prefetches are capped at `device_share` of the device tier.
+Device pages held by prefetches are capped at `device_share` of the device tier. A third kind,
+`hot`, marks what `radixkv.hot_prefixes` warms from the shared tier at start-up.
 
 Accounting (`stats`): a page moved is marked on its node with the tier and the kind of
 prediction; a later read of the node counts it useful, leaving that tier first counts it wasted.
@@ -172,6 +173,9 @@ class Prefetcher:
             self.release(old.promoted)
         s = _Session(session, tuple(tokens[: self.cache.tree.aligned(len(tokens))]), now, turns)
         self._sessions[session] = s
+        if len(self._sessions) > self.config.max_sessions:  # ids are the client's: bounded
+            oldest = self._sessions.pop(next(iter(self._sessions)))
+            self.release(oldest.promoted)
         learned = len(self._gaps) >= self.config.min_history
         if learned:
             self._schedule_promotion(s)

@@ -55,8 +55,8 @@ def test_same_tokens_cold_device_host_remote_and_preempted(tiny_dir, tmp_path):
         host = eng.generate(PROMPTS[2:3], max_tokens=12, ignore_eos=True)[0]
         assert host.token_ids == want[2] and host.cached_tokens_by_tier["host"] == 48
     with engine(
-        path, host_memory_gb=gb(256), remote_url=remote
-    ) as other:  # a second process's view
+        path, host_memory_gb=gb(256), remote_url=remote, share_hot_prefixes=False
+    ) as other:  # a second process's view (not warmed at start-up: the remote path is tested)
         remote_hit = other.generate(PROMPTS[3:4], max_tokens=12, ignore_eos=True)[0]
         assert remote_hit.token_ids == want[3] and remote_hit.cached_tokens_by_tier["remote"] == 48
     with engine(path, pages=9) as small:  # 4 requests x 4 pages do not fit in 9: preemption
