@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engine.config import DEFAULT_REMOTE, EngineConfig
@@ -182,13 +183,22 @@ class EngineCore:
             if self.tokenizer is None:
                 raise ValueError("this model has no tokenizer: pass token id lists")
             return self.tokenizer.encode(prompt)
-        ids = list(prompt)
         vocab = self.model.config.vocab_size
-        if not ids or not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+        try:  # checked in one vectorised pass: a Python loop costs ~1 ms per 4,096 ids
+            arr = np.asarray(list(prompt))
+        except (TypeError, ValueError):
+            arr = np.asarray([], dtype=np.float64)
+        if (
+            arr.ndim != 1
+            or arr.size == 0
+            or arr.dtype.kind not in "iub"
+            or arr.min() < 0
+            or arr.max() >= vocab
+        ):
             raise ValueError(
                 f"a prompt must be a non-empty string or list of token ids in [0, {vocab})"
             )
-        return ids
+        return arr.astype(np.int64).tolist()
 
     def make_request(self, prompt, *, session: str | None = None, **sampling) -> Request:
         """Validate a prompt and sampling options into a Request, not yet queued (thread-safe).

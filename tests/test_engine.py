@@ -160,6 +160,10 @@ def test_stop_tokens_end_generation(tiny_dir):
     [
         ([], {}, "prompt"),
         ([5, 500], {}, "token ids"),
+        ([5, -1], {}, "token ids"),
+        ([5, 2.0], {}, "token ids"),
+        ([[5, 6]], {}, "token ids"),
+        ([5, "6"], {}, "token ids"),
         ("text", {}, "tokenizer"),
         ([1, 2], {"temperature": -1}, "temperature"),
         ([1, 2], {"top_p": 0}, "top_p"),
