@@ -133,7 +133,7 @@ class _OpenAISampling(_Body):
     stop: Stop | None = None
     stop_token_ids: list[Int] | None = None  # extension
     ignore_eos: bool = False  # extension
-    user: Annotated[StrictStr, Field(min_length=1, max_length=256)] | None = Field(
+    user: Annotated[StrictStr, Field(max_length=256)] | None = Field(
         None,
         description="an end user's id; it names the conversation for the cache's prefetcher "
         "unless the X-Session-ID header does",

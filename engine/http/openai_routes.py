@@ -31,7 +31,7 @@ def session_of(http: Request, body) -> str | None:
         raise APIError(
             400, "X-Session-ID must be 1 to 256 characters", "invalid_request_error", "session"
         )
-    return header or body.user
+    return header or body.user or None  # an empty `user` names nothing
 
 
 def openai_router(ctx: ServingContext) -> APIRouter:
