@@ -14,7 +14,11 @@ are read into host, marked as prefetched (kind `hot`) so that precision counts t
 half the host tier is filled this way.
 
 Choosing what to publish walks the tree once (all nodes): it runs when the engine publishes
-(every `publish_interval_s` and at shutdown), never on a request's path.
+(every minute and at shutdown), never on a request's path.
+
+The record holds token ids, a readable form of the prefixes' text, where page keys hold only
+digests: an engine shares it only when asked (`EngineConfig.share_hot_prefixes`), for a tier
+whose readers (the same model and `--tenant`) may see those prompts.
 """
 
 from __future__ import annotations

@@ -55,8 +55,8 @@ def test_same_tokens_cold_device_host_remote_and_preempted(tiny_dir, tmp_path):
         host = eng.generate(PROMPTS[2:3], max_tokens=12, ignore_eos=True)[0]
         assert host.token_ids == want[2] and host.cached_tokens_by_tier["host"] == 48
     with engine(
-        path, host_memory_gb=gb(256), remote_url=remote, share_hot_prefixes=False
-    ) as other:  # a second process's view (not warmed at start-up: the remote path is tested)
+        path, host_memory_gb=gb(256), remote_url=remote
+    ) as other:  # a second process's view
         remote_hit = other.generate(PROMPTS[3:4], max_tokens=12, ignore_eos=True)[0]
         assert remote_hit.token_ids == want[3] and remote_hit.cached_tokens_by_tier["remote"] == 48
     with engine(path, pages=9) as small:  # 4 requests x 4 pages do not fit in 9: preemption
@@ -317,17 +317,18 @@ def test_a_new_engine_warms_its_host_tier_from_the_hot_prefixes_an_old_one_share
     first request hits them there with the same tokens as transformers."""
     path, hf = tiny_dir
     remote = f"file://{tmp_path / 'remote'}"
-    with engine(path, host_memory_gb=gb(256), remote_url=remote) as first:
+    shared = dict(host_memory_gb=gb(256), remote_url=remote, share_hot_prefixes=True)
+    with engine(path, **shared) as first:
         for p in PROMPTS:  # the shared system prompt is read by three of them
             first.generate([p], max_tokens=2, ignore_eos=True)
-    with engine(path, host_memory_gb=gb(256), remote_url=remote) as second:
+    with engine(path, **shared) as second:
         second.cache.wait_idle()  # the warm-up's reads (a real engine serves meanwhile)
         assert second.core.warming.prefixes >= 1
         assert second.cache.match(SYSTEM, touch=False).host_tokens == len(SYSTEM)
         got = second.generate([PROMPTS[2]], max_tokens=8, ignore_eos=True)[0]
         assert got.cached_tokens_by_tier["host"] == len(SYSTEM)
         assert got.token_ids == hf_greedy(hf, PROMPTS[2], 8)
-    with engine(path, host_memory_gb=gb(256), remote_url=remote, share_hot_prefixes=False) as off:
+    with engine(path, host_memory_gb=gb(256), remote_url=remote) as off:  # the default: off
         off.cache.wait_idle()
         assert off.core.warming is None
         assert off.cache.match(SYSTEM, touch=False).cached_tokens == 0
