@@ -200,8 +200,9 @@ class Prefetcher:
         dev_left, host_left = device_pages, host_pages
         while self._queue and self._queue[0].released:
             self._queue.popleft()
+        cap = int(self.config.device_share * self.cache.config.device_pages)
         for e in self._queue:  # head first: it runs soonest
-            if dev_left <= 0:
+            if dev_left <= 0 or self.held_device_pages >= cap:
                 break
             if not e.released and not e.settled:
                 dev_left -= self._to_device(e, dev_left)
