@@ -298,7 +298,8 @@ def test_a_returning_session_finds_its_context_promoted_back_to_the_device(tiny_
             eng.generate([ctx[s]], max_tokens=4, ignore_eos=True, session=f"s{s}")
         eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)  # other traffic's doing
         assert eng.cache.match(ctx[2], touch=False).device_tokens == 0
-        time.sleep(0.3)  # past the shortest learned gap: s2's return is near
+        s2 = pf._sessions["s2"]  # past its end by the shortest learned gap: its return is near
+        time.sleep(max(0.0, s2.ended_at + min(pf._sorted_gaps) - time.monotonic()) + 0.05)
         eng.generate([[5, 6, 7]], max_tokens=2, ignore_eos=True)  # steps run the prefetcher
         assert pf.stats.moved_pages[SESSION] > 0
         back = eng.generate([ctx[2]], max_tokens=6, ignore_eos=True, session="s2")[0]
