@@ -148,7 +148,7 @@ class EngineConfig:
         "with a remote tier: warm the host tier at start-up with the prefixes other processes "
         "sharing the tier read most, and publish this engine's every minute and at shutdown. "
         "The record holds those prefixes' token ids (a readable form of their text) in the "
-        "shared tier: turn it on where every reader of the tier (same --tenant) may see them",
+        "shared tier: turn it on where every reader of the tier (the same tenant) may see them",
     )
     check_integrity: bool = _opt(False, "prove page ownership after every step (slow; for tests)")
 
