@@ -1,9 +1,9 @@
 """CPU decode: radixkv's engine against Hugging Face transformers on the same weights, one run.
 
-The default model (SmolLM2-135M-Instruct, a Q4_1 GGUF), greedy, batch 1 and 8: radixkv in
-float32 and bfloat16 (both dequantized) and in bfloat16 with the GGUF's own 4-bit weights (its
-default on a CPU with native bf16), against transformers in the same dtype and in its default
-(float32) on the same file. A decode step's time
+The default model (SmolLM2-135M-Instruct, a Q4_1 GGUF), greedy, batch 1 and 8: radixkv in its
+default (`dtype=auto`: the GGUF's own 4-bit weights, activations in bfloat16 where the CPU has
+it and float32 elsewhere), in float32 and bfloat16 dequantized, and in bfloat16 with the 4-bit
+weights, against transformers in the same dtype and in its default (float32) on the same file. A decode step's time
 is the difference between generating N2 and N1 tokens over the same prompts, divided by
 N2 - N1, so prefill and start-up cancel out. The floor beside each: the bytes of weights a step
 reads (every weight but the embedding rows; 4-bit layers at their packed size) / this machine's
@@ -95,14 +95,22 @@ def main() -> int:
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    from engine.int4_linear import int4_available
     from engine.model_loader import auto_dtype
 
     default = str(auto_dtype(None, torch.device("cpu"))).removeprefix("torch.")
+    int4 = int4_available()  # dtype auto runs the GGUF's 4-bit weights where the kernel is
     gbps = memory_gbps()
     print(f"memory read bandwidth {gbps:.1f} GB/s; radixkv's default dtype here: {default}")
     rng = torch.Generator().manual_seed(0)
     # (label, radixkv dtype, its 4-bit path, the transformers dtype it is compared with)
     variants = [
+        (
+            f"default (dtype auto: {default}{', 4-bit GGUF weights' if int4 else ''})",
+            "auto",
+            True,
+            "float32",
+        ),
         ("float32", "float32", False, "float32"),
         ("bfloat16", "bfloat16", False, "bfloat16"),
         ("bfloat16, 4-bit GGUF weights", "bfloat16", True, "bfloat16"),
@@ -120,8 +128,8 @@ def main() -> int:
         rows[batch] = row
     print(
         f"\n({torch.get_num_threads()} threads; ms per decode step; floor: weight bytes read / "
-        f"memory bandwidth {gbps:.0f} GB/s; radixkv's default here: {default}"
-        f"{' with 4-bit GGUF weights' if default == 'bfloat16' else ''})"
+        f"memory bandwidth {gbps:.0f} GB/s; transformers' default on a GGUF: float32 over its "
+        "packed weights)"
     )
     print(
         "| batch | radixkv | ms | floor | transformers (same dtype) | speed-up | vs transformers' default (fp32) |"

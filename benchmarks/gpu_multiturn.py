@@ -13,9 +13,10 @@ Configurations, one engine each, in one run:
                  (each client's requests carry its session id; use --think-s; not run by default)
 
 Printed per configuration: duration, requests/s, TTFT p50/p90 (all rounds and rounds >= 2),
-cached fraction by tier, preemptions, and the run's floor (prefill FLOPs at the measured bf16
-matmul peak + decode steps at the weight-read floor + host-loaded KV at the measured pinned H2D
-bandwidth) with the ratio to it.
+cached fraction by tier, preemptions, the run's floor (`run_floor`: prefill FLOPs at the
+measured bf16 matmul peak + decode steps at the weight-read floor, as many as the device tier
+forces + the KV decode reads + host-loaded KV at the measured pinned H2D bandwidth) with the
+ratio to it, and where the engine thread's time went (`StepTimes`).
 
     python benchmarks/gpu_multiturn.py [--clients 32] [--rounds 4] [--doc-tokens 4000] ...
 """
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import random
 import statistics
 import sys
@@ -92,26 +94,118 @@ async def run_clients(eng, args, rng: random.Random) -> list[dict]:
     return records
 
 
+class StepTimes:
+    """Where the engine thread's time goes: wraps the core's schedule, forward and output steps
+    (a benchmark's instrument; the engine is unchanged). A forward's time includes waiting for
+    the host loads its batch needs (per-layer waits inside it)."""
+
+    def __init__(self, core) -> None:
+        self.schedule_s = self.outputs_s = 0.0
+        self.forward_s = {"decode": 0.0, "prefill": 0.0}  # prefill: any prompt tokens in it
+        self.steps = {"decode": 0, "prefill": 0}
+        self.prefill_tokens = self.decode_tokens = 0
+        sched, runner = core.scheduler, core.runner
+        schedule, process, run = sched.schedule, sched.process_outputs, runner.run
+
+        def timed_schedule():
+            t = time.perf_counter()
+            try:
+                return schedule()
+            finally:
+                self.schedule_s += time.perf_counter() - t
+
+        def timed_run(batch):
+            t = time.perf_counter()
+            try:
+                return run(batch)
+            finally:
+                n, rows = len(batch.input_ids), batch.num_sequences
+                kind = "decode" if n == rows else "prefill"
+                self.forward_s[kind] += time.perf_counter() - t
+                self.steps[kind] += 1
+                self.decode_tokens += rows if kind == "decode" else 0
+                self.prefill_tokens += n if kind == "prefill" else 0
+
+        def timed_process(*a, **k):
+            t = time.perf_counter()
+            try:
+                return process(*a, **k)
+            finally:
+                self.outputs_s += time.perf_counter() - t
+
+        sched.schedule, sched.process_outputs, runner.run = (
+            timed_schedule,
+            timed_process,
+            timed_run,
+        )
+
+    def report(self, duration: float) -> dict:
+        busy = self.schedule_s + self.outputs_s + sum(self.forward_s.values())
+        return {
+            "schedule_s": self.schedule_s,
+            "outputs_s": self.outputs_s,
+            "forward_s": dict(self.forward_s),
+            "steps": dict(self.steps),
+            "prefill_tokens": self.prefill_tokens,
+            "decode_tokens": self.decode_tokens,
+            "idle_s": duration - busy,
+        }
+
+
+def run_floor(records, eng, floors: dict, w_bytes: int, layout, args) -> dict:
+    """The least time this run's work takes on this GPU, in seconds, by part:
+    - prefill: the computed prompt tokens' FLOPs (2 x parameters per token, plus causal
+      attention over their context) at the measured bf16 matmul peak;
+    - decode weights: decode steps x weight bytes / HBM read bandwidth. Steps are at least
+      rounds x output tokens (a client's tokens come one after another) and at least the
+      output tokens / the most requests the device tier holds at once (a decoding request's
+      whole context is on the device);
+    - decode KV: each output token reads its context's KV once (bytes / HBM);
+    - loads: host and remote hits' KV at the measured pinned host-to-device bandwidth."""
+    cfg = eng.model.config
+    kv_token = layout.page_bytes / layout.page_size
+    attn_dim = cfg.num_heads * cfg.head_dim
+    flops = 0.0
+    for r in records:
+        p, c = r["prompt_tokens"], sum(r["cached"].values())
+        flops += 2 * (w_bytes / 2) * (p - c) + 4 * cfg.num_layers * attn_dim * (p * p - c * c) / 2
+    outputs = sum(r["output_tokens"] for r in records)
+    context = statistics.mean(r["prompt_tokens"] + r["output_tokens"] for r in records)
+    pc = eng.core.prefix_cache
+    at_once = max(
+        1,
+        min(
+            args.max_running, args.clients, int(pc.device_capacity_pages * pc.page_size // context)
+        ),
+    )
+    steps = max(args.rounds * args.output_tokens, math.ceil(outputs / at_once))
+    kv_read = sum(
+        r["output_tokens"] * (r["prompt_tokens"] + r["output_tokens"] / 2) * kv_token
+        for r in records
+    )
+    loaded = sum(r["cached"].get("host", 0) + r["cached"].get("remote", 0) for r in records)
+    return {
+        "prefill": flops / (floors["matmul_tflops"] * 1e12),
+        "decode_weights": steps * w_bytes / (floors["hbm_gbps"] * 1e9),
+        "decode_kv": kv_read / (floors["hbm_gbps"] * 1e9),
+        "loads": loaded * kv_token / (floors["h2d_pinned_gbps"] * 1e9),
+    }
+
+
 def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100)[q - 1] if len(values) > 1 else values[0]
 
 
 def summarize(
-    name: str, records, duration: float, eng, floors: dict, w_bytes: int, layout, decode_steps: int
+    name: str, records, duration: float, eng, floors: dict, w_bytes: int, layout, args
 ) -> dict:
     prompt = sum(r["prompt_tokens"] for r in records)
     cached = {t: sum(r["cached"].get(t, 0) for r in records) for t in ("device", "host", "remote")}
     computed = prompt - sum(cached.values())
     ttft = [r["ttft_s"] for r in records]
     later = [r["ttft_s"] for r in records if r["round"] >= 1]
-    # the floor: computed prefill at the matmul peak, every decode step at the weight-read floor
-    # (all clients decode together at best), host and remote hits moved at pinned H2D speed
-    per_token_kv = layout.page_bytes / layout.page_size
-    floor = (
-        2 * (w_bytes / 2) * computed / (floors["matmul_tflops"] * 1e12)
-        + decode_steps * w_bytes / (floors["hbm_gbps"] * 1e9)
-        + (cached["host"] + cached["remote"]) * per_token_kv / (floors["h2d_pinned_gbps"] * 1e9)
-    )
+    floor_parts = run_floor(records, eng, floors, w_bytes, layout, args)
+    floor = sum(floor_parts.values())
     row = {
         "config": name,
         "requests": len(records),
@@ -126,6 +220,7 @@ def summarize(
         "preemptions": eng.scheduler.preemptions,
         "prefetch": eng.core.cache_report()["prefetch"],
         "floor_s": floor,
+        "floor_parts_s": floor_parts,
         "ratio_to_floor": duration / floor,
     }
     print(
@@ -133,7 +228,8 @@ def summarize(
         f"{row['ttft_p50_ms']:.0f} / p90 {row['ttft_p90_ms']:.0f} ms (rounds>=2: "
         f"{row['ttft_p50_round2plus_ms'] or 0:.0f} / {row['ttft_p90_round2plus_ms'] or 0:.0f}), "
         f"cached {', '.join(f'{t} {v:.0%}' for t, v in row['cached_fraction'].items())}, "
-        f"preemptions {row['preemptions']}, floor {floor:.1f} s -> {row['ratio_to_floor']:.2f}x",
+        f"preemptions {row['preemptions']}, floor {floor:.1f} s -> {row['ratio_to_floor']:.2f}x "
+        f"(floor: {', '.join(f'{k} {v:.1f}' for k, v in floor_parts.items())})",
         flush=True,
     )
     pf = row["prefetch"]
@@ -189,11 +285,20 @@ def main() -> int:
         eng.loop.start()
         eng.generate([[5] * 512], max_tokens=2)  # warm-up (through the loop: it is running)
         eng.scheduler.preemptions = 0
+        times = StepTimes(eng.core)
         t = time.perf_counter()
         records = asyncio.run(run_clients(eng, args, random.Random(0)))
         duration = time.perf_counter() - t
-        steps = args.rounds * args.output_tokens
-        rows.append(summarize(name, records, duration, eng, floors, w_bytes, layout, steps))
+        rows.append(summarize(name, records, duration, eng, floors, w_bytes, layout, args))
+        rows[-1]["time"] = st = times.report(duration)
+        print(
+            f"{'':>12}  engine thread: forward {st['forward_s']['prefill']:.1f} s in "
+            f"{st['steps']['prefill']} steps with prompt tokens ({st['prefill_tokens']:,}), "
+            f"{st['forward_s']['decode']:.1f} s in {st['steps']['decode']} decode-only steps "
+            f"({st['decode_tokens']:,} tokens); schedule {st['schedule_s']:.1f} s, outputs "
+            f"{st['outputs_s']:.1f} s, idle {st['idle_s']:.1f} s",
+            flush=True,
+        )
         eng.close()
         eng = None
         gc.collect()

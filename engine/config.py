@@ -117,8 +117,9 @@ class EngineConfig:
     )
     cpu_int4: bool = _opt(
         True,
-        "on a CPU in bfloat16, run a GGUF's Q4_1 weights as they are, in 4 bits (a quarter of "
-        "the bytes a decode step reads); off: dequantized",
+        "on a CPU in bfloat16 or the dtype auto picks, run a GGUF's Q4_1 weights as they are, "
+        "in 4 bits (a quarter of the bytes a decode step reads); off, or an explicit float32: "
+        "dequantized",
     )
     cuda_graph: bool = _opt(
         True,

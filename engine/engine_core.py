@@ -88,10 +88,13 @@ class EngineCore:
             if config.dtype == "auto"
             else getattr(torch, config.dtype)
         )
-        int4 = (  # a GGUF's 4-bit weights as they are: CPU, bfloat16, and the kernel there
+        # A GGUF's 4-bit weights as they are, on a CPU with the kernel: in bfloat16, or in the
+        # float32 `dtype=auto` picks where the CPU lacks bf16 (the kernel takes its activations
+        # in bf16). An explicit float32 stays the dense reference.
+        int4 = (
             config.cpu_int4
             and self.device.type == "cpu"
-            and dtype == torch.bfloat16
+            and (dtype == torch.bfloat16 or config.dtype == "auto")
             and int4_available()
         )
         self.model, self.fingerprint, self.tokenizer = load_model(
@@ -266,10 +269,15 @@ class EngineCore:
 
     def iterate(self) -> list[Request]:
         """A step; when it ran nothing and nothing is running, the waiting requests wait on remote
-        prefetches: block until one completes (or `wake()`), at most IO_WAIT_S."""
+        prefetches: block until one completes (or `wake()`), at most IO_WAIT_S or until a waiting
+        request's wait for its fetch ends."""
         progressed = self.step()
         if not progressed and not self.scheduler.running:
-            self.prefix_cache.wait_for_io(IO_WAIT_S)
+            wait = IO_WAIT_S
+            deadline = self.scheduler.next_prefetch_deadline()
+            if deadline is not None:  # a request stops waiting for its fetch then
+                wait = min(wait, max(0.0, deadline - time.monotonic()))
+            self.prefix_cache.wait_for_io(wait)
         return progressed
 
     def wake(self) -> None:

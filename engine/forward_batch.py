@@ -7,8 +7,10 @@ the new tokens' KV is written to. A decode step is a batch whose extend_len is 1
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -30,21 +32,29 @@ class ForwardBatch:
 
     def __post_init__(self) -> None:
         ps = self.page_size
-        pages, offsets = [], []
+        segments = []  # per sequence: the pages its new tokens write, table[first : last + 1]
         for prefix, ext, table in zip(
             self.prefix_lens, self.extend_lens, self.page_tables, strict=True
         ):
             if len(table) * ps < prefix + ext:
                 raise ValueError(f"{len(table)} pages cannot hold {prefix + ext} tokens")
-            for p in range(prefix, prefix + ext):
-                pages.append(table[p // ps])
-                offsets.append(p % ps)
+            segments.append(table[prefix // ps : (prefix + ext - 1) // ps + 1])
+        # each new token's position and the page slot it writes, vectorised (no loop per token):
+        # token j of sequence i sits at position prefix_i + j, in page table_i[pos // ps]
+        ext = np.asarray(self.extend_lens, dtype=np.int64)
+        starts = np.cumsum(ext) - ext  # [num sequences] first token's index in [0, T)
+        seq = np.repeat(np.arange(len(ext)), ext)  # [T] each token's sequence
+        prefix = np.asarray(self.prefix_lens, dtype=np.int64)
+        pos = prefix[seq] + np.arange(len(seq)) - starts[seq]
+        lens = np.fromiter(map(len, segments), np.int64, len(segments))
+        flat = np.fromiter(itertools.chain.from_iterable(segments), np.int64, lens.sum())
+        # the segment of sequence i starts at seg_starts[i] in `flat` and at page prefix_i // ps
+        seg_starts = np.cumsum(lens) - lens - prefix // ps
         dev = self.input_ids.device
         # built with the batch, before the forward: no host-device copy inside the model
-        self.out_pages = torch.tensor(pages, dtype=torch.long, device=dev)
-        self.out_offsets = torch.tensor(offsets, dtype=torch.long, device=dev)
-        ends = torch.tensor(self.extend_lens, dtype=torch.long).cumsum(0) - 1
-        self.last_indices = ends.to(dev)
+        self.out_pages = torch.from_numpy(flat[seg_starts[seq] + pos // ps]).to(dev)
+        self.out_offsets = torch.from_numpy(pos % ps).to(dev)
+        self.last_indices = torch.from_numpy(starts + ext - 1).to(dev)
 
     @classmethod
     def build(

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.cpu_linear import use_onednn
 from engine.forward_batch import ForwardBatch
 from engine.int4_linear import Int4Linear
 from engine.model_config import ModelConfig
@@ -219,8 +220,9 @@ class CausalLM(nn.Module):
 
     def fuse(self, int4: bool = False) -> CausalLM:
         """Fewer, bigger kernels for serving: merged QKV and gate/up projections, and on CUDA
-        with flashinfer its RMSNorm kernels with the residual add fused. With `int4` (CPU,
-        bfloat16), a GGUF's Q4_1 projections kept by the loader (`q4_blocks`) run in 4 bits.
+        with flashinfer its RMSNorm kernels with the residual add fused; on a CPU in float32 the
+        dense products in oneDNN. With `int4` (CPU), a GGUF's Q4_1 projections kept by the
+        loader (`q4_blocks`) run in 4 bits.
         Changes the module names (state dicts no longer match Hugging Face's), so it runs after
         loading."""
         # "model.layers.{i}.{part}.{proj}.weight" -> (i, part) -> {proj: blocks}
@@ -233,6 +235,7 @@ class CausalLM(nn.Module):
             layer.mlp.fuse(q4.get((i, "mlp")) if int4 else None)
         self.q4_blocks = {}
         weight = self.lm_head.weight
+        use_onednn(self)  # float32 on a CPU: the dense products through oneDNN
         # flashinfer's kernels take half-precision activations (and RoPE these head sizes)
         kernels = weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)
         for module in self.modules():

@@ -53,7 +53,21 @@ class Request:
 
     @property
     def all_ids(self) -> list[int]:
+        """Prompt and output so far (a new list: use `num_tokens` / `tokens` on hot paths)."""
         return self.prompt_ids + self.output_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    def tokens(self, start: int, end: int) -> list[int]:
+        """all_ids[start:end] without building all_ids (a decode step's one token is an output's)."""
+        p = len(self.prompt_ids)
+        if start >= p:
+            return self.output_ids[start - p : end - p]
+        if end <= p:
+            return self.prompt_ids[start:end]
+        return self.prompt_ids[start:] + self.output_ids[: end - p]
 
     @property
     def cached_tokens(self) -> int:

@@ -123,6 +123,12 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def next_prefetch_deadline(self) -> float | None:
+        """(time.monotonic) when the first waiting request stops waiting for its remote fetch."""
+        window = itertools.islice(self.waiting, 4 * self.max_running)
+        times = [r.prefetch.wait_until for r in window if r.prefetch and not r.prefetch.done]
+        return min(times, default=None)
+
     # ---- one step ----------------------------------------------------------------------------
     def schedule(self) -> ScheduledBatch | None:
         """Admit, plan and reserve pages for the next batch; None when nothing can run."""
@@ -137,9 +143,9 @@ class Scheduler:
         sequences, sampling = [], []
         for r, n in plan:
             sequences.append(
-                (r.all_ids[r.num_computed : r.num_computed + n], r.num_computed, r.page_table)
+                (r.tokens(r.num_computed, r.num_computed + n), r.num_computed, r.page_table)
             )
-            samples = r.num_computed + n == len(r.all_ids)  # else a prefill chunk: more to come
+            samples = r.num_computed + n == r.num_tokens  # else a prefill chunk: more to come
             sampling.append(self._row_sampling(r) if samples else None)
         forward = ForwardBatch.build(sequences, self.page_size, self.device, sampling)
         forward.layer_ready = self.cache.take_layer_events()
@@ -230,10 +236,11 @@ class Scheduler:
             return
         # a bounded FIFO window: admission never re-matches the whole queue every step
         window = 4 * self.max_running
-        ready = [
+        now = time.monotonic()
+        ready = [  # a remote fetch is waited for only while recomputing would take longer
             r
             for r in itertools.islice(self.waiting, window)
-            if r.prefetch is None or r.prefetch.done
+            if r.prefetch is None or r.prefetch.done or now >= r.prefetch.wait_until
         ]
         if not ready:
             return
@@ -241,7 +248,8 @@ class Scheduler:
         hits: dict[int, int] = {}
         if self.cache.reuses_prefixes and not starving:
             hits = {
-                r.rid: self.cache.match(r.all_ids[:-1], touch=False).device_tokens for r in ready
+                r.rid: self.cache.match(r.tokens(0, r.num_tokens - 1), touch=False).device_tokens
+                for r in ready
             }
             ready.sort(key=lambda r: -hits[r.rid])  # resident prefixes first (stable: FIFO within)
         room = self._uncommitted_pages()
@@ -267,7 +275,7 @@ class Scheduler:
         the adaptive ratio predicts (a matched device prefix counts as committed already: shared
         prefixes are mostly locked by the requests that share them)."""
         left = min(req.params.max_tokens - len(req.output_ids), _RESERVE_CLIP_TOKENS)
-        total = len(req.all_ids) + math.ceil(left * self.new_token_ratio)
+        total = req.num_tokens + math.ceil(left * self.new_token_ratio)
         return max(0, -(-(total - cached_on_device) // self.page_size) - len(req.page_table))
 
     def _uncommitted_pages(self) -> int:
@@ -290,7 +298,9 @@ class Scheduler:
 
     def _attach(self, req: Request) -> None:
         """Match the request's prefix, lock it, load its host part; the page table starts there."""
-        tokens = req.all_ids[:-1]  # the last token is always computed: its logits pick the next
+        tokens = req.tokens(
+            0, req.num_tokens - 1
+        )  # the last token is always computed: its logits pick the next
         m = self.cache.match(tokens)
         self.cache.lock(m)
         try:
@@ -318,14 +328,14 @@ class Scheduler:
         budget = self.max_batch_tokens
         plan: list[tuple[Request, int]] = []
         order = sorted(
-            self.running, key=lambda r: len(r.all_ids) - r.num_computed > 1
+            self.running, key=lambda r: r.num_tokens - r.num_computed > 1
         )  # decodes first
         for req in order:
             if budget <= 0:
                 break
             if req not in self.running:
                 continue  # preempted while planning an earlier request
-            n = min(len(req.all_ids) - req.num_computed, budget)
+            n = min(req.num_tokens - req.num_computed, budget)
             if not self._reserve(req, req.num_computed + n):
                 continue
             plan.append((req, n))
@@ -344,10 +354,7 @@ class Scheduler:
                 if victim is None:
                     self.running.remove(req)
                     self._release(req)
-                    if (
-                        len(req.all_ids) - 1
-                        > (self.cache.device_capacity_pages - 1) * self.page_size
-                    ):
+                    if req.num_tokens - 1 > (self.cache.device_capacity_pages - 1) * self.page_size:
                         self._finish(req, "abort")  # can never fit: larger than the device tier
                     else:
                         self._requeue(req)
@@ -375,7 +382,7 @@ class Scheduler:
         full = req.num_computed // ps
         if full <= req.tree_pages:
             return
-        inserted = cache.insert(req.all_ids[: full * ps], req.page_table[:full])
+        inserted = cache.insert(req.tokens(0, full * ps), req.page_table[:full])
         cache.lock(inserted)
         cache.unlock(req.prefix)
         req.prefix = inserted
@@ -386,7 +393,7 @@ class Scheduler:
         """Hand computed full pages to the tree (or back, caching off), free the rest, unlock."""
         ps, cache = self.page_size, self.cache
         full = req.num_computed // ps
-        kept = cache.insert(req.all_ids[: full * ps], req.page_table[:full]) if full else EMPTY
+        kept = cache.insert(req.tokens(0, full * ps), req.page_table[:full]) if full else EMPTY
         cache.free(req.page_table[max(kept.num_pages, req.tree_pages) :])
         cache.unlock(req.prefix)
         req.prefix, req.page_table, req.tree_pages, req.num_computed = EMPTY, [], 0, 0

@@ -9,6 +9,7 @@ held for queued requests; the tree, the pools and the references stay the cache'
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,9 @@ class Prefetch:
     held: TreeNode | None = None  # the pinned (io_ref) node, while held
     held_pages: int = 0
     mark_kind: int | None = None  # a prediction's kind (`radixkv.prefetcher`): pages get marked
+    # (time.monotonic) a queued request stops waiting for this fetch then: by then recomputing
+    # what it may bring would have been done (set by `PrefixCache.prefetch`)
+    wait_until: float = math.inf
 
 
 class RemoteReads:

@@ -231,3 +231,37 @@ def test_generate_waits_for_a_slow_prefetch_without_spinning(tiny_dir, tmp_path)
         r = b.generate([prompt], max_tokens=2, ignore_eos=True)[0]
     assert r.token_ids == want and r.cached_tokens_by_tier["remote"] == 144
     assert steps[0] < 100, f"{steps[0]} scheduler steps while waiting 0.5 s for one read"
+
+
+def test_a_stuck_remote_tier_delays_a_request_no_longer_than_recomputing(tiny_dir, tmp_path):
+    """A queued request waits for its remote lookup only as long as recomputing its uncached
+    prompt would take (the measured prefill speed). On the GPU a burst of write-through traffic
+    queued the lookups behind the writes and left the engine idle for 18 of 35 s."""
+    import asyncio
+
+    path, hf = tiny_dir
+    prompt = [(i * 11) % 97 + 1 for i in range(150)]
+    options = dict(
+        device="cpu",
+        kv_memory_gb=0.01,
+        host_memory_gb=0.01,
+        remote_url=(tmp_path / "remote").as_uri(),
+        remote_timeout_s=8.0,
+    )
+    with Engine(str(path), **options) as eng:
+        warm = [(i * 7) % 97 + 1 for i in range(200)]
+        eng.generate([warm], max_tokens=2, ignore_eos=True)  # measures the prefill speed
+        assert eng.cache.cost.prefill_tokens_per_s
+        eng.cache.wait_idle(timeout_s=30)
+
+        async def stuck(keys):
+            await asyncio.sleep(4.0)
+            return [False] * len(keys)
+
+        eng.cache.store.exists = eng.cache.store.get = stuck
+        t = time.perf_counter()
+        r = eng.generate([prompt], max_tokens=4, ignore_eos=True)[0]
+        took = time.perf_counter() - t
+    assert r.token_ids == hf_greedy(hf, prompt, 4)
+    assert r.cached_tokens_by_tier["remote"] == 0
+    assert took < 2.0, f"{took:.1f} s behind a remote tier that answers in 4 s"
