@@ -91,6 +91,11 @@ class EngineConfig:
         "write_through, write_through_selective or write_back (device -> host -> remote)",
         "--hicache-write-policy",
     )
+    remote_admission: float = _opt(
+        0.0,
+        "0: write every page copied down on to the remote tier; a share in (0, 1]: only pages "
+        "of a kind read again at least that often, or read again already",
+    )
     tenant: str = _opt("", "salt that isolates this tenant's cache entries from other tenants'")
     prefix_caching: bool = _opt(
         True,
@@ -178,6 +183,7 @@ class EngineConfig:
             ("host_memory_gb", 0, False),
             ("remote_timeout_s", 0, True),
             ("remote_load_margin", 0, False),
+            ("remote_admission", 0, False),
         ):
             v = getattr(self, name)
             if (
@@ -187,6 +193,8 @@ class EngineConfig:
                 or (v <= low if strict else v < low)
             ):
                 raise bad(name, f"must be a finite number {'>' if strict else '>='} {low}")
+        if self.remote_admission > 1:
+            raise bad("remote_admission", "must be a share in [0, 1]")
         if self.remote_max_gb is not None and not (
             isinstance(self.remote_max_gb, (int, float)) and 0 < self.remote_max_gb < math.inf
         ):

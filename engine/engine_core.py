@@ -114,6 +114,7 @@ class EngineCore:
             remote_load_margin=config.remote_load_margin,
             policy=config.policy,
             write_policy=config.write_policy,
+            remote_admission=config.remote_admission,
         )
         namespace = CacheNamespace(self.fingerprint, layout, config.tenant)
         self.cache = HiRadixCache(

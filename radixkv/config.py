@@ -27,6 +27,9 @@ class CacheConfig:
     - `remote_io`: `thread` (default) runs remote calls on a background I/O thread; `inline`
       runs each one on the owner's thread, in submission order, only when the owner waits
       (`wait_one` / `wait_idle`): deterministic, for property tests and simulated replays.
+    - `remote_admission`: 0 (default) writes every page the write policy copies down on to the
+      remote tier; a share in (0, 1] writes a page there only if nodes of its class are read
+      again at least that often (`radixkv.remote_admission`), or once it has been read again.
     - `prefetch`: the limits of promotion ahead of need (`radixkv.prefetcher`); it acts only
       when its owner calls `HiRadixCache.prefetcher.step`.
     """
@@ -41,6 +44,7 @@ class CacheConfig:
     remote_load_margin: float = 1.0
     remote_io: str = "thread"
     prefetch: PrefetchConfig = PrefetchConfig()
+    remote_admission: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("device_pages", "host_pages", "remote_pages"):
@@ -70,6 +74,12 @@ class CacheConfig:
         if self.remote_io not in REMOTE_IO_MODES:
             raise ValueError(
                 f"CacheConfig.remote_io must be one of {', '.join(REMOTE_IO_MODES)}, got {self.remote_io!r}"
+            )
+        if not isinstance(self.remote_admission, (int, float)) or not (
+            0 <= self.remote_admission <= 1
+        ):
+            raise ValueError(
+                f"CacheConfig.remote_admission must be a number in [0, 1], got {self.remote_admission!r}"
             )
         if not isinstance(self.prefetch, PrefetchConfig):
             raise ValueError("CacheConfig.prefetch must be a PrefetchConfig")

@@ -113,10 +113,12 @@ class Evictor:
             self.cache._drop(node)
 
     def evict_host(self, node: TreeNode) -> None:
+        if self.cache.writes.admission is not None:  # learn whether its class is read again
+            self.cache.writes.admission.observe(node)
         if (
             not node.remote
             and self.cache.store is not None
-            and self.cache.writes.keep_on_demotion(node)
+            and self.cache.writes.keep_on_remote(node)
         ):
             self.cache.writes.demote_to_remote(node)
         if node.prefetch_mark:

@@ -34,6 +34,7 @@ class TreeNode:
         "diverged",
         "policy_tag",
         "prefetch_mark",
+        "admit_class",
     )
 
     def __init__(self, key: tuple[int, ...], parent: TreeNode | None, depth: int) -> None:
@@ -57,6 +58,7 @@ class TreeNode:
         # set by `radixkv.prefetcher` on pages it moved up and nobody has read yet:
         # bit (1 << tier) per tier so filled, the kind of prediction in bits 4 and up
         self.prefetch_mark = 0
+        self.admit_class: tuple[int, int] | None = None  # `radixkv.remote_admission`'s class
 
     @property
     def num_tokens(self) -> int:
@@ -147,7 +149,7 @@ class RadixTree:
         upper.remote = node.remote
         upper.lock_ref, upper.io_ref = node.lock_ref, node.io_ref
         upper.hits, upper.last_access = node.hits, node.last_access
-        upper.prefetch_mark = node.prefetch_mark
+        upper.prefetch_mark, upper.admit_class = node.prefetch_mark, node.admit_class
         if node.page_keys is not None:
             upper.page_keys, node.page_keys = node.page_keys[:k], node.page_keys[k:]
         node.key = node.key[at:]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from radixkv.eviction import HOST
+from radixkv.remote_admission import RemoteAdmission
 from storage import OutOfPages
 
 if TYPE_CHECKING:
@@ -22,6 +23,9 @@ class TierWrites:
     def __init__(self, cache: HiRadixCache) -> None:
         self.cache = cache
         self.selective = cache.config.write_policy == "write_through_selective"
+        share = cache.config.remote_admission
+        # None: every page the write policy copies down goes on to remote
+        self.admission = RemoteAdmission(cache.page_size, share) if share > 0 else None
 
     def wants_copy(self, node: TreeNode) -> bool:
         wp = self.cache.config.write_policy
@@ -30,7 +34,10 @@ class TierWrites:
         )
 
     def apply(self, node: TreeNode) -> None:
-        """Copy a node one or two tiers down now if the write policy says so."""
+        """Copy a node one or two tiers down now if the write policy says so (and, to remote, the
+        admission policy)."""
+        if self.admission is not None and node.admit_class is None:
+            self.admission.note_insert(node)
         if not self.wants_copy(node):
             return
         if node.device is not None and node.host is None and self.cache.config.host_pages:
@@ -40,6 +47,7 @@ class TierWrites:
             and not node.remote
             and self.cache.store is not None
             and node.io_ref == 0
+            and (self.admission is None or self.admission.admit(node))
         ):
             self.write_remote(node)
 
@@ -77,6 +85,12 @@ class TierWrites:
     def keep_on_demotion(self, node: TreeNode) -> bool:
         """Write-back and write-through save an evicted page a tier down; selective only a hot one."""
         return not self.selective or node.hits >= self.cache.config.selective_threshold
+
+    def keep_on_remote(self, node: TreeNode) -> bool:
+        """A host node leaving, not yet remote: whether it is written back there."""
+        return self.keep_on_demotion(node) and (
+            self.admission is None or self.admission.admit(node)
+        )
 
     def demote_to_remote(self, node: TreeNode) -> None:
         """Write-back host -> remote: snapshot now (the host pages are freed next), store async.

@@ -47,7 +47,14 @@ def _trace_command(args: argparse.Namespace) -> int:
     results = {}
     for policy in args.policy.split(","):
         spec = ReplaySpec(
-            args.page_size, dev, host, remote, policy, args.write_policy, args.remote_url
+            args.page_size,
+            dev,
+            host,
+            remote,
+            policy,
+            args.write_policy,
+            args.remote_url,
+            args.remote_admission,
         )
         for pf in (False, True) if args.prefetch else (False,):
             results[policy + (" +prefetch" if pf else "")] = replay(
@@ -295,7 +302,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     t.add_argument("--json", type=Path, default=None, help="write results here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
-    add_config_flags(t, only=("page_size", "write_policy"), title="cache options (EngineConfig)")
+    add_config_flags(
+        t,
+        only=("page_size", "write_policy", "remote_admission"),
+        title="cache options (EngineConfig)",
+    )
     _add_multiturn(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -50,6 +50,7 @@ class ReplaySpec:
     policy: str
     write_policy: str = "write_through"
     remote_url: str | None = None  # a store for the remote tier; default: a fresh file store
+    remote_admission: float = 0.0  # CacheConfig.remote_admission
 
     def __post_init__(self) -> None:
         if self.page_size <= 0 or BLOCK % self.page_size:
@@ -131,6 +132,7 @@ def replay(
         remote_pages=spec.remote_pages,
         policy="lru" if oracle else spec.policy,
         write_policy=spec.write_policy,
+        remote_admission=spec.remote_admission,
         remote_io="inline",  # remote calls run on this thread, in order: a replay is deterministic
     )
     cache = HiRadixCache(
@@ -281,6 +283,9 @@ def replay(
             "remote": hit[REMOTE] / total,
         },
         "pages_moved": dict(cache.controller.moved),
+        "remote_admission": (
+            cache.writes.admission.as_dict() if cache.writes.admission is not None else None
+        ),
         "evictions": dict(
             zip(("device", "host", "remote"), cache.counters.evicted_pages, strict=True)
         ),
