@@ -298,9 +298,8 @@ class Scheduler:
 
     def _attach(self, req: Request) -> None:
         """Match the request's prefix, lock it, load its host part; the page table starts there."""
-        tokens = req.tokens(
-            0, req.num_tokens - 1
-        )  # the last token is always computed: its logits pick the next
+        # the last token is always computed: its logits pick the next
+        tokens = req.tokens(0, req.num_tokens - 1)
         m = self.cache.match(tokens)
         self.cache.lock(m)
         try:

@@ -123,17 +123,22 @@ class PrefixCache:
         """Bring a queued request's remote prefix to host, held there until `release_prefetch`;
         None when there is no remote tier. The ticket's `wait_until` says how long the request
         should wait for it: as long as recomputing its tokens not on device or host would take
-        (the measured prefill speed; the remote timeout until there is one), so that a remote
-        tier slowed by a burst of writes delays nobody more than a cache miss would."""
+        (at the measured prefill speed, divided by `remote_load_margin` as loads are; the remote
+        timeout until a speed is measured or with a margin of 0, which always loads), so that a
+        remote tier slowed by a burst of writes delays nobody more than a cache miss would."""
         if not self.has_remote:
             return None
         m = self._cache.match(tokens, touch=False)
         ticket = self._cache.prefetch(tokens, hold=True)
         if not ticket.done:
-            missing = len(tokens) - m.device_tokens - m.host_tokens
-            wait = self._cache.cost.recompute_seconds(missing)
-            timeout = self._cache.config.remote_timeout_s
-            ticket.wait_until = time.monotonic() + (timeout if wait is None else min(wait, timeout))
+            config = self._cache.config
+            recompute = self._cache.cost.recompute_seconds(
+                len(tokens) - m.device_tokens - m.host_tokens
+            )
+            wait = config.remote_timeout_s
+            if recompute is not None and config.remote_load_margin > 0:
+                wait = min(wait, recompute / config.remote_load_margin)
+            ticket.wait_until = time.monotonic() + wait
         return ticket
 
     def release_prefetch(self, ticket: Prefetch | None) -> None:

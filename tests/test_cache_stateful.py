@@ -56,8 +56,9 @@ class CacheMachine(RuleBasedStateMachine):
         write_policy=st.sampled_from(["write_through", "write_through_selective", "write_back"]),
         remote=st.sampled_from([True, True, False]),
         policy=st.sampled_from(["lru", "lfu", "slru", "workload", "adaptive", "adaptive"]),
+        admission=st.sampled_from([0.0, 0.0, 0.3]),  # remote admission learned (min 32 samples)
     )
-    def setup(self, device, host_factor, write_policy, remote, policy):
+    def setup(self, device, host_factor, write_policy, remote, policy, admission):
         self.dir = tempfile.mkdtemp(prefix="radixkv-test-")
         store = FileStore(self.dir) if remote and host_factor else None
         config = CacheConfig(
@@ -66,6 +67,7 @@ class CacheMachine(RuleBasedStateMachine):
             remote_pages=10_000 if store else 0,
             policy=policy,
             write_policy=write_policy,
+            remote_admission=admission,
             remote_io="inline",
             # sessions are promoted from their first learned gap on, to race everything else
             prefetch=PrefetchConfig(confidence=0.0, min_history=1, lead_quantile=0.0),
@@ -73,7 +75,10 @@ class CacheMachine(RuleBasedStateMachine):
         self.cache = HiRadixCache(
             TINY, config, namespace=CacheNamespace("test-model", TINY), store=store
         )
-        self.lossless = store is not None and write_policy == "write_through"
+        # every inserted page stays somewhere: written through to remote, none refused
+        self.lossless = store is not None and write_policy == "write_through" and not admission
+        if self.cache.writes.admission is not None:
+            self.cache.writes.admission.min_samples = 2  # refuse early: races the rest
         self.inserted: set[tuple[int, ...]] = set()  # every page-aligned prefix ever inserted
         self.held: list = []
         self.tickets: list = []  # prefetches held for queued requests
