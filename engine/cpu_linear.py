@@ -3,8 +3,9 @@
 torch's `F.linear` sends a float32 product with few rows (a decode step's) to a BLAS kernel
 that, on the CPUs we measured (AMD EPYC, 2 threads), reads the weights at 7-9 GB/s where the
 memory gives 20 GB/s, and runs a 49,152-row LM head on one thread. oneDNN's linear (the kernel
-torch's own compiler uses on a CPU) reads them 1.3-2x faster at 1 and 8 rows: measured by
-`benchmarks/cpu_decode.py`. Same float32 arithmetic; only the summation order differs.
+torch's own compiler uses on a CPU) read them 1.3-2x faster at 1 and 8 rows in a microbenchmark
+of the default model's shapes on that CPU. Same float32 arithmetic; only the summation order
+differs.
 """
 
 from __future__ import annotations
