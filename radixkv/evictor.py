@@ -113,8 +113,6 @@ class Evictor:
             self.cache._drop(node)
 
     def evict_host(self, node: TreeNode) -> None:
-        if self.cache.writes.admission is not None:  # learn whether its class is read again
-            self.cache.writes.admission.observe(node)
         if (
             not node.remote
             and self.cache.store is not None

@@ -32,6 +32,7 @@ from radixkv.policies import make_policy
 from radixkv.prefetch import Prefetch, RemoteReads
 from radixkv.prefetcher import Prefetcher
 from radixkv.promotion import load_host_part
+from radixkv.remote_admission import PENDING
 from radixkv.tree import RadixTree, TreeNode
 from radixkv.writes import TierWrites
 from storage import DevicePool, HostPool, KVLayout, RemoteStore, open_store
@@ -133,6 +134,8 @@ class HiRadixCache:
                 node.diverged = False
                 if node.prefetch_mark:
                     self.prefetcher.on_read(node)
+                if node.admit_fate == PENDING:  # written through, read again
+                    self.writes.admission.on_read(node, self.clock)
                 self._refresh(node)
                 if node is last:
                     break
@@ -302,6 +305,8 @@ class HiRadixCache:
             stack.extend(n.children.values())
         for n in reversed(doomed):  # leaves first
             assert n.lock_ref == 0 and n.io_ref == 0, "dropping a referenced node"
+            if n.admit_fate == PENDING:  # written through, leaving the tree unread
+                self.writes.admission.on_gone(n)
             if n.prefetch_mark:
                 self.prefetcher.on_leave(n, DEVICE)
                 self.prefetcher.on_leave(n, HOST)

@@ -35,6 +35,8 @@ class TreeNode:
         "policy_tag",
         "prefetch_mark",
         "admit_class",
+        "admit_fate",
+        "admit_since",
     )
 
     def __init__(self, key: tuple[int, ...], parent: TreeNode | None, depth: int) -> None:
@@ -58,7 +60,9 @@ class TreeNode:
         # set by `radixkv.prefetcher` on pages it moved up and nobody has read yet:
         # bit (1 << tier) per tier so filled, the kind of prediction in bits 4 and up
         self.prefetch_mark = 0
-        self.admit_class: tuple[int, int] | None = None  # `radixkv.remote_admission`'s class
+        self.admit_class: tuple[int, int] | None = None  # `radixkv.remote_admission`'s class,
+        self.admit_fate = 0  # whether its outcome is tracked (1) or known (2),
+        self.admit_since = 0  # and the cache clock when it was written through
 
     @property
     def num_tokens(self) -> int:
@@ -150,6 +154,7 @@ class RadixTree:
         upper.lock_ref, upper.io_ref = node.lock_ref, node.io_ref
         upper.hits, upper.last_access = node.hits, node.last_access
         upper.prefetch_mark, upper.admit_class = node.prefetch_mark, node.admit_class
+        # the outcome stays the lower part's (a split must not count one node twice)
         if node.page_keys is not None:
             upper.page_keys, node.page_keys = node.page_keys[:k], node.page_keys[k:]
         node.key = node.key[at:]

@@ -47,7 +47,7 @@ class TierWrites:
             and not node.remote
             and self.cache.store is not None
             and node.io_ref == 0
-            and (self.admission is None or self.admission.admit(node))
+            and (self.admission is None or self.admission.admit_new(node, self.cache.clock))
         ):
             self.write_remote(node)
 
@@ -89,7 +89,7 @@ class TierWrites:
     def keep_on_remote(self, node: TreeNode) -> bool:
         """A host node leaving, not yet remote: whether it is written back there."""
         return self.keep_on_demotion(node) and (
-            self.admission is None or self.admission.admit(node)
+            self.admission is None or self.admission.admit_leaving(node, self.cache.clock)
         )
 
     def demote_to_remote(self, node: TreeNode) -> None:
