@@ -29,7 +29,7 @@ import itertools
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -123,10 +123,16 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def _window(self) -> Iterator[Request]:
+        """The head of the queue admission looks at: a bounded FIFO window, so that admission
+        never re-matches the whole queue every step."""
+        return itertools.islice(self.waiting, 4 * self.max_running)
+
     def next_prefetch_deadline(self) -> float | None:
         """(time.monotonic) when the first waiting request stops waiting for its remote fetch."""
-        window = itertools.islice(self.waiting, 4 * self.max_running)
-        times = [r.prefetch.wait_until for r in window if r.prefetch and not r.prefetch.done]
+        times = [
+            r.prefetch.wait_until for r in self._window() if r.prefetch and not r.prefetch.done
+        ]
         return min(times, default=None)
 
     # ---- one step ----------------------------------------------------------------------------
@@ -234,12 +240,10 @@ class Scheduler:
         free_slots = self.max_running - len(self.running)
         if free_slots <= 0:
             return
-        # a bounded FIFO window: admission never re-matches the whole queue every step
-        window = 4 * self.max_running
         now = time.monotonic()
         ready = [  # a remote fetch is waited for only while recomputing would take longer
             r
-            for r in itertools.islice(self.waiting, window)
+            for r in self._window()
             if r.prefetch is None or r.prefetch.done or now >= r.prefetch.wait_until
         ]
         if not ready:

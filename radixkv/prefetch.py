@@ -48,6 +48,7 @@ class Prefetch:
     # (time.monotonic) a queued request stops waiting for this fetch then: by then recomputing
     # what it may bring would have been done (set by `PrefixCache.prefetch`)
     wait_until: float = math.inf
+    uncached_tokens: int = 0  # of the tokens asked for, those on neither device nor host then
 
 
 class RemoteReads:
@@ -75,8 +76,10 @@ class RemoteReads:
         if self.cache.store is None or not self.cache.config.host_pages:
             ticket.done = True
             return ticket
-        tokens = tuple(tokens[: self.cache.tree.aligned(len(tokens))])
+        asked = len(tokens)
+        tokens = tuple(tokens[: self.cache.tree.aligned(asked)])
         m = self.cache.match(tokens, touch=False)
+        ticket.uncached_tokens = asked - m.device_tokens - m.host_tokens
         start = m.last_node
         if not discover or start.depth >= len(tokens):
             self._fetch_remote_run(tokens, ticket, m)

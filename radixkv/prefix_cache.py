@@ -128,13 +128,10 @@ class PrefixCache:
         remote tier slowed by a burst of writes delays nobody more than a cache miss would."""
         if not self.has_remote:
             return None
-        m = self._cache.match(tokens, touch=False)
         ticket = self._cache.prefetch(tokens, hold=True)
         if not ticket.done:
             config = self._cache.config
-            recompute = self._cache.cost.recompute_seconds(
-                len(tokens) - m.device_tokens - m.host_tokens
-            )
+            recompute = self._cache.cost.recompute_seconds(ticket.uncached_tokens)
             wait = config.remote_timeout_s
             if recompute is not None and config.remote_load_margin > 0:
                 wait = min(wait, recompute / config.remote_load_margin)
