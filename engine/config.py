@@ -24,6 +24,7 @@ from radixkv.policies import make_policy
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("auto", "torch", "flashinfer")
 TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
+OVERLAP = ("auto", "on", "off")
 DEFAULT_REMOTE = "default"  # the file tier under the radixkv cache directory
 
 
@@ -133,6 +134,11 @@ class EngineConfig:
         "start-up)",
         negative=("--disable-cuda-graph",),
     )
+    overlap_schedule: str = _opt(
+        "auto",
+        "queue each plain greedy decode step on the last step's tokens before reading them, so "
+        "that the host's work per step runs while the GPU computes: auto (on CUDA), on, off",
+    )
     generation_config: str = _opt(
         "auto",
         "sampling for what a request leaves out: auto (the model's own generation settings), "
@@ -219,6 +225,8 @@ class EngineConfig:
                 parse_overrides(self.generation_config)
             except (ValueError, TypeError) as err:
                 raise bad("generation_config", str(err).split(", got")[0]) from None
+        if self.overlap_schedule not in OVERLAP:
+            raise bad("overlap_schedule", f"must be one of {', '.join(OVERLAP)}")
         if self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise bad("tool_call_parser", f"must be one of {', '.join(TOOL_CALL_PARSERS)}")
         if self.write_policy not in WRITE_POLICIES:

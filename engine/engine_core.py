@@ -154,6 +154,12 @@ class EngineCore:
             detokenize=self.tokenizer.decode if self.tokenizer else None,
             check_integrity=config.check_integrity,
         )
+        # overlap scheduling: plain greedy decode steps are continued on the device's tokens
+        # (Scheduler.continue_decode); on a CPU a step runs when launched, so nothing overlaps
+        self.overlap = config.overlap_schedule == "on" or (
+            config.overlap_schedule == "auto" and self.device.type == "cuda"
+        )
+        self._in_flight = None  # (batch, StepTokens, launched at): queued, its tokens unread
         self.model_name = model_name(config.model)
         self._rids = itertools.count(1)  # next() is atomic: requests are made on any thread
         self.generation_defaults = generation_defaults(config.generation_config, model)
@@ -261,11 +267,22 @@ class EngineCore:
         if self.sharing_hot and time.monotonic() - self._hot_published_at > HOT_PUBLISH_S:
             self._hot_published_at = time.monotonic()
             publish_hot_prefixes(self.cache)  # one tree walk a minute; the I/O is asynchronous
-        batch = self.scheduler.schedule()
-        if batch is None:
-            return []
-        started = time.perf_counter()
-        tokens = self.runner.run(batch.forward)  # host ints: the step's one device sync
+        if self._in_flight is not None:  # a continued decode step, queued by the last call
+            (batch, pending, started), self._in_flight = self._in_flight, None
+        else:
+            batch = self.scheduler.schedule()
+            if batch is None:
+                return []
+            started = time.perf_counter()
+            pending = self.runner.launch(batch.forward)
+        if self.overlap and pending.ids is not None:
+            # queue the next decode step on this one's tokens while the GPU still runs it: the
+            # host work of a step (planning, page tables, launch) hides behind the kernels
+            following = self.scheduler.continue_decode(batch, pending.ids)
+            if following is not None:
+                launched = time.perf_counter()
+                self._in_flight = (following, self.runner.launch(following.forward), launched)
+        tokens = pending.tolist()  # host ints: the step's one device sync
         return self.scheduler.process_outputs(batch, tokens, time.perf_counter() - started)
 
     def iterate(self) -> list[Request]:
@@ -273,7 +290,7 @@ class EngineCore:
         prefetches: block until one completes (or `wake()`), at most IO_WAIT_S or until a waiting
         request's wait for its fetch ends."""
         progressed = self.step()
-        if not progressed and not self.scheduler.running:
+        if not progressed and not self.scheduler.running and self._in_flight is None:
             wait = IO_WAIT_S
             deadline = self.scheduler.next_prefetch_deadline()
             if deadline is not None:  # a request stops waiting for its fetch then
@@ -291,10 +308,12 @@ class EngineCore:
 
     @property
     def has_work(self) -> bool:
-        return self.scheduler.has_work
+        return self.scheduler.has_work or self._in_flight is not None
 
     def close(self) -> None:
         """Publish hot prefixes, finish remote writes in flight, close the cache (and its store)."""
+        while self._in_flight is not None:  # a continued step: its rows end with their requests
+            self.step()
         if self.sharing_hot:
             publish_hot_prefixes(self.cache)
         self.cache.close()

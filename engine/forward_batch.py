@@ -14,6 +14,17 @@ import numpy as np
 import torch
 
 
+def to_device(values: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`. To a GPU through pinned memory, queued on the current stream:
+    a plain copy would wait for every kernel queued before it, and the overlapped engine builds
+    the next batch while the GPU still runs the last one. (The caching host allocator keeps the
+    pinned block until its copy has run.)"""
+    t = torch.from_numpy(values)
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass
 class ForwardBatch:
     input_ids: torch.Tensor  # [T] new tokens of all sequences, concatenated
@@ -52,9 +63,9 @@ class ForwardBatch:
         seg_starts = np.cumsum(lens) - lens - prefix // ps
         dev = self.input_ids.device
         # built with the batch, before the forward: no host-device copy inside the model
-        self.out_pages = torch.from_numpy(flat[seg_starts[seq] + pos // ps]).to(dev)
-        self.out_offsets = torch.from_numpy(pos % ps).to(dev)
-        self.last_indices = torch.from_numpy(starts + ext - 1).to(dev)
+        self.out_pages = to_device(flat[seg_starts[seq] + pos // ps], dev)
+        self.out_offsets = to_device(pos % ps, dev)
+        self.last_indices = to_device(starts + ext - 1, dev)
 
     @classmethod
     def build(
@@ -69,9 +80,10 @@ class ForwardBatch:
         for new, prefix, _ in sequences:
             ids += new
             pos += range(prefix, prefix + len(new))
+        device = torch.device(device)
         return cls(
-            input_ids=torch.tensor(ids, dtype=torch.long, device=device),
-            positions=torch.tensor(pos, dtype=torch.long, device=device),
+            input_ids=to_device(np.asarray(ids, dtype=np.int64), device),
+            positions=to_device(np.asarray(pos, dtype=np.int64), device),
             prefix_lens=[s[1] for s in sequences],
             extend_lens=[len(s[0]) for s in sequences],
             page_tables=[s[2] for s in sequences],

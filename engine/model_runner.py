@@ -3,6 +3,8 @@ in, each sequence's next token (or None for a prefill chunk that samples nothing
 
 It decides nothing about which requests run; that is the scheduler's. Its outputs reach the
 host in one device-to-host copy per step for greedy rows (the step's one unavoidable sync).
+`launch()` returns before that copy lands: a batch of plain greedy rows keeps its tokens on the
+device too, so the engine can queue the next decode step on them before it reads them.
 """
 
 from __future__ import annotations
@@ -48,11 +50,22 @@ class ModelRunner:
 
     def run(self, batch: ForwardBatch) -> list[int | None]:
         """One forward over the batch, then a token for every sequence that samples."""
+        return self.launch(batch).tolist()
+
+    @torch.inference_mode()  # the logits are inference tensors: masked in place
+    def launch(self, batch: ForwardBatch) -> StepTokens:
+        """Queue one forward and its sampling. A batch of plain greedy rows (`plain_greedy`)
+        picks its tokens on the device and starts their copy to the host without waiting for
+        it; other batches sample on the host as `run` always did (their tokens are ready)."""
         graph = next((g for g in self.graphs if g.can_run(batch)), None)
         if graph is None and batch.layer_ready is not None and self.graphs:
             graph = self._graph_after_load(batch)
         logits = graph.run(batch) if graph is not None else self.model(batch, self.backend)
-        return sample_rows(logits, batch.sampling, self.vocab_limit)
+        if not plain_greedy(batch.sampling):
+            return StepTokens(None, sample_rows(logits, batch.sampling, self.vocab_limit))
+        if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
+            logits[:, self.vocab_limit :] = float("-inf")
+        return StepTokens.start_copy(logits.argmax(-1))
 
     def _graph_after_load(self, batch: ForwardBatch):
         """A graph for a batch that only waits on a host load, which then waits for the whole
@@ -68,6 +81,44 @@ class ModelRunner:
         # the last layer's event: the whole load
         torch.cuda.current_stream(batch.input_ids.device).wait_event(ready[-1])
         return graph
+
+
+def plain_greedy(sampling: list | None) -> bool:
+    """Every row samples, greedily, with nothing that adjusts its logits or reads them back
+    (penalties, bias, min_tokens, a grammar, logprobs): its token is the logits' argmax."""
+    return bool(sampling) and all(
+        s is not None
+        and s.params.greedy
+        and not s.params.adjusts_logits
+        and s.params.logprobs is None
+        and s.constraint is None
+        for s in sampling
+    )
+
+
+class StepTokens:
+    """One step's sampled tokens: `ids` on the device (plain greedy batches; None otherwise),
+    and the host list `tolist()` returns once their copy has landed."""
+
+    def __init__(self, ids: torch.Tensor | None, host: list | torch.Tensor, event=None) -> None:
+        self.ids, self._host, self._event = ids, host, event
+
+    @classmethod
+    def start_copy(cls, ids: torch.Tensor) -> StepTokens:
+        """Tokens on the device, copied to pinned host memory behind the queued kernels."""
+        if ids.device.type != "cuda":
+            return cls(ids, ids)
+        host = torch.empty(ids.shape, dtype=ids.dtype, pin_memory=True)
+        host.copy_(ids, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(ids.device))
+        return cls(ids, host, event)
+
+    def tolist(self) -> list[int | None]:
+        """The tokens on the host. Waits for the step's kernels: the step's one sync."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._host if isinstance(self._host, list) else self._host.tolist()
 
 
 @torch.inference_mode()  # the logits are inference tensors: adjusted in place

@@ -32,9 +32,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from engine.forward_batch import ForwardBatch
+from engine.forward_batch import ForwardBatch, to_device
 from engine.request import Request, State
 from engine.sampling import SAMPLE_FAILED, RowSampling
 from radixkv.prefix_cache import EMPTY, PrefixCache
@@ -95,6 +96,10 @@ class Scheduler:
         self.steps = 0
         self._waited: dict[int, int] = {}
         self.preemptions = 0
+        self.continued_steps = 0  # decode steps queued before the last one's tokens were read
+        # the last admission stopped for memory: until a request leaves (`_release`), waiting
+        # requests cannot be admitted, so a decode step may be continued without admitting
+        self._admission_blocked = False
         # the share of max_tokens requests actually produce (EMA over finished requests): how
         # much decode room admission reserves per request; a preemption raises it
         self.new_token_ratio = _RATIO_INIT
@@ -157,6 +162,53 @@ class Scheduler:
         forward.layer_ready = self.cache.take_layer_events()
         return ScheduledBatch(plan, forward)
 
+    def continue_decode(self, prev: ScheduledBatch, ids: torch.Tensor) -> ScheduledBatch | None:
+        """The decode step after `prev`, planned while `prev` still runs: each of its requests
+        computes the token `prev` samples for it, which `ids` (on the device) holds and the host
+        has not read yet. None where the next step must be scheduled normally: `prev` is not a
+        decode step of every running request, someone could be admitted, a row samples other
+        than plainly greedy or is about to reach max_tokens, or a page would need a preemption.
+
+        A request that `prev` ends (EOS, a stop) still computes one token in this step; its
+        pages go back when `prev`'s outputs are applied, and this step's row for it is dropped
+        (`process_outputs` skips requests no longer running). The GPU runs the steps in order,
+        so nothing reuses those pages before this step has written them."""
+        if self.waiting and not self._admission_blocked and len(self.running) < self.max_running:
+            return None
+        if len(prev.plan) != len(self.running) or not prev.forward.sampling:
+            return None
+        for (r, n), row in zip(prev.plan, prev.forward.sampling, strict=True):
+            if (
+                n != 1
+                or row is None
+                or r.state != State.RUNNING
+                or not r.output_ids  # prev samples its first token: its prompt is cached then
+                or len(r.output_ids) + 2 > r.params.max_tokens  # prev's token is its last
+            ):
+                return None
+        for r, _ in prev.plan:  # room for the token prev samples, at position num_computed + 1
+            need = -(-(r.num_computed + 2) // self.page_size) - len(r.page_table)
+            if need > 0:
+                try:
+                    r.page_table += self.cache.alloc(need)
+                except OutOfPages:
+                    return None  # the pages taken so far stay in their tables, used next step
+        self.steps += 1
+        self.continued_steps += 1
+        plan = [(r, 1) for r, _ in prev.plan]
+        sampling = [self._row_sampling(r) for r, _ in plan]
+        prefix = [r.num_computed + 1 for r, _ in plan]
+        forward = ForwardBatch(
+            input_ids=ids,
+            positions=to_device(np.asarray(prefix, dtype=np.int64), ids.device),
+            prefix_lens=prefix,
+            extend_lens=[1] * len(plan),
+            page_tables=[r.page_table for r, _ in plan],
+            page_size=self.page_size,
+            sampling=sampling,
+        )
+        return ScheduledBatch(plan, forward)
+
     def _row_sampling(self, r: Request) -> RowSampling:
         p = r.params
         banned = ()
@@ -172,6 +224,8 @@ class Scheduler:
         progressed = []
         rows = batch.forward.sampling or [None] * len(tokens)
         for (req, n), token, row in zip(batch.plan, tokens, rows, strict=True):
+            if req.state != State.RUNNING:
+                continue  # ended (or aborted) by the step before: a continued step's extra row
             req.num_computed += n
             if token is None:
                 continue  # a prefill chunk: more to compute before sampling
@@ -237,6 +291,7 @@ class Scheduler:
 
     # ---- admission ---------------------------------------------------------------------------
     def _admit(self) -> None:
+        self._admission_blocked = False
         free_slots = self.max_running - len(self.running)
         if free_slots <= 0:
             return
@@ -264,10 +319,13 @@ class Scheduler:
                 continue  # includes requests admitted just now, in this loop
             need = self._expected_pages(req, hits.get(req.rid, 0))
             if need > room and self.running:
-                break  # by memory: it would preempt others later; FIFO, so nobody overtakes it
+                # by memory: it would preempt others later; FIFO, so nobody overtakes it
+                self._admission_blocked = True
+                break
             try:
                 self._attach(req)
             except OutOfPages:
+                self._admission_blocked = True
                 break  # its host hit cannot be loaded while running requests hold the device
             room -= need
             self.waiting.remove(req)
@@ -394,6 +452,7 @@ class Scheduler:
 
     def _release(self, req: Request) -> None:
         """Hand computed full pages to the tree (or back, caching off), free the rest, unlock."""
+        self._admission_blocked = False  # its pages may let a waiting request in
         ps, cache = self.page_size, self.cache
         full = req.num_computed // ps
         kept = cache.insert(req.tokens(0, full * ps), req.page_table[:full]) if full else EMPTY
