@@ -47,6 +47,8 @@ CONFIGS = {
     "+remote": dict(prefetch_pages=0),
     # the prefetcher on (it promotes returning sessions: measure with --think-s)
     "device+host+prefetch": dict(remote_url=None),
+    # device + host with each step read before the next is planned (overlap scheduling off)
+    "device+host-serial": dict(remote_url=None, prefetch_pages=0, overlap_schedule="off"),
 }
 
 
@@ -95,49 +97,63 @@ async def run_clients(eng, args, rng: random.Random) -> list[dict]:
 
 
 class StepTimes:
-    """Where the engine thread's time goes: wraps the core's schedule, forward and output steps
-    (a benchmark's instrument; the engine is unchanged). A forward's time includes waiting for
-    the host loads its batch needs (per-layer waits inside it)."""
+    """Where the engine thread's time goes: wraps the core's step and, inside it, scheduling
+    (a continued decode step's planning included) and output handling (a benchmark's
+    instrument; the engine is unchanged). The rest of a step is its forward: launching it and
+    waiting for its tokens, host loads included (per-layer waits inside it). With overlap
+    scheduling a step's wait is for the step queued one call before, and it is counted as the
+    kind of the batch whose outputs the call applies."""
 
     def __init__(self, core) -> None:
         self.schedule_s = self.outputs_s = 0.0
         self.forward_s = {"decode": 0.0, "prefill": 0.0}  # prefill: any prompt tokens in it
         self.steps = {"decode": 0, "prefill": 0}
         self.prefill_tokens = self.decode_tokens = 0
-        sched, runner = core.scheduler, core.runner
-        schedule, process, run = sched.schedule, sched.process_outputs, runner.run
-
-        def timed_schedule():
-            t = time.perf_counter()
-            try:
-                return schedule()
-            finally:
-                self.schedule_s += time.perf_counter() - t
-
-        def timed_run(batch):
-            t = time.perf_counter()
-            try:
-                return run(batch)
-            finally:
-                n, rows = len(batch.input_ids), batch.num_sequences
-                kind = "decode" if n == rows else "prefill"
-                self.forward_s[kind] += time.perf_counter() - t
-                self.steps[kind] += 1
-                self.decode_tokens += rows if kind == "decode" else 0
-                self.prefill_tokens += n if kind == "prefill" else 0
-
-        def timed_process(*a, **k):
-            t = time.perf_counter()
-            try:
-                return process(*a, **k)
-            finally:
-                self.outputs_s += time.perf_counter() - t
-
-        sched.schedule, sched.process_outputs, runner.run = (
-            timed_schedule,
-            timed_process,
-            timed_run,
+        sched = core.scheduler
+        step, schedule, cont, process = (
+            core.step,
+            sched.schedule,
+            sched.continue_decode,
+            sched.process_outputs,
         )
+        inner = [0.0, None]  # this step's scheduling + output seconds, the kind it applied
+
+        def timed(fn, field):
+            def wrapper(*a, **k):
+                t = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    dt = time.perf_counter() - t
+                    setattr(self, field, getattr(self, field) + dt)
+                    inner[0] += dt
+
+            return wrapper
+
+        timed_process = timed(process, "outputs_s")
+
+        def counted_process(batch, *a, **k):
+            n, rows = len(batch.forward.input_ids), batch.forward.num_sequences
+            kind = "decode" if n == rows else "prefill"
+            inner[1] = kind
+            self.steps[kind] += 1
+            self.decode_tokens += rows if kind == "decode" else 0
+            self.prefill_tokens += n if kind == "prefill" else 0
+            return timed_process(batch, *a, **k)
+
+        def timed_step():
+            inner[:] = [0.0, None]
+            t = time.perf_counter()
+            try:
+                return step()
+            finally:
+                if inner[1] is not None:
+                    self.forward_s[inner[1]] += time.perf_counter() - t - inner[0]
+
+        core.step = timed_step
+        sched.schedule = timed(schedule, "schedule_s")
+        sched.continue_decode = timed(cont, "schedule_s")
+        sched.process_outputs = counted_process
 
     def report(self, duration: float) -> dict:
         busy = self.schedule_s + self.outputs_s + sum(self.forward_s.values())
@@ -218,6 +234,7 @@ def summarize(
         "cached_fraction": {t: n / prompt for t, n in cached.items()},
         "computed_prompt_tokens": computed,
         "preemptions": eng.scheduler.preemptions,
+        "continued_steps": eng.scheduler.continued_steps,
         "prefetch": eng.core.cache_report()["prefetch"],
         "floor_s": floor,
         "floor_parts_s": floor_parts,
@@ -284,7 +301,7 @@ def main() -> int:
         w_bytes = weight_bytes(eng.model)
         eng.loop.start()
         eng.generate([[5] * 512], max_tokens=2)  # warm-up (through the loop: it is running)
-        eng.scheduler.preemptions = 0
+        eng.scheduler.preemptions = eng.scheduler.continued_steps = 0
         times = StepTimes(eng.core)
         t = time.perf_counter()
         records = asyncio.run(run_clients(eng, args, random.Random(0)))
@@ -296,7 +313,8 @@ def main() -> int:
             f"{st['steps']['prefill']} steps with prompt tokens ({st['prefill_tokens']:,}), "
             f"{st['forward_s']['decode']:.1f} s in {st['steps']['decode']} decode-only steps "
             f"({st['decode_tokens']:,} tokens); schedule {st['schedule_s']:.1f} s, outputs "
-            f"{st['outputs_s']:.1f} s, idle {st['idle_s']:.1f} s",
+            f"{st['outputs_s']:.1f} s, idle {st['idle_s']:.1f} s; "
+            f"{eng.scheduler.continued_steps} decode steps queued before the last was read",
             flush=True,
         )
         eng.close()

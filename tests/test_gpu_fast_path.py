@@ -65,6 +65,25 @@ def test_graph_decode_gives_the_eager_tokens_over_256_steps(small_llama):
     assert runs[True] == runs[False]
 
 
+def test_overlapped_decode_gives_the_serial_tokens_over_256_steps(small_llama):
+    """Overlap scheduling on the GPU: decode steps queued on the device's tokens before the host
+    reads them give the tokens of steps read one by one, with one request ending on a stop
+    token while the others go on (its queued row is dropped, its pages freed once)."""
+    prompts = [[(5 * i + 3 * j) % 500 + 1 for j in range(40 + 9 * i)] for i in range(4)]
+    with _engine(small_llama, overlap_schedule="off") as eng:
+        serial = [r.token_ids for r in eng.generate(prompts, max_tokens=256, ignore_eos=True)]
+    stop = serial[2][100]
+    runs = {}
+    for overlap in ("off", "on"):
+        with _engine(small_llama, overlap_schedule=overlap, check_integrity=True) as eng:
+            out = eng.generate(prompts, max_tokens=256, ignore_eos=True, stop_token_ids=(stop,))
+            runs[overlap] = [r.token_ids for r in out]
+            if overlap == "on":
+                assert eng.scheduler.continued_steps > 200
+    assert runs["on"] == runs["off"]
+    assert len(runs["on"][2]) <= 101 and runs["on"][2][-1] == stop
+
+
 def test_fused_model_matches_the_reference_model():
     from engine.forward_batch import ForwardBatch
     from tests.paged_runner import small_cuda_llama
