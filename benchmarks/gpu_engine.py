@@ -112,11 +112,25 @@ def main() -> int:
     p.add_argument("--json", default=None)
     p.add_argument("--skip-hf", action="store_true", help="leave out the transformers comparison")
     p.add_argument("--profile", action="store_true", help="print the decode step's top kernels")
+    p.add_argument(
+        "--ttft-only",
+        action="store_true",
+        help="measure only the cached-prompt TTFT (with its kernels under --profile)",
+    )
     args = p.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
     results: dict = {"floors": measure_floors(dev)}
     hbm = results["floors"]["hbm_gbps"] * 1e9
+    if args.ttft_only:
+        rng = torch.Generator().manual_seed(1)
+        _ttft(
+            results,
+            lambda n: torch.randint(0, 32000, (n,), generator=rng).tolist(),
+            hbm,
+            args.profile,
+        )
+        return 0
     model, _ = dummy_model("llama-3-8b", dtype=torch.bfloat16, device=dev)
     cfg = model.config
     hf = None if args.skip_hf else hf_twin(model, dev)  # shares the unfused weight tensors
@@ -307,7 +321,7 @@ def main() -> int:
         results["hf_decode_ms"] = hf_decode
         hf = None
         torch.cuda.empty_cache()
-    _ttft(results, tokens, layout, w_bytes, hbm)
+    _ttft(results, tokens, hbm, args.profile)
     _engine_decode(results, tokens, layout, w_bytes, hbm)
     _table(results)
     if args.json:
@@ -341,7 +355,7 @@ def hf_twin(model, dev):
     return hf.to(dev).eval()
 
 
-def _ttft(results: dict, tokens, layout, w_bytes: int, hbm: float) -> None:
+def _ttft(results: dict, tokens, hbm: float, profile: bool = False) -> None:
     """3. TTFT of a 4,096-token prompt through the Engine (CUDA graphs on), with its floors."""
     from radixkv import DEVICE, Engine
 
@@ -354,6 +368,7 @@ def _ttft(results: dict, tokens, layout, w_bytes: int, hbm: float) -> None:
         max_batch_tokens=8192,
         attention="flashinfer",
     )
+    layout, w_bytes = eng.cache.layout, weight_bytes(eng.model)
     eng.generate([tokens(4096)], max_tokens=1)  # warm-up: kernels, allocator
     for _ in range(3):
         eng.generate([tokens(4096)], max_tokens=1)
@@ -383,6 +398,15 @@ def _ttft(results: dict, tokens, layout, w_bytes: int, hbm: float) -> None:
         )
     results["ttft_4096"] = ttft
     results["ttft_device_parts_ms"] = _ttft_parts(eng, prompt)
+    if profile:
+        _profile_kernels(lambda: eng.generate([prompt], max_tokens=1), "TTFT device")
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.runcall(lambda: [eng.generate([prompt], max_tokens=1) for _ in range(10)])
+        print("TTFT device, the host's time over 10 requests (cProfile):", flush=True)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
     eng.close()
 
 
