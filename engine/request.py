@@ -35,7 +35,8 @@ class Request:
     cached_by_tier: dict[str, int] = field(
         default_factory=lambda: {"device": 0, "host": 0, "remote": 0}
     )
-    prefetch: object | None = None
+    prefetch: object | None = None  # its remote prefix's fetch to host (radixkv.prefetch)
+    expectation: object | None = None  # its host prefix's load to device while it waits
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     generator: torch.Generator | None = None

@@ -2,8 +2,7 @@
 
 `schedule()` (steps 1-4) returns the next batch; `process_outputs()` (step 5) applies the
 runner's tokens. The scheduler talks to the cache only through `radixkv.prefix_cache`.
-  1. apply finished remote reads (`cache.poll()`); let the prefetcher promote returning
-     sessions' pages within `prefetch_pages`;
+  1. apply finished remote reads (`cache.poll()`);
   2. admit waiting requests, cache-aware: a request whose remote prefetch is still in flight waits
      without blocking the others; among ready ones, the longest cached prefix goes first unless
      someone has waited `starvation_steps` steps; one whose prompt shares a long prefix with a
@@ -12,8 +11,11 @@ runner's tokens. The scheduler talks to the cache only through `radixkv.prefix_c
      page table;
   3. schedule tokens under `max_batch_tokens`: every running request has pending tokens
      (all_ids[num_computed:]); those with one (decodes) go first, prefills get chunks of the rest;
-  4. allocate device pages; when the pool runs dry, preempt the newest request: its computed
-     pages go into the tree (nothing recomputed if it comes back soon), it rejoins the queue front;
+  4. allocate device pages; when the pool runs dry, the queue's prefetch holds go first, then
+     the newest request is preempted: its computed pages go into the tree (nothing recomputed if
+     it comes back soon), it rejoins the queue front; then the prefetcher promotes, within
+     `prefetch_pages`, waiting requests' host prefixes (held until their turn) and returning
+     sessions' contexts;
   5. (the runner: one forward; a token where a request's pending tokens are all computed) a
      finished prefill hands its prompt's pages to the tree at once (still locked by the request);
      stop on EOS, stop tokens, stop strings or max_tokens, and hand finished pages to the tree.
@@ -100,6 +102,7 @@ class Scheduler:
         # the last admission stopped for memory: until a request leaves (`_release`), waiting
         # requests cannot be admitted, so a decode step may be continued without admitting
         self._admission_blocked = False
+        self._holds_yielded = False  # the queue's prefetch holds yielded to admission (below)
         # the share of max_tokens requests actually produce (EMA over finished requests): how
         # much decode room admission reserves per request; a preemption raises it
         self.new_token_ratio = _RATIO_INIT
@@ -110,6 +113,8 @@ class Scheduler:
     def add(self, req: Request) -> None:
         # remote -> host while it waits; held there until it attaches or finishes
         req.prefetch = self.cache.prefetch(req.prompt_ids[:-1])
+        if self.prefetch_pages:  # host -> device while it waits (between steps, budgeted)
+            req.expectation = self.cache.expect(req.prompt_ids[:-1])
         self.waiting.append(req)
         self._waited[req.rid] = self.steps
 
@@ -145,10 +150,13 @@ class Scheduler:
         """Admit, plan and reserve pages for the next batch; None when nothing can run."""
         self.steps += 1
         self.cache.poll()
-        if self.prefetch_pages:
-            self.cache.prefetch_step(self.prefetch_pages)
         self._admit()
         plan = self._plan()
+        if self.prefetch_pages and not (self._admission_blocked or self._holds_yielded):
+            # after admission and this step's pages: it promotes for requests still waiting
+            # (and returning sessions), on the side stream, which this step does not wait for.
+            # (While admission waits for memory, promoting for the queue would only be undone.)
+            self.cache.prefetch_step(self.prefetch_pages)
         if not plan:
             return None
         sequences, sampling = [], []
@@ -284,6 +292,8 @@ class Scheduler:
         req.state, req.finish_reason = State.FINISHED, reason
         self._waited.pop(req.rid, None)
         self.cache.release_prefetch(req.prefetch)
+        self.cache.release_expectation(req.expectation)
+        req.expectation = None
         if self.detokenize is not None and not req.text:
             req.text = self.detokenize(req.output_ids)
         if self.on_finish is not None:
@@ -319,18 +329,32 @@ class Scheduler:
                 continue  # includes requests admitted just now, in this loop
             need = self._expected_pages(req, hits.get(req.rid, 0))
             if need > room and self.running:
-                # by memory: it would preempt others later; FIFO, so nobody overtakes it
-                self._admission_blocked = True
+                # by memory: it would preempt others later; FIFO, so nobody overtakes it. The
+                # queue's prefetch holds yield first; the hits and the room change with them,
+                # so admission looks again next step
+                self._admission_blocked = not self._reclaim_holds(keep=req)
                 break
             try:
                 self._attach(req)
             except OutOfPages:
-                self._admission_blocked = True
-                break  # its host hit cannot be loaded while running requests hold the device
+                # its host hit cannot be loaded while running requests hold the device
+                self._admission_blocked = not self._reclaim_holds(keep=req)
+                break
             room -= need
             self.waiting.remove(req)
             req.state = State.RUNNING
             self.running.append(req)
+
+    def _reclaim_holds(self, keep: Request | None = None) -> int:
+        """Drop the device holds the prefetcher keeps for waiting requests other than `keep`
+        (predictions yield to admission and to running requests' growth); the pages freed."""
+        freed = 0
+        for r in self.waiting:
+            if r is not keep and r.expectation is not None:
+                freed += self.cache.release_expectation(r.expectation)
+                r.expectation = None
+        self._holds_yielded |= freed > 0  # no new holds until a request leaves
+        return freed
 
     def _expected_pages(self, req: Request, cached_on_device: int) -> int:
         """Device pages `req` will still take: its uncached context, plus its remaining output as
@@ -373,6 +397,8 @@ class Scheduler:
             self.cache.session_began(req.session)  # what was promoted for it is locked by it now
         fetched = min(req.prefetch.fetched_tokens, m.host_tokens) if req.prefetch is not None else 0
         self.cache.release_prefetch(req.prefetch)  # its pages are locked by the request now
+        self.cache.release_expectation(req.expectation)
+        req.expectation = None
         if not req.output_ids:  # account the prompt's cache hit once, at first admission
             req.cached_by_tier = {
                 "device": m.device_tokens,
@@ -411,6 +437,8 @@ class Scheduler:
                 req.page_table += self.cache.alloc(need)
                 return True
             except OutOfPages:
+                if self._reclaim_holds():
+                    continue  # the queue's holds go before any running request
                 victim = next((r for r in reversed(self.running) if r is not req), None)
                 if victim is None:
                     self.running.remove(req)
@@ -452,7 +480,7 @@ class Scheduler:
 
     def _release(self, req: Request) -> None:
         """Hand computed full pages to the tree (or back, caching off), free the rest, unlock."""
-        self._admission_blocked = False  # its pages may let a waiting request in
+        self._admission_blocked = self._holds_yielded = False  # its pages may let one in
         ps, cache = self.page_size, self.cache
         full = req.num_computed // ps
         kept = cache.insert(req.tokens(0, full * ps), req.page_table[:full]) if full else EMPTY

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from radixkv.cache_types import MatchResult
 from radixkv.hicache import HiRadixCache
 from radixkv.prefetch import Prefetch
+from radixkv.prefetcher import Expectation
 from radixkv.tree import TreeNode
 
 
@@ -142,6 +143,23 @@ class PrefixCache:
         self._cache.release_prefetch(ticket)
 
     # ---- prediction (`radixkv.prefetcher`) ------------------------------------------------------
+    def expect(self, tokens: Sequence[int]) -> Expectation | None:
+        """A request for `tokens` is queued: `prefetch_step` loads its host-resident prefix onto
+        the device before its turn (head of the queue first) and holds it (locked) until
+        `release_expectation`. None without a host tier (nothing could come up)."""
+        if self._cache.config.host_pages == 0:
+            return None
+        return self._cache.prefetcher.expect(tokens)
+
+    def release_expectation(self, e: Expectation | None) -> int:
+        """Drop a queued request's hold (it started, left, or admission needs the room);
+        returns the device pages it held, evictable from now on."""
+        if e is None or e.released:
+            return 0
+        held = e.device_pages
+        self._cache.prefetcher.release(e)
+        return held
+
     def session_began(self, session: str) -> None:
         """A request continuing `session` arrived (its return is learned)."""
         self._cache.prefetcher.turn_began(session, time.monotonic())
@@ -206,6 +224,9 @@ class NoPrefixCache(PrefixCache):
         return EMPTY  # the request keeps its pages and frees them when it ends
 
     def prefetch(self, tokens: Sequence[int]) -> Prefetch | None:
+        return None
+
+    def expect(self, tokens: Sequence[int]) -> Expectation | None:
         return None
 
     def session_began(self, session: str) -> None:

@@ -333,3 +333,42 @@ def test_a_new_engine_warms_its_host_tier_from_the_hot_prefixes_an_old_one_share
         off.cache.wait_idle()
         assert off.core.warming is None
         assert off.cache.match(SYSTEM, touch=False).cached_tokens == 0
+
+
+def test_queued_requests_find_their_host_prefix_loaded_to_the_device_before_their_turn(tiny_dir):
+    """With one request running at a time, the ones behind it wait; between steps the prefetcher
+    loads each waiting request's host-resident prefix onto the device and holds it there, so its
+    turn reads the prefix from the device (same tokens as transformers); a burst into a device
+    tier that the holds could fill still finishes (holds yield to admission and to running
+    requests' growth) and leaks nothing."""
+    from radixkv.prefetcher import QUEUED
+
+    path, hf = tiny_dir
+    docs = [[(11 * d + 3 * j) % 97 + 1 for j in range(64)] for d in range(4)]  # 4 pages each
+    prompts = [d + [90 + i, 91] for i, d in enumerate(docs)]
+    want = [hf_greedy(hf, p, 6) for p in prompts]
+    for budget in (0, 256):  # the prefetcher off, then on
+        with engine(
+            path, pages=40, host_memory_gb=gb(256), max_running=1, prefetch_pages=budget
+        ) as eng:
+            eng.generate(docs, max_tokens=1, ignore_eos=True)  # cached, then off the device
+            eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)
+            got = eng.generate(prompts, max_tokens=6, ignore_eos=True)
+            pf = eng.cache.prefetcher
+            assert [g.token_ids for g in got] == want
+            # the head is admitted on arrival and loads its own; the others wait behind it
+            assert got[0].cached_tokens_by_tier["host"] == 64
+            tier = "device" if budget else "host"  # where each later turn found its prefix
+            assert all(g.cached_tokens_by_tier[tier] == 64 for g in got[1:])
+            assert pf.stats.moved_pages[QUEUED] == pf.stats.useful_pages[QUEUED]
+            assert pf.stats.moved_pages[QUEUED] == (12 if budget else 0)
+            assert eng.cache.check_integrity()["device"]["locked"] == 0
+            assert pf.held_device_pages == 0
+    burst = [[(13 * i + j) % 97 + 1 for j in range(20 + (i * 7) % 40)] for i in range(40)]
+    with engine(path, pages=16, host_memory_gb=gb(256), max_running=8) as eng:
+        eng.generate(burst, max_tokens=1, ignore_eos=True)
+        eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)
+        out = eng.generate([b + [5] for b in burst], max_tokens=8, ignore_eos=True)
+        assert all(len(r.token_ids) == 8 for r in out)
+        report = eng.cache.check_integrity()["device"]
+        assert report["locked"] == 0 and eng.cache.prefetcher.held_device_pages == 0
