@@ -102,3 +102,39 @@ def test_prefetch_needs_the_timed_replay(tmp_path):
     trace = write_trace(tmp_path / "t.jsonl", n=10)
     with pytest.raises(SystemExit):
         main(["trace", "--trace", str(trace), "--prefetch", "--quiet"])
+
+
+def test_measured_remote_timing_charges_the_store_time_in_place_of_the_latency_flag():
+    measured = ServingClock(CostModel(**{**COST.__dict__, "remote_measured": True}))
+    # 500 remote tokens that the real store read in 0.3 s: 0.3 s + 1 s of bytes, not 0.1 + 1
+    assert measured.read_remote(0.0, 500, 0.3) == pytest.approx(1.3)
+    measured.book(5.0, 500, remote=True, measured_s=0.2)
+    assert measured.remote_free == pytest.approx(6.2)
+    assert measured.report(10.0)["store_reads_measured"] == {"reads": 2, "mean_ms": 250.0}
+    modelled = ServingClock(COST)  # the flag's latency, whatever the store took
+    assert modelled.read_remote(0.0, 500, 0.3) == pytest.approx(1.1)
+    assert modelled.report(10.0)["store_reads_measured"]["reads"] == 0
+
+
+def test_timed_cli_measures_the_real_stores_reads(tmp_path):
+    """A remote tier over the real file store: with --remote-timing measured, each remote read's
+    fixed cost is the store's time for it (here far above the zero latency flag), so the
+    modelled TTFT of the same replay is longer than with the flag."""
+    trace = write_trace(tmp_path / "t.jsonl", n=150, seed=4)
+    runs = {}
+    for timing in ("model", "measured"):
+        out = tmp_path / f"{timing}.json"
+        argv = ["trace", "--trace", str(trace), "--device-frac", "0.02", "--host-frac", "0.02"]
+        argv += ["--remote-frac", "1.0", "--policy", "lru", "--timed", "--no-bound"]
+        argv += ["--remote-latency-ms", "0", "--remote-timing", timing]
+        assert main([*argv, "--json", str(out), "--quiet"]) == 0
+        runs[timing] = json.loads(out.read_text())["policies"]["lru"]
+    model, measured = runs["model"], runs["measured"]
+    assert model["hit_rate_by_tier"]["remote"] > 0
+    reads = measured["timed"]["store_reads_measured"]
+    assert reads["reads"] > 0 and reads["mean_ms"] > 0
+    assert model["timed"]["store_reads_measured"]["reads"] == 0
+    assert (
+        measured["timed"]["utilisation"]["remote_link"]
+        > model["timed"]["utilisation"]["remote_link"]
+    )

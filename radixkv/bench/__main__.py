@@ -41,6 +41,7 @@ def _trace_command(args: argparse.Namespace) -> int:
             remote_gbps=args.remote_gbps,
             remote_latency_ms=args.remote_latency_ms,
             time_scale=args.time_scale,
+            remote_measured=args.remote_timing == "measured",
         )
     if args.prefetch and cost is None:
         raise ValueError("--prefetch needs --timed: the prefetcher runs on idle link time")
@@ -295,6 +296,13 @@ def main(argv: list[str] | None = None) -> int:
     timed.add_argument("--h2d-gbps", type=float, default=50.7, help="host -> device GB/s")
     timed.add_argument("--remote-gbps", type=float, default=10.0, help="remote -> host GB/s")
     timed.add_argument("--remote-latency-ms", type=float, default=1.0, help="per remote read")
+    timed.add_argument(
+        "--remote-timing",
+        choices=("model", "measured"),
+        default="model",
+        help="a remote read's fixed cost: the latency flag (model), or what the real store took "
+        "for that read in this replay (measured; its bytes still at the GB/s flag)",
+    )
     timed.add_argument(
         "--prefetch",
         action="store_true",

@@ -18,6 +18,11 @@ Decode steps are not charged (the replay has no batching); outputs matter only t
 turn's prompt, which the trace already holds. The defaults are this engine's own measurements on
 an H200 with llama-3-8b shapes (benchmarks/gpu_engine.py: prefill 41,889 tokens/s, pinned
 host->device 50.7 GB/s; KV 128 KiB a token); the remote link's are a flag's.
+
+With `remote_measured`, a remote read's fixed cost is not the `remote_latency_ms` flag but what
+the replay's real store took for that very read (its calls, per-page keys, the codec's checks:
+the replay runs them inline and times them). The bytes are still charged at `remote_gbps`: the
+replay's pages carry a token's id, not its 128 KiB of KV.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class CostModel:
     remote_gbps: float = 10.0
     remote_latency_ms: float = 1.0
     time_scale: float = 1.0  # multiplies the trace's timestamps (2: half the arrival rate)
+    remote_measured: bool = False  # a read's fixed cost: the real store's time for it (above)
 
     def __post_init__(self) -> None:
         for name in ("prefill_tokens_per_s", "h2d_gbps", "remote_gbps", "time_scale"):
@@ -60,16 +66,28 @@ class ServingClock:
     busy_s: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # gpu, h2d, remote
     load_wait_s: float = 0.0  # GPU time spent waiting for loads beyond a turn's compute
     prefetch_s: float = 0.0  # host->device link time spent on prefetches
+    store_reads: list[float] = field(default_factory=lambda: [0, 0.0])  # measured: n, seconds
 
     def _seconds(self, tokens: int, gbps: float) -> float:
         return tokens * self.cost.kv_bytes_per_token / (gbps * 1e9)
 
-    def read_remote(self, arrival_s: float, tokens: int) -> float:
-        """A request's remote part read on its arrival; returns when it is on host."""
+    def _remote_took(self, tokens: int, measured_s: float | None) -> float:
+        """A remote read of `tokens`: its fixed cost (the flag's latency, or with
+        `remote_measured` the store's measured time for it) plus its bytes at `remote_gbps`."""
+        fixed = self.cost.remote_latency_ms / 1e3
+        if self.cost.remote_measured and measured_s is not None:
+            fixed = measured_s
+            self.store_reads[0] += 1
+            self.store_reads[1] += measured_s
+        return fixed + self._seconds(tokens, self.cost.remote_gbps)
+
+    def read_remote(self, arrival_s: float, tokens: int, measured_s: float | None = None) -> float:
+        """A request's remote part read on its arrival (`measured_s`: what the real store took
+        for it); returns when it is on host."""
         if not tokens:
             return arrival_s
         start = max(arrival_s, self.remote_free)
-        took = self.cost.remote_latency_ms / 1e3 + self._seconds(tokens, self.cost.remote_gbps)
+        took = self._remote_took(tokens, measured_s)
         self.remote_free = start + took
         self.busy_s[2] += took
         return self.remote_free
@@ -122,11 +140,13 @@ class ServingClock:
             return 1 << 62
         return int(idle * gbps * 1e9 / self.cost.kv_bytes_per_token)
 
-    def book(self, now_s: float, tokens: int, *, remote: bool = False) -> None:
+    def book(
+        self, now_s: float, tokens: int, *, remote: bool = False, measured_s: float | None = None
+    ) -> None:
         """A prefetch of `tokens` over the host->device (or remote->host) link, starting when
-        the link is free."""
+        the link is free (`measured_s`: a remote read's time in the real store)."""
         if remote:
-            took = self.cost.remote_latency_ms / 1e3 + self._seconds(tokens, self.cost.remote_gbps)
+            took = self._remote_took(tokens, measured_s)
             self.remote_free = max(now_s, self.remote_free) + took
             self.busy_s[2] += took
             return
@@ -161,5 +181,11 @@ class ServingClock:
                 "remote_link": self.busy_s[2] / span,
             },
             "simulated_seconds": span,
+            "store_reads_measured": {
+                "reads": self.store_reads[0],
+                "mean_ms": self.store_reads[1] / self.store_reads[0] * 1e3
+                if self.store_reads[0]
+                else None,
+            },
             "cost_model": self.cost.__dict__,
         }

@@ -166,13 +166,15 @@ def replay(
         """Request j joins the queue: its remote part is read now; the prefetcher is told."""
         tokens = requests[j].tokens()
         t0 = clock()
-        ticket, read = None, 0
+        ticket, read, took = None, 0, None
         if cache.match(tokens, touch=False).remote_tokens:
+            t_read = clock()
             ticket = cache.prefetch(tokens, discover=False, hold=True)
-            cache.wait_idle()
+            cache.wait_idle()  # the store's reads run now, on this thread: timed
+            took = clock() - t_read
             read = ticket.fetched_tokens
         timings["prefetch"] += clock() - t0
-        done = served.read_remote(arrival[j], read) if served else 0.0
+        done = served.read_remote(arrival[j], read, took) if served else 0.0
         expect = None
         if prefetch:
             session, returning = sessions.arrive(j, requests[j])
@@ -203,8 +205,9 @@ def replay(
         if moved:
             served.book(now, moved * ps)
         if fetched:
-            cache.wait_idle()
-            served.book(now, fetched * ps, remote=True)
+            t_read = clock()
+            cache.wait_idle()  # the promotions' remote reads run now: timed
+            served.book(now, fetched * ps, remote=True, measured_s=clock() - t_read)
 
     try:
         label = "offline bound" if oracle else spec.policy
