@@ -312,7 +312,8 @@ class EngineCore:
 
     def close(self) -> None:
         """Publish hot prefixes, finish remote writes in flight, close the cache (and its store)."""
-        while self._in_flight is not None:  # a continued step: its rows end with their requests
+        self.overlap = False  # a step still queued is read (its tokens applied), none follows
+        while self._in_flight is not None:
             self.step()
         if self.sharing_hot:
             publish_hot_prefixes(self.cache)

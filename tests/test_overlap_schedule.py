@@ -138,3 +138,50 @@ def test_overlap_on_and_off_give_the_same_tokens_and_leak_nothing(
     for i, (off, on) in enumerate(zip(results["off"], results["on"], strict=True)):
         if i not in aborts:
             assert on == off
+
+
+def test_streams_through_the_engine_thread_with_one_closed_early(tiny_dir):
+    """The server's path: the engine loop's thread steps the core while streams read it; one
+    stream is closed after two chunks (an abort while a continued step may be queued), the
+    others get transformers' tokens, and every page comes back."""
+    import asyncio
+    import time
+
+    path, hf = tiny_dir
+    prompts = [SYSTEM + [60 + i, 70 + i] for i in range(4)]
+
+    async def collect(eng, prompt, early: bool):
+        tokens = []
+        agen = eng.stream(prompt, max_tokens=24, ignore_eos=True)
+        async for chunk in agen:
+            tokens += chunk.token_ids
+            if early and len(tokens) >= 2:
+                await agen.aclose()
+                break
+        return tokens
+
+    async def main(eng):
+        return await asyncio.gather(*(collect(eng, p, i == 1) for i, p in enumerate(prompts)))
+
+    with engine(path, "on") as eng:
+        got = asyncio.run(main(eng))
+        deadline = time.monotonic() + 10
+        while eng.core.has_work and time.monotonic() < deadline:
+            time.sleep(0.01)  # the loop thread finishes the aborted request's queued step
+        assert not eng.core.has_work and eng.scheduler.continued_steps > 10
+        assert_no_leaks(eng)
+    assert [g for i, g in enumerate(got) if i != 1] == [
+        hf_greedy(hf, p, 24) for i, p in enumerate(prompts) if i != 1
+    ]
+    assert 2 <= len(got[1]) < 24
+
+
+def test_closing_with_a_continued_step_queued_reads_it_and_runs_no_more(tiny_dir):
+    path, _ = tiny_dir
+    eng = engine(path, "on")
+    req = eng.submit(SYSTEM + [1, 2], max_tokens=200, ignore_eos=True)
+    for _ in range(5):
+        eng.step()
+    assert eng.core._in_flight is not None  # the sixth step is queued
+    eng.close()
+    assert eng.core._in_flight is None and len(req.output_ids) == 6
