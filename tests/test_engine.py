@@ -338,10 +338,10 @@ def test_a_new_engine_warms_its_host_tier_from_the_hot_prefixes_an_old_one_share
 def test_queued_requests_find_their_host_prefix_loaded_to_the_device_before_their_turn(tiny_dir):
     """With one request running at a time, the ones behind it wait; between steps the prefetcher
     loads each waiting request's host-resident prefix onto the device and holds it there, so its
-    turn reads the prefix from the device (same tokens as transformers); a burst into a device
-    tier that the holds could fill still finishes (holds yield to admission and to running
-    requests' growth) and leaks nothing."""
-    from radixkv.prefetcher import QUEUED
+    turn reads the prefix from the device (same tokens as transformers). Where the holds fill the
+    device tier, running requests' growth takes the pages back before any preemption, with the
+    same tokens, and nothing leaks."""
+    from radixkv.prefetcher import QUEUED, PrefetchConfig
 
     path, hf = tiny_dir
     docs = [[(11 * d + 3 * j) % 97 + 1 for j in range(64)] for d in range(4)]  # 4 pages each
@@ -364,11 +364,24 @@ def test_queued_requests_find_their_host_prefix_loaded_to_the_device_before_thei
             assert pf.stats.moved_pages[QUEUED] == (12 if budget else 0)
             assert eng.cache.check_integrity()["device"]["locked"] == 0
             assert pf.held_device_pages == 0
-    burst = [[(13 * i + j) % 97 + 1 for j in range(20 + (i * 7) % 40)] for i in range(40)]
-    with engine(path, pages=16, host_memory_gb=gb(256), max_running=8) as eng:
-        eng.generate(burst, max_tokens=1, ignore_eos=True)
-        eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)
-        out = eng.generate([b + [5] for b in burst], max_tokens=8, ignore_eos=True)
-        assert all(len(r.token_ids) == 8 for r in out)
-        report = eng.cache.check_integrity()["device"]
-        assert report["locked"] == 0 and eng.cache.prefetcher.held_device_pages == 0
+    # holds allowed the whole tier, two requests running, four waiting with 3-page host
+    # prefixes: the holds fill the tier, and the running requests' growth takes it back
+    docs = [[(7 * k + 5 * j) % 97 + 1 for j in range(48)] for k in range(6)]
+    runs = {}
+    for budget in (0, 256):
+        with engine(
+            path, pages=16, host_memory_gb=gb(256), max_running=2, prefetch_pages=budget
+        ) as eng:
+            eng.cache.prefetcher.config = PrefetchConfig(device_share=1.0)
+            freed, reclaim = [], eng.scheduler._reclaim_holds
+            eng.scheduler._reclaim_holds = lambda keep=None, seen=freed, run=reclaim: (
+                seen.append(run(keep)) or seen[-1]
+            )
+            eng.generate(docs, max_tokens=1, ignore_eos=True)
+            eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)
+            out = eng.generate([d + [5] for d in docs], max_tokens=40, ignore_eos=True)
+            runs[budget] = [r.token_ids for r in out]
+            assert (sum(freed) > 0) == bool(budget) and eng.scheduler.preemptions == 0
+            report = eng.cache.check_integrity()["device"]
+            assert report["locked"] == 0 and eng.cache.prefetcher.held_device_pages == 0
+    assert runs[256] == runs[0]
