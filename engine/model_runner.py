@@ -63,9 +63,7 @@ class ModelRunner:
         logits = graph.run(batch) if graph is not None else self.model(batch, self.backend)
         if not plain_greedy(batch.sampling):
             return StepTokens(None, sample_rows(logits, batch.sampling, self.vocab_limit))
-        if self.vocab_limit is not None and self.vocab_limit < logits.shape[-1]:
-            logits[:, self.vocab_limit :] = float("-inf")
-        return StepTokens.start_copy(logits.argmax(-1))
+        return StepTokens.start_copy(mask_vocab(logits, self.vocab_limit).argmax(-1))
 
     def _graph_after_load(self, batch: ForwardBatch):
         """A graph for a batch that only waits on a host load, which then waits for the whole
@@ -81,6 +79,13 @@ class ModelRunner:
         # the last layer's event: the whole load
         torch.cuda.current_stream(batch.input_ids.device).wait_event(ready[-1])
         return graph
+
+
+def mask_vocab(logits: torch.Tensor, vocab_limit: int | None) -> torch.Tensor:
+    """`logits` with ids from `vocab_limit` on excluded (in place; None: all kept)."""
+    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+        logits[:, vocab_limit:] = float("-inf")
+    return logits
 
 
 def plain_greedy(sampling: list | None) -> bool:
@@ -130,8 +135,7 @@ def sample_rows(
     grammar's mask). Greedy rows are picked together on the device and copied to the host
     once."""
     rows = len(logits)
-    if vocab_limit is not None and vocab_limit < logits.shape[-1]:
-        logits[:, vocab_limit:] = float("-inf")
+    mask_vocab(logits, vocab_limit)
     sampling = sampling if sampling is not None else [None] * rows
     out: list[int | None] = [None] * rows
     wanted = [i for i, s in enumerate(sampling) if s is not None and s.params.logprobs is not None]

@@ -292,8 +292,7 @@ class Scheduler:
         req.state, req.finish_reason = State.FINISHED, reason
         self._waited.pop(req.rid, None)
         self.cache.release_prefetch(req.prefetch)
-        self.cache.release_expectation(req.expectation)
-        req.expectation = None
+        self._drop_expectation(req)
         if self.detokenize is not None and not req.text:
             req.text = self.detokenize(req.output_ids)
         if self.on_finish is not None:
@@ -348,12 +347,14 @@ class Scheduler:
     def _reclaim_holds(self, keep: Request | None = None) -> int:
         """Drop the device holds the prefetcher keeps for waiting requests other than `keep`
         (predictions yield to admission and to running requests' growth); the pages freed."""
-        freed = 0
-        for r in self.waiting:
-            if r is not keep and r.expectation is not None:
-                freed += self.cache.release_expectation(r.expectation)
-                r.expectation = None
+        freed = sum(self._drop_expectation(r) for r in self.waiting if r is not keep)
         self._holds_yielded |= freed > 0  # no new holds until a request leaves
+        return freed
+
+    def _drop_expectation(self, req: Request) -> int:
+        """Release `req`'s prefetch hold, if any; the device pages it held."""
+        freed = self.cache.release_expectation(req.expectation)
+        req.expectation = None
         return freed
 
     def _expected_pages(self, req: Request, cached_on_device: int) -> int:
@@ -397,8 +398,7 @@ class Scheduler:
             self.cache.session_began(req.session)  # what was promoted for it is locked by it now
         fetched = min(req.prefetch.fetched_tokens, m.host_tokens) if req.prefetch is not None else 0
         self.cache.release_prefetch(req.prefetch)  # its pages are locked by the request now
-        self.cache.release_expectation(req.expectation)
-        req.expectation = None
+        self._drop_expectation(req)
         if not req.output_ids:  # account the prompt's cache hit once, at first admission
             req.cached_by_tier = {
                 "device": m.device_tokens,
