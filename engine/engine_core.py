@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.attention.flashinfer_backend import SHORT_EXTEND_TOKENS
 from engine.config import DEFAULT_REMOTE, EngineConfig
 from engine.default_model import cache_dir
 from engine.generation_defaults import generation_defaults
@@ -43,7 +44,7 @@ from storage import KVLayout, RemoteStore, open_store
 log = logging.getLogger(__name__)
 
 IO_WAIT_S = 0.05  # longest block on remote I/O per iterate() (a `wake()` ends it early)
-EXTEND_GRAPH_TOKENS = 256  # one sequence's extends up to this many new tokens replay a graph
+EXTEND_GRAPH_TOKENS = SHORT_EXTEND_TOKENS  # one sequence's extends up to this many replay a graph
 AUTO_REMOTE_FRACTION = 0.10  # a file tier's default cap: this share of the disk's free space
 HOT_PUBLISH_S = 60.0  # how often an engine sharing a remote tier publishes its hot prefixes
 

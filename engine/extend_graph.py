@@ -3,8 +3,8 @@
 A prompt found cached up to its last page leaves a handful of tokens to compute before its first
 token; run eagerly that forward is launch-bound (about 11 ms for an 8B model on an H200, against
 a 4 ms weight read). For each size of a ladder (16, 32, ..., `max_tokens` new tokens) the
-forward of one real sequence plus one padding sequence is captured with flashinfer's prefill
-kernel in its CUDA-graph mode: a graph of size S serves 2..S real tokens, the padding sequence
+forward of one real sequence plus one padding sequence is captured with flashinfer's FA2
+prefill kernel in its CUDA-graph mode (the eager path's kernel for short extends): a graph of size S serves 2..S real tokens, the padding sequence
 takes the other S + 1 - n (at least one, so the captured shapes never change). The padding
 sequence attends over, and writes into, only the pool's scratch page (repeated as often as its
 length needs), which no request owns.
@@ -85,12 +85,7 @@ class ExtendGraphs:
             paged_kv_indptr_buf=self.kv_indptr,
             paged_kv_indices_buf=self.indices,
             paged_kv_last_page_len_buf=self.last_len,
-            # flashinfer's `auto` picks its Hopper kernel on an H100/H200, which gives each head
-            # one CTA over the whole cached prefix: 16 new tokens over 4,096 cached take 62 us a
-            # layer (profile), a third of a cached prompt's TTFT. Its FA2 kernel splits the
-            # prefix (TTFT 10.8 -> 9.6 ms measured), but then the graph's KV and tokens differ
-            # from the eager path's (Hopper) kernel and the GPU parity tests fail: both paths
-            # must change together, measured (prefill speed included) before that lands.
+            backend="fa2",  # the eager path's kernel for short extends: SHORT_EXTEND_TOKENS
         )
         batch = _StaticBatch(
             self.input_ids[:rows],

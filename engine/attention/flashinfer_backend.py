@@ -3,7 +3,8 @@ dim] is flashinfer's single-tensor NHD layout, so kernels read the device pool i
 
 `prepare(batch)` plans once per forward (page tables -> CSR indptr/indices); each layer then
 writes its new K/V into the pool and runs. A batch of pure decodes uses the decode kernel;
-anything with a prefill chunk uses the prefill kernel, which also serves decodes mixed in.
+anything with a prefill chunk uses a prefill kernel (FA2 for short extends, see
+`SHORT_EXTEND_TOKENS`), which also serves decodes mixed in.
 """
 
 from __future__ import annotations
@@ -31,6 +32,15 @@ def decode_tensor_cores(num_heads: int, num_kv_heads: int, choice: bool | None =
     return choice if choice is not None else num_heads // num_kv_heads >= 4
 
 
+# Extends of at most this many new tokens (the batch's sequences together) run flashinfer's FA2
+# prefill kernel, which splits a long cached prefix over many CTAs: 16 new tokens over 4,096
+# cached took 62 us a layer in the Hopper kernel that `auto` picks on an H100/H200, which gives
+# each head one CTA over the whole prefix. Longer extends keep `auto` (the Hopper kernel is the
+# faster one for long new sequences). The short-extend CUDA graphs run FA2 too, so a graph and
+# the eager path it stands in for run one kernel.
+SHORT_EXTEND_TOKENS = 256
+
+
 class FlashInferPagedAttention:
     def __init__(
         self,
@@ -51,6 +61,9 @@ class FlashInferPagedAttention:
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         workspace = torch.empty(workspace_mb << 20, dtype=torch.uint8, device=pool.device)
         self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
+        self._short_extend = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+            workspace, "NHD", backend="fa2"
+        )
         self._decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
             workspace,
             "NHD",
@@ -71,8 +84,9 @@ class FlashInferPagedAttention:
             qo = torch.tensor([0, *batch.extend_lens], dtype=torch.int32).cumsum(
                 0, dtype=torch.int32
             )
-            self._prefill.plan(qo, *pages_args, causal=True, **dtypes)
-            wrapper = self._prefill
+            short = sum(batch.extend_lens) <= SHORT_EXTEND_TOKENS
+            wrapper = self._short_extend if short else self._prefill
+            wrapper.plan(qo, *pages_args, causal=True, **dtypes)
         self._planned = (batch, wrapper)
 
     def forward(
