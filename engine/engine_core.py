@@ -145,6 +145,12 @@ class EngineCore:
         self.runner = ModelRunner(
             self.model, backend, attention, graphs, tok_vocab if tok_vocab < vocab else None
         )
+        # on a GPU, every eager kernel compiled and loaded before the first request
+        self.warm_up_s = (
+            self.runner.warm_up(self.cache.device_pool, config.page_size)
+            if self.device.type == "cuda"
+            else 0.0
+        )
         self.scheduler = Scheduler(
             self.prefix_cache,
             self.device,

@@ -10,11 +10,16 @@ device too, so the engine can queue the next decode step on them before it reads
 from __future__ import annotations
 
 import logging
+import time
 
 import torch
 
 from engine.attention import TorchPagedAttention
-from engine.attention.flashinfer_backend import FlashInferPagedAttention, flashinfer_available
+from engine.attention.flashinfer_backend import (
+    SHORT_EXTEND_TOKENS,
+    FlashInferPagedAttention,
+    flashinfer_available,
+)
 from engine.forward_batch import ForwardBatch
 from engine.llama import CausalLM
 from engine.sampling import SAMPLE_FAILED, sample
@@ -47,6 +52,31 @@ class ModelRunner:
         self.model, self.backend, self.attention = model, backend, attention
         self.vocab_limit = vocab_limit
         self.graphs = tuple(graphs)
+
+    @torch.inference_mode()
+    def warm_up(self, pool: DevicePool, page_size: int) -> float:
+        """Run each eager attention path once (a decode step, a short extend, a long prefill)
+        on the pool's scratch page, which no request owns, so that every kernel they need is
+        compiled and loaded before the first request: flashinfer compiles a kernel at its
+        first use, and that took a first request tens of seconds on a fresh GPU machine.
+        Returns the seconds it took."""
+        started = time.perf_counter()
+        scratch = pool.scratch_page
+
+        def sequence(n: int, prefix: int) -> tuple[list[int], int, list[int]]:
+            return [1] * n, prefix, [scratch] * -(-(prefix + n) // page_size)
+
+        for sequences in (
+            [sequence(1, 7), sequence(1, 30)],  # decode
+            [sequence(16, 40)],  # a short extend over a prefix
+            [sequence(SHORT_EXTEND_TOKENS + 1, 0)],  # a prefill past the short extends
+        ):
+            self.model(ForwardBatch.build(sequences, page_size, pool.device), self.backend)
+        if pool.device.type == "cuda":
+            torch.cuda.synchronize(pool.device)  # start-up only: the warm-up's time, logged once
+        seconds = time.perf_counter() - started
+        log.info("compiled and loaded the eager kernels in %.1f s", seconds)
+        return seconds
 
     def run(self, batch: ForwardBatch) -> list[int | None]:
         """One forward over the batch, then a token for every sequence that samples."""

@@ -385,3 +385,21 @@ def test_queued_requests_find_their_host_prefix_loaded_to_the_device_before_thei
             report = eng.cache.check_integrity()["device"]
             assert report["locked"] == 0 and eng.cache.prefetcher.held_device_pages == 0
     assert runs[256] == runs[0]
+
+
+def test_the_kernel_warm_up_writes_only_the_scratch_page(tiny_dir):
+    """The start-up warm-up (run on a GPU; here with the torch backend) runs a decode step, a
+    short extend and a long prefill on the scratch page alone: no page a request could own
+    changes, and the engine's tokens after it still equal transformers'."""
+    path, hf = tiny_dir
+    with engine(path, pages=32) as eng:
+        assert eng.core.warm_up_s == 0.0  # not run on a CPU at start-up
+        pool = eng.cache.device_pool
+        owned = pool.data[:, : pool.num_pages]
+        owned.copy_(torch.randn(owned.shape, generator=torch.Generator().manual_seed(0)))
+        before, scratch = owned.clone(), pool.data[:, pool.scratch_page].clone()
+        assert eng.core.runner.warm_up(pool, eng.cache.page_size) > 0
+        assert torch.equal(pool.data[:, : pool.num_pages], before)
+        assert not torch.equal(pool.data[:, pool.scratch_page], scratch)  # it did run
+        got = eng.generate(PROMPTS[:2], max_tokens=6, ignore_eos=True)
+    assert [g.token_ids for g in got] == [hf_greedy(hf, p, 6) for p in PROMPTS[:2]]

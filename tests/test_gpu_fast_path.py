@@ -209,3 +209,23 @@ def test_a_host_hit_waits_for_its_load_and_replays_the_extend_graph(small_llama)
             if graphs:
                 assert [(b.prefix_lens[0], b.extend_lens[0]) for b in replays][-1] == (160, 3)
     assert runs[True] == runs[False]
+
+
+def test_start_up_warms_the_eager_kernels_on_the_scratch_page_only(small_llama):
+    """The engine runs its eager attention paths once at start-up; they write only the scratch
+    page, so no page a request could own changes, and the first request's tokens equal a later
+    identical request's."""
+    from radixkv import DEVICE
+
+    with _engine(small_llama) as eng:
+        assert eng.core.warm_up_s > 0
+        pool = eng.cache.device_pool
+        owned = pool.data[:, : pool.num_pages]
+        owned.copy_(torch.randn(owned.shape, generator=torch.Generator().manual_seed(0)))
+        before = owned.clone()
+        assert eng.core.runner.warm_up(pool, eng.cache.page_size) > 0
+        assert torch.equal(pool.data[:, : pool.num_pages], before)
+        prompt = [(7 * j) % 500 + 1 for j in range(300)]
+        first = eng.generate([prompt], max_tokens=16, ignore_eos=True)[0].token_ids
+        eng.cache.evict(DEVICE, pool.num_pages)
+        assert eng.generate([prompt], max_tokens=16, ignore_eos=True)[0].token_ids == first
