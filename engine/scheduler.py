@@ -40,7 +40,7 @@ import torch
 from engine.forward_batch import ForwardBatch, to_device
 from engine.request import Request, State
 from engine.sampling import SAMPLE_FAILED, RowSampling
-from radixkv.prefix_cache import EMPTY, PrefixCache
+from radixkv.prefix_cache import EMPTY, PrefixCache, PrefixHandle
 from storage import OutOfPages
 
 _PREFILL_SAMPLE_MIN_TOKENS = 64  # steps with fewer prefill tokens say little about its speed
@@ -313,20 +313,23 @@ class Scheduler:
         if not ready:
             return
         starving = [r for r in ready if self.steps - self._waited[r.rid] >= self.starvation_steps]
-        hits: dict[int, int] = {}
+        hits: dict[int, PrefixHandle] = {}
         if self.cache.reuses_prefixes and not starving:
             hits = {
-                r.rid: self.cache.match(r.tokens(0, r.num_tokens - 1), touch=False).device_tokens
-                for r in ready
+                r.rid: self.cache.match(r.tokens(0, r.num_tokens - 1), touch=False) for r in ready
             }
-            ready.sort(key=lambda r: -hits[r.rid])  # resident prefixes first (stable: FIFO within)
+            # resident prefixes first (stable: FIFO within)
+            ready.sort(key=lambda r: -hits[r.rid].device_tokens)
         room = self._uncommitted_pages()
         for req in starving + [r for r in ready if r not in starving]:
             if len(self.running) >= self.max_running:
                 break
-            if req.rid in hits and self._shares_running_prefill(req, hits[req.rid]):
+            hit = hits.get(req.rid)
+            if hit is not None and self._shares_running_prefill(req, hit.device_tokens):
                 continue  # includes requests admitted just now, in this loop
-            need = self._expected_pages(req, hits.get(req.rid, 0))
+            # read now: requests admitted earlier in this loop may lock part of its prefix
+            committed = self.cache.committed_device_tokens(hit) if hit is not None else 0
+            need = self._expected_pages(req, committed)
             if need > room and self.running:
                 # by memory: it would preempt others later; FIFO, so nobody overtakes it. The
                 # queue's prefetch holds yield first; the hits and the room change with them,
@@ -357,13 +360,14 @@ class Scheduler:
         req.expectation = None
         return freed
 
-    def _expected_pages(self, req: Request, cached_on_device: int) -> int:
-        """Device pages `req` will still take: its uncached context, plus its remaining output as
-        the adaptive ratio predicts (a matched device prefix counts as committed already: shared
-        prefixes are mostly locked by the requests that share them)."""
+    def _expected_pages(self, req: Request, committed_tokens: int) -> int:
+        """Device pages `req` will still take from the room admission counts: its context and
+        its remaining output as the adaptive ratio predicts, less the first `committed_tokens`
+        (a device prefix someone already locks, which `device_pages_committed` counts). A
+        device hit nobody locks is charged: attaching locks it, so it leaves the room then."""
         left = min(req.params.max_tokens - len(req.output_ids), _RESERVE_CLIP_TOKENS)
         total = req.num_tokens + math.ceil(left * self.new_token_ratio)
-        return max(0, -(-(total - cached_on_device) // self.page_size) - len(req.page_table))
+        return max(0, -(-(total - committed_tokens) // self.page_size) - len(req.page_table))
 
     def _uncommitted_pages(self) -> int:
         """Device pages neither held by running requests (their own and the tree pages they lock)

@@ -115,6 +115,16 @@ class PrefixCache:
         """Give back request pages that were not inserted."""
         self._cache.free(pages)
 
+    def committed_device_tokens(self, handle: PrefixHandle) -> int:
+        """Of the prefix's device tokens, those a request or a prefetch hold locks now: their
+        pages are in `device_pages_committed` already. Locks are path-counted, so the locked
+        part of a path is a prefix of it: the deepest locked node on it bounds them."""
+        node = handle._node
+        for n in node.path_to_root() if node is not None else ():
+            if n.lock_ref > 0:
+                return min(handle.device_tokens, n.depth)
+        return 0
+
     def device_pages_committed(self) -> int:
         """Device pages eviction cannot free now: requests' own and the tree pages they lock."""
         return len(self._cache.request_pages) + self._cache.locked_device_pages

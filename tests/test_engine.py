@@ -276,6 +276,31 @@ def test_admission_by_memory_keeps_preemption_rare_in_a_burst(tiny_dir):
     assert preemptions[False] > 10 * max(1, preemptions[True]), preemptions
 
 
+def test_multi_turn_sessions_whose_contexts_stay_on_the_device_are_never_preempted(tiny_dir):
+    """Eight sessions x four rounds into a device tier that holds about two contexts: each
+    round resends a session's context (left on the device, unlocked, by its last turn). Those
+    hits leave the room admission counts once a request locks them, so admission charges them
+    (counting every device hit as already committed preempted 6 of 32 requests here). Tokens
+    equal a roomy tier's."""
+    path, _ = tiny_dir
+
+    def run(pages: int) -> tuple[list[list[int]], int]:
+        rng = random.Random(0)
+        ctx = [[rng.randrange(5, 100) for _ in range(40)] for _ in range(8)]
+        got = []
+        with engine(path, pages=pages, host_memory_gb=gb(256), max_running=16) as eng:
+            for _ in range(4):
+                asks = [c + [rng.randrange(5, 100) for _ in range(8)] for c in ctx]
+                outs = eng.generate(asks, max_tokens=24, ignore_eos=True)
+                ctx = [a + o.token_ids for a, o in zip(asks, outs, strict=True)]
+                got += [o.token_ids for o in outs]
+            return got, eng.scheduler.preemptions
+
+    tight, preemptions = run(32)
+    assert preemptions == 0
+    assert tight == run(512)[0]
+
+
 def test_a_returning_session_finds_its_context_promoted_back_to_the_device(tiny_dir):
     """Sessions named on their requests: the prefetcher learns how long they stay away, moves a
     session's context (pushed off the device by other traffic) back before it returns, and its
