@@ -4,8 +4,9 @@ A prompt found cached up to its last page leaves a handful of tokens to compute 
 token; run eagerly that forward is launch-bound (about 11 ms for an 8B model on an H200, against
 a 4 ms weight read). For each size of a ladder (16, 32, ..., `max_tokens` new tokens) the
 forward of one real sequence plus one padding sequence is captured with flashinfer's FA2
-prefill kernel in its CUDA-graph mode (the eager path's kernel for short extends): a graph of size S serves 2..S real tokens, the padding sequence
-takes the other S + 1 - n (at least one, so the captured shapes never change). The padding
+prefill kernel (the eager path's kernel for short extends) in its CUDA-graph mode: a graph of
+size S serves 2..S real tokens, the padding sequence takes the other S + 1 - n (at least one,
+so the captured shapes never change). The padding
 sequence attends over, and writes into, only the pool's scratch page (repeated as often as its
 length needs), which no request owns.
 """

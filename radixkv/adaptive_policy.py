@@ -1,24 +1,30 @@
 """The default eviction policy: ARC's recency/frequency split on the tree's nodes, guarded by a
 duel with plain LRU.
 
-Two queues, LRU inside each:
+Three queues, LRU inside each:
 
-    queue 0 (recent)    nodes no request has reused yet
-    queue 1 (frequent)  nodes reused at least once, or re-inserted while remembered as evicted
+    queue 0 (recent, likely dead)  nodes no request has reused yet that the workload rule
+                                   (`radixkv.workload_policy`) calls likely dead: abandoned
+                                   tails (a later request split them and went elsewhere) and
+                                   small leaves
+    queue 1 (recent)               the other nodes no request has reused yet
+    queue 2 (frequent)             nodes reused at least once, or re-inserted while remembered
+                                   as evicted
 
-Evictions take from the recent queue while it holds more than its target share `p` (in tokens),
-else from the frequent one. The target adapts from ghosts: signatures of recently evicted nodes,
-up to two tiers' worth of tokens per queue. A node re-inserted (recomputed) while its signature
-is a ghost of the recent queue says that queue was too small: p grows; a ghost of the frequent
-queue says the opposite: p shrinks. Each step is the node's size, scaled by the ratio of the two
-ghost lists as in ARC.
+Evictions take from the recent queues (the older of their two heads: LRU over both) while they
+hold more than their target share `p` (in tokens), else from the frequent one. The target adapts
+from ghosts: signatures of recently evicted nodes, up to two tiers' worth of tokens per queue.
+A node re-inserted (recomputed) while its signature is a ghost of the recent queues says they
+were too small: p grows; a ghost of the frequent queue says the opposite: p shrinks. Each step
+is the node's size, scaled by the ratio of the two ghost lists as in ARC.
 
 On the Mooncake traces most blocks are never read again and reuse gaps are longer than an LRU
 tier keeps a block at small capacities, so protecting what was reused and letting one-time
 blocks go first is where the hit rate comes from; at capacities where LRU already keeps most
-reuse the split loses, so the tier follows LRU (the oldest head of the two queues) whenever an
-LRU shadow cache out-hits an ARC one (`radixkv.policy_duel`). docs/architecture.md has the
-measurements.
+reuse the split loses, so the tier follows LRU whenever an LRU shadow cache out-hits an ARC one
+(`radixkv.policy_duel`): then the oldest head of the three queues goes, a likely-dead one
+counted older by the tier's eviction age (the `workload` rule, which beat LRU where the duel
+picks it). docs/architecture.md has the measurements.
 
 A node's signature is (where it starts in the sequence, its first tokens): stable across
 evictions and re-insertions of the same prefix, and recomputed after a split moves its start.
@@ -31,9 +37,14 @@ from collections import OrderedDict
 from radixkv.eviction import EvictionPolicy
 from radixkv.policy_duel import PolicyDuel
 from radixkv.tree import TreeNode
+from radixkv.workload_policy import WorkloadAwarePolicy
 
 SIGNATURE_TOKENS = 16
 PROMOTED_MIN = 4096  # signatures remembered as promoted, at least
+# LRU mode applies the workload rule only while LRU's shadow hits at least this much more than
+# ARC's (always on, synthetic 5%: 15.38% against 15.57%; from 1% on: 15.57%, conversation 20%:
+# 35.61%)
+WORKLOAD_LEAD = 1.01
 
 
 def signature(node: TreeNode) -> tuple:
@@ -47,7 +58,7 @@ def signature(node: TreeNode) -> tuple:
 
 class AdaptivePolicy(EvictionPolicy):
     name = "adaptive"
-    queues = 2
+    queues = 3
 
     def __init__(
         self,
@@ -60,8 +71,9 @@ class AdaptivePolicy(EvictionPolicy):
         self.dueling, self.duel_options = dueling, duel_options
         self.ghost_factor = ghost_factor
         self.duel: PolicyDuel | None = None  # made by configure(), once the tier's size is known
+        self.workload = WorkloadAwarePolicy()  # the LRU side's dead-tail rule and eviction age
         self.p = 0.0  # target tokens of the recent queue
-        self.capacity = 0  # evictable tokens last seen (both queues)
+        self.capacity = 0  # evictable tokens last seen (all queues)
         self.ghosts: tuple[OrderedDict, OrderedDict] = (OrderedDict(), OrderedDict())
         self.ghost_tokens = [0, 0]
         # signatures re-inserted while ghosts, oldest first; capped, because a node may leave the
@@ -69,11 +81,17 @@ class AdaptivePolicy(EvictionPolicy):
         self.promoted: OrderedDict[tuple, None] = OrderedDict()
 
     def queue(self, node: TreeNode) -> int:
+        if self._frequent(node):
+            return 2
+        return 0 if self.workload.likely_dead(node) else 1
+
+    def _frequent(self, node: TreeNode) -> bool:
+        """Reused, or re-inserted while remembered as evicted (that ghost hit adapts `p`)."""
         if node.hits > 0:
-            return 1
+            return True
         sig = signature(node)
         if sig in self.promoted:
-            return 1
+            return True
         for g in (0, 1):
             size = self.ghosts[g].pop(sig, None)
             if size is None:
@@ -85,10 +103,11 @@ class AdaptivePolicy(EvictionPolicy):
             self.promoted[sig] = None
             if len(self.promoted) > max(PROMOTED_MIN, self.capacity // SIGNATURE_TOKENS):
                 self.promoted.popitem(last=False)
-            return 1
-        return 0
+            return True
+        return False
 
     def priority(self, node: TreeNode) -> object:
+        self.workload.seen(node)
         return node.last_access
 
     def configure(self, capacity_tokens: int) -> None:
@@ -105,14 +124,25 @@ class AdaptivePolicy(EvictionPolicy):
             self.duel.observe(chunk_ids)
 
     def pick(self, sizes: list[int], heads: list[object | None]) -> int:
-        self.capacity = sizes[0] + sizes[1]
-        if not sizes[0] or not sizes[1]:
-            return 0 if sizes[0] else 1
+        self.capacity = sum(sizes)
         if self.duel is not None and not self.duel.adaptive:
-            return 0 if heads[0] <= heads[1] else 1  # LRU across both queues
-        return 0 if sizes[0] > self.p else 1
+            # LRU over the three queues; a likely-dead head counted older (the workload rule)
+            # while LRU's shadow leads by WORKLOAD_LEAD: where the two run nearly even the duel
+            # flips, and the rule's evictions then upset the ARC side's ghosts
+            lru, arc = self.duel.score
+            demoted = self.workload.demotion() if lru > WORKLOAD_LEAD * arc else 0.0
+            return min(
+                (q for q in range(3) if sizes[q]), key=lambda q: heads[q] - demoted * (q == 0)
+            )
+        recent = sizes[0] + sizes[1]
+        if recent and (recent > self.p or not sizes[2]):
+            if not sizes[0] or not sizes[1]:
+                return 0 if sizes[0] else 1
+            return 0 if heads[0] <= heads[1] else 1  # LRU across the two recent queues
+        return 2
 
     def on_evict(self, node: TreeNode) -> None:
+        self.workload.on_evict(node)
         sig = signature(node)
         g = 1 if node.hits > 0 or sig in self.promoted else 0
         self.promoted.pop(sig, None)

@@ -40,12 +40,20 @@ class WorkloadAwarePolicy(EvictionPolicy):
     def likely_dead(self, node: TreeNode) -> bool:
         return node.hits == 0 and (node.diverged or len(node.key) <= self.small_tokens)
 
+    def seen(self, node: TreeNode) -> None:
+        """Advance the clock to the node's last access (every node filed passes here)."""
+        if node.last_access > self.now:
+            self.now = node.last_access
+
+    def demotion(self) -> float:
+        """How much older a likely-dead leaf counts: `dead_tail` times the eviction age."""
+        return self.dead_tail * self.age
+
     def on_evict(self, node: TreeNode) -> None:
         self.age += self.age_smoothing * ((self.now - node.last_access) - self.age)
 
     def priority(self, node: TreeNode) -> object:
-        if node.last_access > self.now:
-            self.now = node.last_access
+        self.seen(node)
         if self.likely_dead(node):
-            return node.last_access - self.dead_tail * self.age
+            return node.last_access - self.demotion()
         return node.last_access

@@ -67,17 +67,33 @@ def test_chunk_ids_chain_prefixes():
     assert chunk_ids(a[CHUNK_TOKENS:])[0] != ia[1]  # the same chunk after another prefix
 
 
-def test_adaptive_policy_takes_from_the_recent_queue_past_its_target():
+def test_adaptive_policy_takes_from_the_recent_queues_past_their_target():
+    """Queues: 0 recent and likely dead, 1 recent, 2 frequent; `heads` are last accesses."""
     policy = AdaptivePolicy(dueling=False)
     policy.configure(1000)
     policy.p = 100
-    assert policy.pick([150, 500], [3, 1]) == 0  # recent above its target
-    assert policy.pick([80, 500], [3, 1]) == 1
-    assert policy.pick([0, 500], [None, 1]) == 1 and policy.pick([10, 0], [1, None]) == 0
+    assert policy.pick([50, 100, 500], [3, 2, 1]) == 1  # recent above its target: its older head
+    assert policy.pick([50, 100, 500], [2, 3, 1]) == 0
+    assert policy.pick([30, 50, 500], [3, 2, 1]) == 2
+    assert policy.pick([0, 0, 500], [None, None, 1]) == 2
+    assert policy.pick([10, 0, 0], [1, None, None]) == 0
+    assert policy.pick([0, 10, 0], [None, 1, None]) == 1
+
+
+def test_adaptive_policy_in_lru_mode_counts_a_likely_dead_head_older():
+    """When LRU's shadow leads, the oldest head of the three queues goes, the likely-dead
+    queue's head counted older by the tier's eviction age (the workload rule)."""
     lru_mode = AdaptivePolicy()
     lru_mode.configure(1000)
-    lru_mode.duel.score = [5.0, 1.0]  # LRU's shadow ahead: the older head goes first
-    assert lru_mode.pick([150, 500], [3, 1]) == 1 and lru_mode.pick([150, 500], [1, 3]) == 0
+    lru_mode.duel.score = [5.0, 1.0]  # LRU's shadow ahead
+    assert lru_mode.pick([150, 50, 500], [3, 2, 1]) == 2  # no eviction age yet: plain LRU
+    assert lru_mode.pick([150, 50, 500], [1, 2, 3]) == 0
+    lru_mode.workload.age = 10.0  # evicted nodes had gone unused 10 ticks on average
+    assert lru_mode.pick([150, 50, 500], [8, 2, 1]) == 0  # 8 - 10 is older than 1
+    assert lru_mode.pick([150, 50, 500], [12, 2, 1]) == 2
+    assert lru_mode.pick([0, 50, 500], [None, 2, 1]) == 2
+    lru_mode.duel.score = [1.005, 1.0]  # LRU ahead by less than WORKLOAD_LEAD: plain LRU
+    assert lru_mode.pick([150, 50, 500], [8, 2, 1]) == 2
 
 
 def test_a_sampled_duel_sees_one_chunk_in_n():
