@@ -31,6 +31,7 @@ class Request:
     prefix: PrefixHandle = EMPTY  # the cached prefix it holds locked (EMPTY: none)
     page_table: list[int] = field(default_factory=list)
     tree_pages: int = 0  # page_table[:tree_pages] belong to the tree (locked), the rest to us
+    prefetch_counted: int = 0  # of its remote fetch's tokens, those counted as remote hits
     num_computed: int = 0  # tokens whose KV is in page_table
     cached_by_tier: dict[str, int] = field(
         default_factory=lambda: {"device": 0, "host": 0, "remote": 0}

@@ -11,13 +11,15 @@ runner's tokens. The scheduler talks to the cache only through `radixkv.prefix_c
      page table;
   3. schedule tokens under `max_batch_tokens`: every running request has pending tokens
      (all_ids[num_computed:]); those with one (decodes) go first, prefills get chunks of the rest;
+     before its next chunk a prefilling request adopts whatever the cache now holds past what it
+     computed (its remote fetch, landed after it was admitted; a prefix cached meanwhile);
   4. allocate device pages; when the pool runs dry, the queue's prefetch holds go first, then
      the newest request is preempted: its computed pages go into the tree (nothing recomputed if
      it comes back soon), it rejoins the queue front; then the prefetcher promotes, within
      `prefetch_pages`, waiting requests' host prefixes (held until their turn) and returning
      sessions' contexts;
   5. (the runner: one forward; a token where a request's pending tokens are all computed) a
-     finished prefill hands its prompt's pages to the tree at once (still locked by the request);
+     prefill chunk hands its computed full pages to the tree at once (still locked by the request);
      stop on EOS, stop tokens, stop strings or max_tokens, and hand finished pages to the tree.
 
 Pages: a request's page table is tree pages it matched (locked) followed by pages it allocated;
@@ -99,6 +101,7 @@ class Scheduler:
         self._waited: dict[int, int] = {}
         self.preemptions = 0
         self.continued_steps = 0  # decode steps queued before the last one's tokens were read
+        self.adopted_tokens = 0  # prompt tokens loaded between chunks instead of computed
         # the last admission stopped for memory: until a request leaves (`_release`), waiting
         # requests cannot be admitted, so a decode step may be continued without admitting
         self._admission_blocked = False
@@ -235,8 +238,9 @@ class Scheduler:
             if req.state != State.RUNNING:
                 continue  # ended (or aborted) by the step before: a continued step's extra row
             req.num_computed += n
-            if token is None:
-                continue  # a prefill chunk: more to compute before sampling
+            if token is None:  # a prefill chunk: more to compute before sampling
+                self._cache_prompt(req)  # its full pages: shareable, and adoption continues past
+                continue
             if token == SAMPLE_FAILED:  # its sampling raised (logged): it ends alone
                 self.running.remove(req)
                 self._release(req)
@@ -245,6 +249,7 @@ class Scheduler:
                 continue
             if len(req.output_ids) == 0:
                 self._cache_prompt(req)  # requests queued behind it can reuse it right away
+                self.cache.release_prefetch(req.prefetch)  # its prompt needs no more pages
             req.output_ids.append(token)
             if row is not None and row.logprob is not None:
                 req.output_logprobs.append(row.logprob)
@@ -401,7 +406,10 @@ class Scheduler:
         if req.session is not None and self.prefetch_pages and not req.output_ids:
             self.cache.session_began(req.session)  # what was promoted for it is locked by it now
         fetched = min(req.prefetch.fetched_tokens, m.host_tokens) if req.prefetch is not None else 0
-        self.cache.release_prefetch(req.prefetch)  # its pages are locked by the request now
+        if req.prefetch is not None and req.prefetch.done:
+            self.cache.release_prefetch(req.prefetch)  # its pages are locked by the request now
+        # else still in flight (admitted rather than wait longer): what lands while the request
+        # prefills is adopted between its chunks (`_adopt_cached`)
         self._drop_expectation(req)
         if not req.output_ids:  # account the prompt's cache hit once, at first admission
             req.cached_by_tier = {
@@ -409,6 +417,7 @@ class Scheduler:
                 "host": m.host_tokens - fetched,
                 "remote": fetched,
             }
+            req.prefetch_counted = fetched
         req.prefix = m
         req.page_table = list(loaded.device_pages)
         req.tree_pages = len(req.page_table)
@@ -426,12 +435,60 @@ class Scheduler:
                 break
             if req not in self.running:
                 continue  # preempted while planning an earlier request
+            if req.num_tokens - req.num_computed > 1 and self.cache.reuses_prefixes:
+                self._adopt_cached(req)
             n = min(req.num_tokens - req.num_computed, budget)
             if not self._reserve(req, req.num_computed + n):
                 continue
             plan.append((req, n))
             budget -= n
         return [(r, n) for r, n in plan if r in self.running]
+
+    def _adopt_cached(self, req: Request) -> None:
+        """Between a prefilling request's chunks, take over what the cache now holds past what
+        it computed instead of computing it: its remote fetch that landed after it was admitted
+        (the next chunks' pages in flight while the first ones compute), or a prefix another
+        request cached meanwhile. Its computed full pages are the tree's (`_cache_prompt` after
+        every chunk), so the match runs on through them; an own partial last page is dropped
+        when the adopted pages cover it."""
+        ps, cache, before = self.page_size, self.cache, req.num_computed
+        if before // ps != req.tree_pages:
+            return  # its computed full pages are not all the tree's
+        tokens = req.tokens(0, req.num_tokens - 1)
+        m = cache.match(tokens, touch=False)
+        cached = m.device_tokens + m.host_tokens
+        if cached < (before // ps + 1) * ps:  # nothing past its own pages
+            self._release_done_fetch(req)
+            return
+        cache.lock(m)
+        try:
+            loaded = cache.load(m)  # the next forward waits per layer
+        except OutOfPages:
+            cache.unlock(m)
+            return
+        cache.free(req.page_table[req.tree_pages :])  # a partial page at most: recomputed above
+        cache.unlock(req.prefix)
+        adopted_host = m.host_tokens
+        if req.prefetch is not None:  # landed pages count as remote hits, as at admission
+            landed = max(0, req.prefetch.fetched_tokens - req.prefetch_counted)
+            remote = min(landed, adopted_host)
+            req.cached_by_tier["remote"] = req.cached_by_tier.get("remote", 0) + remote
+            req.prefetch_counted += remote
+            adopted_host -= remote
+        req.cached_by_tier["host"] = req.cached_by_tier.get("host", 0) + adopted_host
+        req.cached_by_tier["device"] = req.cached_by_tier.get("device", 0) + max(
+            0, m.device_tokens - before
+        )
+        req.prefix, req.page_table = m, list(loaded.device_pages)
+        req.tree_pages = len(req.page_table)
+        req.num_computed = req.tree_pages * ps
+        self.adopted_tokens += req.num_computed - before
+        self._release_done_fetch(req)
+
+    def _release_done_fetch(self, req: Request) -> None:
+        """A fetch that finished while its request ran: its pages are adopted or not needed."""
+        if req.prefetch is not None and req.prefetch.done:
+            self.cache.release_prefetch(req.prefetch)
 
     def _reserve(self, req: Request, tokens: int) -> bool:
         """Grow the page table to hold `tokens`, preempting newer requests if the pool is dry."""
@@ -467,10 +524,11 @@ class Scheduler:
         self._waited[req.rid] = self.steps - self.starvation_steps  # resumes first
 
     def _cache_prompt(self, req: Request) -> None:
-        """Hand the prompt's full pages to the tree as soon as its prefill is done (the request
-        keeps running on them, locked), so that requests sharing the prompt hit it now rather
-        than when this one finishes. Where the tree already held a page, ours was a duplicate:
-        the page table switches to the tree's copy (same tokens, same KV)."""
+        """Hand the prompt's computed full pages to the tree after every prefill chunk (the
+        request keeps running on them, locked), so that requests sharing the prompt hit them now
+        rather than when this one finishes, and `_adopt_cached` can match on past them. Where
+        the tree already held a page, ours was a duplicate: the page table switches to the
+        tree's copy (same tokens, same KV)."""
         ps, cache = self.page_size, self.cache
         full = req.num_computed // ps
         if full <= req.tree_pages:

@@ -167,23 +167,25 @@ class RemoteReads:
                 log.warning("remote read of %d pages failed (%r); recomputing them", need, err)
             ok = fut.result() if fut.exception() is None else [False] * need
             self.reserved_host.difference_update(host)
-            pos, failed = 0, None
+            pos, failed, ps = 0, None, self.cache.page_size
             for x, k in spans:
                 part, flags = host[pos : pos + k], ok[pos : pos + k]
                 pos += k
+                kx = len(x.key) // ps
+                if 0 < kx < k:
+                    # split meanwhile (a request handed the tree its computed pages above it): a
+                    # split keeps the lower part in `x`, so it holds the tail of what was read
+                    self.cache.host_pool.allocator.free(part[: k - kx])
+                    part, flags, k = part[k - kx :], flags[k - kx :], kx
                 good = k if all(flags) else flags.index(False)
-                if (
-                    failed is not None
-                    or x.host is not None
-                    or len(x.key) != k * self.cache.page_size
-                ):
-                    # after a miss nothing is usable; a node filled or split meanwhile (by
-                    # another read) is left as it is
+                if failed is not None or x.host is not None or len(x.key) != k * ps:
+                    # after a miss nothing is usable; a node filled meanwhile (by another read)
+                    # is left as it is
                     good = 0
                 elif good < k:
                     failed = x  # keep the verified pages before the first bad one
                 if 0 < good < k:
-                    x = self.cache.tree.split(x, good * self.cache.page_size)
+                    x = self.cache.tree.split(x, good * ps)
                 if good:
                     x.host = part[:good]
                     ticket.fetched_tokens += good * self.cache.page_size

@@ -4,7 +4,9 @@ check_integrity() after every scheduler step; no page leaks after 1,000 mixed re
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 
 import pytest
 import torch
@@ -299,6 +301,45 @@ def test_multi_turn_sessions_whose_contexts_stay_on_the_device_are_never_preempt
     tight, preemptions = run(32)
     assert preemptions == 0
     assert tight == run(512)[0]
+
+
+def test_a_prefill_adopts_its_remote_prefix_landing_after_admission(tiny_dir, tmp_path):
+    """A request admitted before its remote fetch landed (computing rather than waiting longer)
+    prefills in 16-token chunks; the fetched pages that land meanwhile are loaded between its
+    chunks instead of computed, and its tokens still equal transformers'. The store's reads are
+    held until the first chunk has run and handed its page to the tree, splitting the node the
+    fetch fills: the read's tail lands in the part below."""
+    path, hf = tiny_dir
+    remote = f"file://{tmp_path / 'remote'}"
+    prompt = [(11 * j) % 97 + 1 for j in range(150)]
+    want = hf_greedy(hf, prompt, 8)
+    with engine(path, host_memory_gb=gb(256), remote_url=remote) as first:
+        first.generate([prompt[:130]], max_tokens=1, ignore_eos=True)
+        first.cache.flush()  # 8 full pages (128 tokens) in the store
+    with engine(path, host_memory_gb=gb(256), remote_url=remote, max_batch_tokens=16) as eng:
+        store, gate = eng.cache.controller.store, threading.Event()
+        real_get = store.get
+
+        async def held_get(names):
+            await asyncio.get_running_loop().run_in_executor(None, gate.wait)
+            return await real_get(names)
+
+        store.get = held_get
+        req = eng.submit(prompt, max_tokens=8, ignore_eos=True)
+        req.prefetch.wait_until = 0.0  # admitted at once
+        eng.cache.reads.wait_one(timeout_s=30)  # the store says it holds 8 pages; their read waits
+        assert eng.cache.match(prompt, touch=False).remote_tokens == 128
+        eng.step()
+        assert req.num_computed == 16 and req.cached_tokens == 0  # one chunk, computed
+        gate.set()
+        eng.cache.reads.wait_idle(timeout_s=30)  # the fetch lands on host
+        while eng.scheduler.has_work:
+            eng.step()
+        assert req.output_ids == want
+        # pages 1..7 loaded, not computed: the prompt's 150 tokens took 16 + 22 computed
+        assert eng.scheduler.adopted_tokens == 128 - 16
+        assert req.cached_by_tier["remote"] == 128 - 16 and req.cached_tokens == 112
+        eng.cache.check_integrity()
 
 
 def test_a_returning_session_finds_its_context_promoted_back_to_the_device(tiny_dir):
