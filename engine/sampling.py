@@ -150,10 +150,10 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     # the best to inf (inf - inf is a NaN distribution)
     # (a temperature past 1e4 is already uniform over what top-k / top-p keep; float32 cannot
     # divide by one near 1e308)
-    logits = (logits - logits.max()) / min(params.temperature, 1e4)
-    if params.top_k:
+    if params.top_k:  # on the logits as given: the shift below can round near-ties together
         kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))
+    logits = (logits - logits.max()) / min(params.temperature, 1e4)
     probs = torch.softmax(logits, dim=-1)
     if params.top_p < 1:
         sorted_p, order = probs.sort(descending=True)

@@ -5,7 +5,7 @@ outside top-k, and greedy when the temperature is 0."""
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from engine.sampling import GREEDY_BELOW, SamplingParams, sample
@@ -23,6 +23,8 @@ FINITE = st.floats(-1e4, 1e4, allow_nan=False, width=32)
     top_k=st.integers(0, 50),
     seed=st.integers(0, 2**32),
 )
+# found by CI: shifted by the max first, 0 and 1e-9 rounded to one value and both passed top-4
+@example(logits=[0.0] * 30 + [1.0, 1.0, 1.0, 1e-9], temperature=1.0, top_p=1.0, top_k=4, seed=1)
 def test_sample_picks_an_allowed_token(logits, temperature, top_p, top_k, seed):
     row = torch.tensor(logits, dtype=torch.float32)
     params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
