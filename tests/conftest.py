@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from array import array
 
 import pytest
 import torch
+from hypothesis import settings
 
 from storage import KVLayout
+
+# CI (`.ci/run` sets RADIXKV_CI) replays the same property-test examples on every run, so that a
+# failure there is the change's and not the draw's; a run anywhere else draws new examples
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("RADIXKV_CI"):
+    settings.load_profile("ci")
 
 # real Redis and Mooncake master servers on loopback, session-wide, for any test that names them
 pytest_plugins = ["tests.store_servers"]
