@@ -395,33 +395,47 @@ class Scheduler:
     def _attach(self, req: Request) -> None:
         """Match the request's prefix, lock it, load its host part; the page table starts there."""
         # the last token is always computed: its logits pick the next
-        tokens = req.tokens(0, req.num_tokens - 1)
-        m = self.cache.match(tokens)
+        m = self.cache.match(req.tokens(0, req.num_tokens - 1))
+        loaded = self._lock_and_load(m)
+        if req.session is not None and self.prefetch_pages and not req.output_ids:
+            self.cache.session_began(req.session)  # what was promoted for it is locked by it now
+        if not req.output_ids:  # account the prompt's cache hit once, at first admission
+            req.cached_by_tier = {"device": 0, "host": 0, "remote": 0}
+            req.prefetch_counted = 0
+            self._count_hit(req, m.device_tokens, m.host_tokens)
+        # a fetch still in flight (admitted rather than wait longer) is kept: what lands while
+        # the request prefills is adopted between its chunks (`_adopt_cached`)
+        self._release_done_fetch(req)
+        self._drop_expectation(req)
+        self._take_prefix(req, m, loaded)
+
+    def _lock_and_load(self, m: PrefixHandle) -> PrefixHandle:
+        """Lock a matched prefix and load its host part (the next forward waits per layer);
+        raises OutOfPages, the prefix unlocked, when the device cannot make room."""
         self.cache.lock(m)
         try:
-            loaded = self.cache.load(m)  # the next forward waits per layer
+            return self.cache.load(m)
         except OutOfPages:
             self.cache.unlock(m)
             raise
-        if req.session is not None and self.prefetch_pages and not req.output_ids:
-            self.cache.session_began(req.session)  # what was promoted for it is locked by it now
-        fetched = min(req.prefetch.fetched_tokens, m.host_tokens) if req.prefetch is not None else 0
-        if req.prefetch is not None and req.prefetch.done:
-            self.cache.release_prefetch(req.prefetch)  # its pages are locked by the request now
-        # else still in flight (admitted rather than wait longer): what lands while the request
-        # prefills is adopted between its chunks (`_adopt_cached`)
-        self._drop_expectation(req)
-        if not req.output_ids:  # account the prompt's cache hit once, at first admission
-            req.cached_by_tier = {
-                "device": m.device_tokens,
-                "host": m.host_tokens - fetched,
-                "remote": fetched,
-            }
-            req.prefetch_counted = fetched
+
+    def _take_prefix(self, req: Request, m: PrefixHandle, loaded: PrefixHandle) -> None:
+        """The locked, loaded prefix `m` is the request's: its pages start the page table and
+        count as computed."""
         req.prefix = m
         req.page_table = list(loaded.device_pages)
         req.tree_pages = len(req.page_table)
-        req.num_computed = len(req.page_table) * self.page_size
+        req.num_computed = req.tree_pages * self.page_size
+
+    def _count_hit(self, req: Request, device: int, host: int) -> None:
+        """Add a prefix hit to the request's cached tokens by tier: of the host tokens, those its
+        remote fetch brought (and not counted yet) count as remote."""
+        remote = 0
+        if req.prefetch is not None:
+            remote = min(max(0, req.prefetch.fetched_tokens - req.prefetch_counted), host)
+            req.prefetch_counted += remote
+        for tier, n in (("device", device), ("host", host - remote), ("remote", remote)):
+            req.cached_by_tier[tier] += n
 
     # ---- planning and pages ------------------------------------------------------------------
     def _plan(self) -> list[tuple[Request, int]]:
@@ -460,28 +474,14 @@ class Scheduler:
         if cached < (before // ps + 1) * ps:  # nothing past its own pages
             self._release_done_fetch(req)
             return
-        cache.lock(m)
         try:
-            loaded = cache.load(m)  # the next forward waits per layer
+            loaded = self._lock_and_load(m)
         except OutOfPages:
-            cache.unlock(m)
             return
         cache.free(req.page_table[req.tree_pages :])  # a partial page at most: recomputed above
         cache.unlock(req.prefix)
-        adopted_host = m.host_tokens
-        if req.prefetch is not None:  # landed pages count as remote hits, as at admission
-            landed = max(0, req.prefetch.fetched_tokens - req.prefetch_counted)
-            remote = min(landed, adopted_host)
-            req.cached_by_tier["remote"] = req.cached_by_tier.get("remote", 0) + remote
-            req.prefetch_counted += remote
-            adopted_host -= remote
-        req.cached_by_tier["host"] = req.cached_by_tier.get("host", 0) + adopted_host
-        req.cached_by_tier["device"] = req.cached_by_tier.get("device", 0) + max(
-            0, m.device_tokens - before
-        )
-        req.prefix, req.page_table = m, list(loaded.device_pages)
-        req.tree_pages = len(req.page_table)
-        req.num_computed = req.tree_pages * ps
+        self._count_hit(req, max(0, m.device_tokens - before), m.host_tokens)
+        self._take_prefix(req, m, loaded)
         self.adopted_tokens += req.num_computed - before
         self._release_done_fetch(req)
 

@@ -56,6 +56,12 @@ def signature(node: TreeNode) -> tuple:
     return tag
 
 
+def _oldest(queues: tuple[int, ...], sizes: list[int], heads: list, demoted: float = 0.0) -> int:
+    """The non-empty queue among `queues` with the oldest head, queue 0's (likely-dead leaves)
+    counted `demoted` older; on a tie the first."""
+    return min((q for q in queues if sizes[q]), key=lambda q: heads[q] - demoted * (q == 0))
+
+
 class AdaptivePolicy(EvictionPolicy):
     name = "adaptive"
     queues = 3
@@ -131,14 +137,10 @@ class AdaptivePolicy(EvictionPolicy):
             # flips, and the rule's evictions then upset the ARC side's ghosts
             lru, arc = self.duel.score
             demoted = self.workload.demotion() if lru > WORKLOAD_LEAD * arc else 0.0
-            return min(
-                (q for q in range(3) if sizes[q]), key=lambda q: heads[q] - demoted * (q == 0)
-            )
+            return _oldest((0, 1, 2), sizes, heads, demoted)
         recent = sizes[0] + sizes[1]
         if recent and (recent > self.p or not sizes[2]):
-            if not sizes[0] or not sizes[1]:
-                return 0 if sizes[0] else 1
-            return 0 if heads[0] <= heads[1] else 1  # LRU across the two recent queues
+            return _oldest((0, 1), sizes, heads)  # LRU across the two recent queues
         return 2
 
     def on_evict(self, node: TreeNode) -> None:

@@ -188,7 +188,7 @@ class RemoteReads:
                     x = self.cache.tree.split(x, good * ps)
                 if good:
                     x.host = part[:good]
-                    ticket.fetched_tokens += good * self.cache.page_size
+                    ticket.fetched_tokens += good * ps
                     if ticket.mark_kind is not None:
                         self.cache.prefetcher.mark(x, HOST, ticket.mark_kind)
                     self.cache._refresh(x)
