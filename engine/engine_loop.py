@@ -149,6 +149,7 @@ class EngineLoop:
                 break
             if not core.has_work:
                 core.prefix_cache.poll()  # finished remote writes unpin their pages when idle
+                core.scheduler.prefetch()  # sessions due back while every client thinks
                 continue
             try:
                 progressed = core.iterate()

@@ -149,17 +149,22 @@ class Scheduler:
         return min(times, default=None)
 
     # ---- one step ----------------------------------------------------------------------------
+    def prefetch(self) -> int:
+        """Run the prefetcher within its budget: after each step's admission and, with nothing
+        to run, while the engine idles (returning sessions come due while every client thinks).
+        Its copies go on the side stream, which no step waits for. (While admission waits for
+        memory, promoting for the queue would only be undone.) Returns pages put on the device."""
+        if not self.prefetch_pages or self._admission_blocked or self._holds_yielded:
+            return 0
+        return self.cache.prefetch_step(self.prefetch_pages)
+
     def schedule(self) -> ScheduledBatch | None:
         """Admit, plan and reserve pages for the next batch; None when nothing can run."""
         self.steps += 1
         self.cache.poll()
         self._admit()
         plan = self._plan()
-        if self.prefetch_pages and not (self._admission_blocked or self._holds_yielded):
-            # after admission and this step's pages: it promotes for requests still waiting
-            # (and returning sessions), on the side stream, which this step does not wait for.
-            # (While admission waits for memory, promoting for the queue would only be undone.)
-            self.cache.prefetch_step(self.prefetch_pages)
+        self.prefetch()  # after admission and this step's pages: for requests still waiting
         if not plan:
             return None
         sequences, sampling = [], []

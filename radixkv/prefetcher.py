@@ -11,8 +11,8 @@ time before the next request needs it):
   and held there (locked) until the request starts. Requests that share a segment share its one
   copy: the second finds it on device.
 - returning sessions (`turn_ended` / `turn_began`): after a turn, a session's context is promoted
-  when its predicted return nears: at the `lead_quantile` of the learned gaps between a
-  session's turns, and only for sessions whose class (turns so far) has come back at least
+  when its predicted return nears: `lead_s` before the `lead_quantile` of the learned gaps
+  between a session's turns (time for the copy to land however regular the gaps), and only for sessions whose class (turns so far) has come back at least
   `confidence` of the time. Remote parts come to host; host parts go to the device, held until
   the session returns or its window (twice the `expire_quantile` of the gaps) closes.
 
@@ -55,7 +55,9 @@ class PrefetchConfig:
 
     device_share: float = 0.25  # of the device tier, at most, held by prefetches
     confidence: float = 0.9  # a session class must have returned this often to be prefetched
-    lead_quantile: float = 0.05  # promote a session at this quantile of the learned gaps
+    lead_quantile: float = 0.05  # promote a session at this quantile of the learned gaps,
+    lead_s: float = 0.2  # less this much: a context's copy plus a long step before the earliest
+    # return (else clients that always wait the same time find their context still on host)
     expire_quantile: float = 0.95  # and give up on it after this one
     history: int = 1024  # gaps between turns remembered
     min_history: int = 16  # gaps seen before sessions are predicted
@@ -72,6 +74,8 @@ class PrefetchConfig:
         for name in ("history", "min_history", "max_sessions"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"PrefetchConfig.{name} must be an integer >= 1")
+        if not (self.lead_s >= 0 and math.isfinite(self.lead_s)):
+            raise ValueError("PrefetchConfig.lead_s must be a finite number >= 0")
         if not (self.session_ttl_s > 0 and math.isfinite(self.session_ttl_s)):
             raise ValueError("PrefetchConfig.session_ttl_s must be a positive number")
 
@@ -189,7 +193,8 @@ class Prefetcher:
         heapq.heappush(self._events, (now + ttl, next(self._seq), True, session, s))
 
     def _schedule_promotion(self, s: _Session) -> None:
-        at = s.ended_at + self._quantile(self.config.lead_quantile)
+        lead = self._quantile(self.config.lead_quantile) - self.config.lead_s
+        at = s.ended_at + max(0.0, lead)
         heapq.heappush(self._events, (at, next(self._seq), False, s.key, s))
 
     # ---- moving pages --------------------------------------------------------------------------

@@ -342,10 +342,12 @@ def test_a_prefill_adopts_its_remote_prefix_landing_after_admission(tiny_dir, tm
         eng.cache.check_integrity()
 
 
-def test_a_returning_session_finds_its_context_promoted_back_to_the_device(tiny_dir):
+@pytest.mark.parametrize("idle", [False, True], ids=["busy", "idle"])
+def test_a_returning_session_finds_its_context_promoted_back_to_the_device(tiny_dir, idle):
     """Sessions named on their requests: the prefetcher learns how long they stay away, moves a
     session's context (pushed off the device by other traffic) back before it returns, and its
-    next turn reads it from the device with the same tokens as transformers."""
+    next turn reads it from the device with the same tokens as transformers. The promotion runs
+    between steps, and on an idle engine thread too (every client away thinking)."""
     import time
 
     from radixkv.prefetcher import SESSION, PrefetchConfig
@@ -366,13 +368,20 @@ def test_a_returning_session_finds_its_context_promoted_back_to_the_device(tiny_
         assert eng.cache.match(ctx[2], touch=False).device_tokens == 0
         s2 = pf._sessions["s2"]  # past its end by the shortest learned gap: its return is near
         time.sleep(max(0.0, s2.ended_at + min(pf._sorted_gaps) - time.monotonic()) + 0.05)
-        eng.generate([[5, 6, 7]], max_tokens=2, ignore_eos=True)  # steps run the prefetcher
+        if idle:  # no request at all: the engine thread's idle loop runs the prefetcher
+            eng.loop.start()
+            deadline = time.monotonic() + 10
+            while not eng.on_engine_thread(lambda: pf.stats.moved_pages[SESSION]):
+                assert time.monotonic() < deadline, "the idle engine promoted nothing"
+                time.sleep(0.02)
+        else:
+            eng.generate([[5, 6, 7]], max_tokens=2, ignore_eos=True)  # steps run the prefetcher
         assert pf.stats.moved_pages[SESSION] > 0
         back = eng.generate([ctx[2]], max_tokens=6, ignore_eos=True, session="s2")[0]
         assert back.cached_tokens_by_tier["device"] >= len(PROMPTS[2]) // 16 * 16
         assert back.token_ids == hf_greedy(hf, ctx[2], 6)
         assert pf.stats.useful_pages[SESSION] > 0
-        report = eng.core.cache_report()["prefetch"]  # what /cache/stats shows
+        report = eng.on_engine_thread(eng.core.cache_report)["prefetch"]  # /cache/stats
         assert report["by_kind"]["session"]["useful_pages"] > 0
 
 

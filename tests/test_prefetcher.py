@@ -130,6 +130,22 @@ def test_a_returning_session_is_promoted_before_its_predicted_return():
     cache.check_integrity()
 
 
+def test_clients_that_always_wait_the_same_time_find_their_context_promoted_in_time():
+    """Gaps that never vary make every quantile the return itself: the promotion comes `lead_s`
+    before it, so the copy has landed when the session is back."""
+    cache = make_cache(
+        device=16, device_share=0.5, min_history=4, confidence=0.6, lead_quantile=0.05, lead_s=0.5
+    )
+    pf = cache.prefetcher
+    t = learn_gaps(pf, 8, gap=2.0)
+    ctx = list(range(500, 500 + 4 * PS))
+    cache_on_host(cache, ctx)
+    pf.turn_ended("chat", ctx, t)
+    assert pf.step(t + 1.4, device_pages=100) == (0, 0)
+    assert pf.step(t + 1.5, device_pages=100) == (4, 0)  # 0.5 s before its return at t + 2
+    cache.check_integrity()
+
+
 def test_sessions_that_seldom_return_are_not_prefetched():
     cache = make_cache(device=16, min_history=4, confidence=0.9, lead_quantile=0.0)
     pf = cache.prefetcher
