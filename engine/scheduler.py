@@ -359,8 +359,11 @@ class Scheduler:
 
     def _reclaim_holds(self, keep: Request | None = None) -> int:
         """Drop the device holds the prefetcher keeps for waiting requests other than `keep`
-        (predictions yield to admission and to running requests' growth); the pages freed."""
+        and for returning sessions (predictions yield to admission and to running requests'
+        growth); the pages freed."""
         freed = sum(self._drop_expectation(r) for r in self.waiting if r is not keep)
+        if self.prefetch_pages:
+            freed += self.cache.yield_session_holds()
         self._holds_yielded |= freed > 0  # no new holds until a request leaves
         return freed
 

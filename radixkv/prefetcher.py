@@ -150,6 +150,18 @@ class Prefetcher:
             self.session_device_pages -= e.device_pages
         e.device_pages = 0
 
+    def yield_session_holds(self) -> int:
+        """Drop every returning session's device hold (running requests need the room; the
+        caller stops new holds until one leaves). Sessions stay due: a later `step` promotes
+        them again. Returns the device pages the holds had, evictable from now on."""
+        freed = 0
+        for s in self._due:  # every promoted session is due (few)
+            if s.promoted is not None:
+                freed += s.promoted.device_pages
+                self.release(s.promoted)
+                s.promoted = None  # a released hold is never locked again: a new one next time
+        return freed
+
     def turn_began(self, session: Hashable, now: float) -> None:
         """A session's next request arrived: its gap is learned and its hold released."""
         s = self._sessions.pop(session, None)

@@ -170,6 +170,11 @@ class PrefixCache:
         self._cache.prefetcher.release(e)
         return held
 
+    def yield_session_holds(self) -> int:
+        """Drop the holds on returning sessions' contexts (running requests need the room);
+        returns the device pages they held, evictable from now on."""
+        return self._cache.prefetcher.yield_session_holds()
+
     def session_began(self, session: str) -> None:
         """A request continuing `session` arrived (its return is learned)."""
         self._cache.prefetcher.turn_began(session, time.monotonic())
@@ -246,4 +251,7 @@ class NoPrefixCache(PrefixCache):
         pass
 
     def prefetch_step(self, pages: int) -> int:
+        return 0
+
+    def yield_session_holds(self) -> int:
         return 0

@@ -224,6 +224,16 @@ class CacheMachine(RuleBasedStateMachine):
         if any(self.cache.prefetcher.stats.wasted_pages):
             event("a prefetched page left its tier unread")
 
+    @rule()
+    def running_requests_take_back_the_session_holds(self):
+        """Admission or a running request's growth needs the room: every session hold yields."""
+        pf = self.cache.prefetcher
+        held = pf.session_device_pages
+        assert pf.yield_session_holds() == held
+        assert pf.session_device_pages == 0
+        if held:
+            event("session holds yielded to running requests")
+
     @precondition(lambda self: self.cache.controller.inflight)
     @rule()
     def complete_one_remote_operation(self):

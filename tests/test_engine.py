@@ -462,6 +462,40 @@ def test_queued_requests_find_their_host_prefix_loaded_to_the_device_before_thei
     assert runs[256] == runs[0]
 
 
+def test_running_requests_growth_takes_back_a_returning_sessions_hold(tiny_dir):
+    """A returning session's context promoted back to the device is a prediction: when running
+    requests' growth needs its pages, the hold yields before any preemption, with the same tokens
+    as transformers, and nothing leaks."""
+    import time
+
+    from radixkv.prefetcher import PrefetchConfig
+
+    path, hf = tiny_dir
+    ctx = [(5 * j) % 97 + 1 for j in range(112)]  # 7 pages: the session's context
+    doc = [(7 + 3 * j) % 97 + 1 for j in range(48)]
+    want = hf_greedy(hf, doc, 120)  # 11 pages by the end
+    with engine(path, pages=16, host_memory_gb=gb(256), max_running=2, prefetch_pages=256) as eng:
+        pf = eng.cache.prefetcher
+        pf.config = PrefetchConfig(
+            device_share=1.0, min_history=2, confidence=0.5, lead_quantile=0.0, lead_s=30.0
+        )
+        now = time.monotonic()
+        for i in range(4):  # sessions back after 30 s: one is due (lead_s) as its turn ends
+            pf.turn_ended(("learn", i), [1, 2], now - 30)
+            pf.turn_began(("learn", i), now)
+        eng.generate([ctx], max_tokens=1, ignore_eos=True, session="s")
+        eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)
+        assert eng.scheduler.prefetch() == 7  # back on the device, held: 9 pages left
+        # admitted on its predicted output (9 pages), it needs two of the held pages to finish
+        got = eng.generate([doc], max_tokens=120, ignore_eos=True)[0]
+        assert got.token_ids == want
+        assert eng.scheduler.preemptions == 0
+        report = eng.cache.check_integrity()["device"]
+        assert report["locked"] == pf.held_device_pages  # only a hold made again since
+        pf.yield_session_holds()
+        assert pf.held_device_pages == 0 and eng.cache.check_integrity()["device"]["locked"] == 0
+
+
 def test_the_kernel_warm_up_writes_only_the_scratch_page(tiny_dir):
     """The start-up warm-up (run on a GPU; here with the torch backend) runs a decode step, a
     short extend and a long prefill on the scratch page alone: no page a request could own
