@@ -97,6 +97,11 @@ class EngineConfig:
         "0: write every page copied down on to the remote tier; a share in (0, 1]: only pages "
         "of a kind read again at least that often, or read again already",
     )
+    remote_write_backlog_gb: float | None = _opt(
+        None,
+        "remote writes not yet acknowledged, at most (GiB); past it new writes are shed and "
+        "counted, the pages staying on host (default: an eighth of the host tier)",
+    )
     tenant: str = _opt("", "salt that isolates this tenant's cache entries from other tenants'")
     prefix_caching: bool = _opt(
         True,
@@ -205,6 +210,12 @@ class EngineConfig:
             isinstance(self.remote_max_gb, (int, float)) and 0 < self.remote_max_gb < math.inf
         ):
             raise bad("remote_max_gb", "must be a finite number > 0 (or None: automatic)")
+        if self.remote_write_backlog_gb is not None and not (
+            isinstance(self.remote_write_backlog_gb, (int, float))
+            and not isinstance(self.remote_write_backlog_gb, bool)
+            and 0 < self.remote_write_backlog_gb < math.inf
+        ):
+            raise bad("remote_write_backlog_gb", "must be a finite number > 0 (or None: automatic)")
         if self.dtype not in DTYPES:
             raise bad("dtype", f"must be one of {', '.join(DTYPES)}")
         if self.attention not in ATTENTION:

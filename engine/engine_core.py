@@ -116,6 +116,9 @@ class EngineCore:
             policy=config.policy,
             write_policy=config.write_policy,
             remote_admission=config.remote_admission,
+            remote_write_backlog_pages=None
+            if config.remote_write_backlog_gb is None
+            else max(1, int(config.remote_write_backlog_gb * 2**30) // layout.page_bytes),
         )
         namespace = CacheNamespace(self.fingerprint, layout, config.tenant)
         self.cache = HiRadixCache(

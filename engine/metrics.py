@@ -151,6 +151,16 @@ class ServingCollector:
                 "radixkv_remote_pages", "Remote page operations by outcome.", outcomes, "outcome"
             )
             yield _counter(
+                "radixkv_remote_writes_shed",
+                "Pages not written to the remote tier because its write backlog was full.",
+                r["counters"]["remote_writes_shed"],
+            )
+            yield _gauge(
+                "radixkv_remote_write_backlog_pages",
+                "Pages written to the remote tier and not yet acknowledged.",
+                r["remote_write_backlog_pages"],
+            )
+            yield _counter(
                 "radixkv_remote_reads_skipped",
                 "Remote reads skipped because recomputing was estimated faster.",
                 remote["remote_reads_skipped_as_slower"],

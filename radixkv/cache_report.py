@@ -37,9 +37,11 @@ def cache_report(cache: HiRadixCache, *, integrity: bool = False) -> dict:
             "evicted_pages": dict(zip(TIERS, c.evicted_pages, strict=True)),
             "inserted_pages": c.inserted_pages,
             "remote_write_failures": c.remote_write_failures,
+            "remote_writes_shed": c.remote_writes_shed,
         },
         "pages_moved": dict(cache.controller.moved),
         "remote_inflight": cache.controller.inflight,
+        "remote_write_backlog_pages": cache.controller.write_pages_inflight,
         "remote": None
         if cache.store is None
         else {**cache.remote_status(), "traffic": cache.store.stats.as_dict()},

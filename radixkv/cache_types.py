@@ -36,4 +36,5 @@ class CacheCounters:
     inserted_pages: int = 0
     duplicate_pages: int = 0
     remote_write_failures: int = 0
+    remote_writes_shed: int = 0  # pages not written to remote: the write backlog was full
     remote_read_misses: int = 0

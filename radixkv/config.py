@@ -32,6 +32,12 @@ class CacheConfig:
       again at least that often (`radixkv.remote_admission`), or once it has been read again.
     - `prefetch`: the limits of promotion ahead of need (`radixkv.prefetcher`); it acts only
       when its owner calls `HiRadixCache.prefetcher.step`.
+    - `remote_write_backlog_pages`: pages written to the remote tier and not yet acknowledged,
+      at most (None: an eighth of the host tier, 64 at least). A write that would go past it, or
+      that comes while the oldest write in flight has waited a quarter of `remote_timeout_s`, is
+      shed (counted; the pages stay on host and may be written when they leave it): a store
+      slower than the pages computed must not pin the host tier, hold their bytes in memory,
+      or time out queued calls until the breaker refuses its reads too.
     """
 
     device_pages: int
@@ -45,6 +51,7 @@ class CacheConfig:
     remote_io: str = "thread"
     prefetch: PrefetchConfig = PrefetchConfig()
     remote_admission: float = 0.0
+    remote_write_backlog_pages: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("device_pages", "host_pages", "remote_pages"):
@@ -81,6 +88,17 @@ class CacheConfig:
             raise ValueError(
                 f"CacheConfig.remote_admission must be a number in [0, 1], got {self.remote_admission!r}"
             )
+        b = self.remote_write_backlog_pages
+        if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise ValueError(
+                f"CacheConfig.remote_write_backlog_pages must be None or an integer >= 1, got {b!r}"
+            )
         if not isinstance(self.prefetch, PrefetchConfig):
             raise ValueError("CacheConfig.prefetch must be a PrefetchConfig")
         make_policy(self.policy)  # raises ValueError naming the choices
+
+    @property
+    def write_backlog_pages(self) -> int:
+        """The remote write backlog's bound in pages (see `remote_write_backlog_pages`)."""
+        b = self.remote_write_backlog_pages
+        return b if b is not None else max(64, self.host_pages // 8)

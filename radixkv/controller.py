@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -66,6 +67,9 @@ class CacheController:
             queue.SimpleQueue()
         )
         self._inflight = 0
+        self.write_pages_inflight = 0  # pages of puts not yet completed (the owner's count)
+        self._writes_started: OrderedDict[int, float] = OrderedDict()  # in flight, oldest first
+        self._write_ids = itertools.count()
         # Blobs whose put is still in flight, by key: a get issued meanwhile is served from here.
         self._writing: dict[str, bytes] = {}
         self._layer_events: list | None = None
@@ -213,7 +217,27 @@ class CacheController:
                     if self._writing.get(k) is b:
                         del self._writing[k]
 
-        self._submit(run, on_done, empty=not items)
+        self._submit(run, self._counted_write(len(items), on_done), empty=not items)
+
+    def _counted_write(self, pages: int, on_done: Callback) -> Callback:
+        """`on_done` for a put of `pages` pages, after which they leave the write backlog."""
+        self.write_pages_inflight += pages
+        wid = next(self._write_ids)
+        self._writes_started[wid] = time.monotonic()
+
+        def done(fut: concurrent.futures.Future) -> None:  # the owner's thread
+            self.write_pages_inflight -= pages
+            del self._writes_started[wid]
+            on_done(fut)
+
+        return done
+
+    def oldest_write_age_s(self) -> float:
+        """Seconds the oldest write still in flight has waited (0 with none): how far the
+        store is behind the pages written to it."""
+        if not self._writes_started:
+            return 0.0
+        return time.monotonic() - next(iter(self._writes_started.values()))
 
     def put_from_host(self, host_pages: list[int], keys: list[bytes], on_done: Callback) -> None:
         """Encode pinned host pages on the I/O thread and store them."""
@@ -222,7 +246,7 @@ class CacheController:
             return await self.store.put(self.encode(host_pages, keys))
 
         self.moved["host_to_remote"] += len(host_pages)  # counters: the owner's thread only
-        self._submit(run, on_done, empty=not host_pages)
+        self._submit(run, self._counted_write(len(host_pages), on_done), empty=not host_pages)
 
     def get_into_host(self, keys: list[bytes], host_pages: list[int], on_done: Callback) -> None:
         """Read and verify pages into reserved host pages; the future gives per-page success."""

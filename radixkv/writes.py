@@ -63,8 +63,27 @@ class TierWrites:
         self.cache._refresh(node)
         return True
 
+    def _backlog_full(self, pages: int) -> bool:
+        """Whether the store is behind: `pages` more would take the remote write backlog past
+        its bound in pages, or its oldest write has waited a quarter of the remote timeout (a
+        call queued longer would time out and mark the tier down). If so the pages are counted
+        as shed and the caller does not write them."""
+        c, config = self.cache.controller, self.cache.config
+        if c.write_pages_inflight == 0:
+            return False  # (a node larger than the bound still goes when nothing is in flight)
+        if (
+            c.write_pages_inflight + pages <= config.write_backlog_pages
+            and c.oldest_write_age_s() < config.remote_timeout_s / 4
+        ):
+            return False
+        self.cache.counters.remote_writes_shed += pages
+        return True
+
     def write_remote(self, node: TreeNode) -> None:
-        """Write-through host -> remote, asynchronously; the node is pinned until acknowledged."""
+        """Write-through host -> remote, asynchronously; the node is pinned until acknowledged.
+        Shed (not written now) while the write backlog is full: it may go when it leaves host."""
+        if self._backlog_full(len(node.host)):
+            return
         covered = len(node.key)
         self.cache._pin(node)
 
@@ -96,7 +115,10 @@ class TierWrites:
         """Write-back host -> remote: snapshot now (the host pages are freed next), store async.
 
         The node is marked remote at once; if the write fails, a later read misses and recomputes.
+        Shed while the write backlog is full: the pages then leave the cache.
         """
+        if self._backlog_full(len(node.host)):
+            return
         blobs = self.cache.controller.encode(node.host, self.cache.page_keys(node))
 
         def done(fut) -> None:

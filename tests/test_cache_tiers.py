@@ -334,6 +334,8 @@ def test_duplicate_pages_of_concurrent_requests_are_freed_once(tmp_path):
         {"device_pages": 4, "remote_load_margin": -1},
         {"device_pages": 4, "remote_load_margin": float("nan")},
         {"device_pages": True},
+        {"device_pages": 4, "remote_write_backlog_pages": 0},
+        {"device_pages": 4, "remote_write_backlog_pages": 2.5},
     ],
 )
 def test_bad_config_is_a_clear_value_error(kwargs):

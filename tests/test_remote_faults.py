@@ -265,3 +265,55 @@ def test_a_stuck_remote_tier_delays_a_request_no_longer_than_recomputing(tiny_di
     assert r.token_ids == hf_greedy(hf, prompt, 4)
     assert r.cached_tokens_by_tier["remote"] == 0
     assert took < 2.0, f"{took:.1f} s behind a remote tier that answers in 4 s"
+
+
+@pytest.mark.parametrize("backlog_pages", [None, 8], ids=["default", "8-pages"])
+def test_a_store_slower_than_the_pages_computed_sheds_writes_and_keeps_serving_reads(
+    tiny_dir, tmp_path, backlog_pages
+):
+    """A file tier that stores one write at a time, 0.2 s each, under a burst of new prompts
+    (before, the write-through queued behind it until calls timed out and the breaker marked the
+    tier down, refusing its reads too). Writes past the backlog (in pages, or once the oldest has
+    waited a quarter of the remote timeout) are shed and counted: no call times out, the tier
+    stays up, the tokens equal transformers', and nothing stays pinned."""
+    import asyncio
+
+    path, hf = tiny_dir
+    prompts = _prompts(40)[:30]  # 30 distinct 4-page prefixes: 30 write-throughs
+    backlog = {} if backlog_pages is None else {"remote_write_backlog_gb": gb(backlog_pages)}
+    with Engine(
+        str(path),
+        device="cpu",
+        kv_memory_gb=gb(32),
+        host_memory_gb=gb(256),
+        remote_url=(tmp_path / "remote").as_uri(),
+        remote_timeout_s=2.0,
+        check_integrity=True,
+        **backlog,
+    ) as eng:
+        store, put = eng.cache.store, eng.cache.store.put
+        one_at_a_time, in_store, peak = asyncio.Lock(), [0], [0]
+
+        async def slow_put(items):
+            in_store[0] += len(items)
+            peak[0] = max(peak[0], in_store[0])
+            try:
+                async with one_at_a_time:
+                    await asyncio.sleep(0.2)
+                    return await put(items)
+            finally:
+                in_store[0] -= len(items)
+
+        store.put = slow_put
+        out = _run(eng, prompts)
+        eng.cache.wait_idle(timeout_s=60)
+        status, counters = eng.cache.remote_status(), eng.cache.counters
+        assert status["times_opened"] == 0 and not status["degraded"], status["last_error"]
+        assert 0 < counters.remote_writes_shed < 30 * 4
+        assert counters.remote_write_failures == 0
+        assert peak[0] <= eng.cache.config.write_backlog_pages
+        assert eng.cache.controller.write_pages_inflight == 0
+        report = eng.core.cache_report()
+        assert report["counters"]["remote_writes_shed"] == counters.remote_writes_shed
+    for r, p in zip(out, prompts, strict=True):
+        assert r.token_ids == hf_greedy(hf, p, 4)
