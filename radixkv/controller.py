@@ -234,8 +234,9 @@ class CacheController:
 
     def oldest_write_age_s(self) -> float:
         """Seconds the oldest write still in flight has waited (0 with none): how far the
-        store is behind the pages written to it."""
-        if not self._writes_started:
+        store is behind the pages written to it. Always 0 inline: calls wait for the owner there
+        by design, and a replay's results must not depend on how fast this machine runs."""
+        if not self._writes_started or self._deferred is not None:
             return 0.0
         return time.monotonic() - next(iter(self._writes_started.values()))
 
