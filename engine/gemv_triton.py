@@ -1,0 +1,79 @@
+"""A batch-1 matrix-vector product in Triton, for decode steps whose GEMMs read weights at M = 1.
+
+At batch 1 every projection reads its whole weight matrix to make one row of output, so the
+step's floor is the weights' bytes over HBM bandwidth. cuBLAS splits K for the narrow ones (QKV,
+o_proj: N = 4,096-6,144 at K = 4,096) and adds a reduction kernel after each, reaching about
+3.2 TB/s of the H200's 4.1 there. This kernel gives each program BLOCK_N whole rows and walks
+K in BLOCK_K steps (Triton pipelines the loads), so there is no reduction pass.
+
+    y[N] = W[N, K] @ x[K]     (W row-major, bf16/fp16; accumulated in float32)
+
+Experimental: `benchmarks/gpu_small_kernels.py` measures it against cuBLAS beside the
+weight-read floor before any model uses it. Importing needs Triton; running it needs CUDA (or
+TRITON_INTERPRET=1 on CPU, which the tests use to check its arithmetic).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# (BLOCK_N, BLOCK_K, num_warps, num_stages): few, so the autotune stays a few seconds a shape
+CONFIGS = [
+    triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_warps=w, num_stages=s)
+    for bn, bk, w, s in (
+        (8, 512, 4, 4),
+        (16, 256, 4, 4),
+        (16, 512, 8, 3),
+        (32, 256, 8, 4),
+        (32, 128, 4, 6),
+        (64, 128, 8, 4),
+    )
+]
+
+
+@triton.jit
+def _gemv_body(x_ptr, w_ptr, y_ptr, N, K, stride_wn, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # this program's rows of W: [pid*BN, pid*BN+BN)
+    row_ok = rows < N
+    cols = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + cols
+        k_ok = k < K
+        w = tl.load(
+            w_ptr + rows[:, None] * stride_wn + k[None, :],
+            mask=row_ok[:, None] & k_ok[None, :],
+            other=0.0,
+        )
+        x = tl.load(x_ptr + k, mask=k_ok, other=0.0)
+        acc += w.to(tl.float32) * x.to(tl.float32)[None, :]
+    y = tl.sum(acc, axis=1)
+    tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=row_ok)
+
+
+_gemv_tuned = triton.autotune(configs=CONFIGS, key=["N", "K"])(_gemv_body)
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None) -> torch.Tensor:
+    """x [1, K] or [K] @ weight[N, K].T -> [1, N] (or [N]), in x's dtype. `config` pins
+    BLOCK_N / BLOCK_K (and num_warps / num_stages) instead of autotuning."""
+    if weight.dim() != 2 or weight.stride(1) != 1:
+        raise ValueError("gemv needs a row-major 2-D weight")
+    n, k = weight.shape
+    flat = x.reshape(-1)
+    if flat.numel() != k or not flat.is_contiguous():
+        raise ValueError(f"gemv takes one contiguous row of {k} values, got {tuple(x.shape)}")
+    y = torch.empty(n, dtype=x.dtype, device=x.device)
+    if config is None:
+        grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
+        _gemv_tuned[grid](flat, weight, y, n, k, weight.stride(0))
+    else:
+        c = dict(config)
+        launch = {key: c.pop(key) for key in ("num_warps", "num_stages") if key in c}
+        _gemv_body[(triton.cdiv(n, c["BLOCK_N"]),)](
+            flat, weight, y, n, k, weight.stride(0), **c, **launch
+        )
+    return y.view(*x.shape[:-1], n) if x.dim() > 1 else y

@@ -1,0 +1,90 @@
+"""The experimental Triton kernels' arithmetic, in Triton's CPU interpreter (TRITON_INTERPRET=1,
+set before Triton is imported: hence a subprocess). Skipped where Triton is not installed; their
+speed is measured on a GPU by benchmarks/gpu_small_kernels.py."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_interpreted(code: str) -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    r = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_the_gemv_equals_a_float32_product_to_bf16_rounding():
+    run_interpreted(
+        """
+        import torch
+        from engine.gemv_triton import gemv
+        torch.manual_seed(0)
+        for n, k in ((40, 96), (33, 130), (64, 512)):  # rows and columns off the block sizes
+            w = torch.randn(n, k, dtype=torch.bfloat16)
+            x = torch.randn(1, k, dtype=torch.bfloat16)
+            ref = (x.float() @ w.float().T).to(torch.bfloat16).float()
+            for cfg in ({"BLOCK_N": 8, "BLOCK_K": 32}, {"BLOCK_N": 16, "BLOCK_K": 64}):
+                y = gemv(x, w, cfg)
+                assert y.shape == (1, n) and y.dtype == torch.bfloat16
+                ulp = ref.abs().clamp_min(1.0) * 2.0**-7  # one bf16 step at that magnitude
+                assert ((y.float() - ref).abs() <= ulp).all(), (n, k, cfg)
+        try:
+            gemv(torch.randn(1, 5), torch.randn(3, 4))
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("a length mismatch must raise ValueError")
+        """
+    )
+
+
+def test_fused_rope_and_kv_write_equal_rope_then_the_index_put():
+    run_interpreted(
+        """
+        import torch
+        from engine.attention.fused_rope_kv import rope_store_kv
+        from engine.attention.kv_write import store_kv
+        from engine.rope import apply_rotary
+        torch.manual_seed(0)
+        T, HQ, HKV, D, P, PS = 3, 4, 2, 16, 5, 4
+        qkv = torch.randn(T, (HQ + 2 * HKV) * D, dtype=torch.bfloat16)
+        pos = torch.tensor([0, 7, 19])
+        inv = 1.0 / (10000 ** (torch.arange(0, D, 2).float() / D))
+        angles = torch.arange(32).float()[:, None] * inv[None]
+        table = torch.cat((angles.cos(), angles.sin()), -1)
+        cos = torch.cat((angles[pos].cos(),) * 2, -1)
+        sin = torch.cat((angles[pos].sin(),) * 2, -1)
+        pages, offs = torch.tensor([2, 4, 0]), torch.tensor([1, 3, 2])
+        q, k, v = qkv.float().split([HQ * D, HKV * D, HKV * D], -1)
+        qr = apply_rotary(q.view(T, HQ, D), cos, sin).to(torch.bfloat16)
+        kr = apply_rotary(k.view(T, HKV, D), cos, sin).to(torch.bfloat16)
+        want = torch.zeros(P, 2, PS, HKV, D, dtype=torch.bfloat16)
+        store_kv(want, pages, offs, kr, v.view(T, HKV, D).to(torch.bfloat16))
+        got, x = torch.zeros_like(want), qkv.clone()
+        rope_store_kv(x, pos, table, got, pages, offs, HQ, HKV, D)
+        one_ulp = 2.0**-7 * 4  # values here stay below 4 in magnitude
+        assert (x[:, : HQ * D].view(T, HQ, D).float() - qr.float()).abs().max() <= one_ulp
+        assert (got.float() - want.float()).abs().max() <= one_ulp
+        assert torch.equal(got[:, 1], want[:, 1])  # v is copied, not computed
+        assert torch.equal(x[:, (HQ + HKV) * D :], qkv[:, (HQ + HKV) * D :])
+        untouched = torch.ones(P, PS, dtype=torch.bool)
+        untouched[pages, offs] = False
+        assert not got[:, :, :, :, :].permute(0, 2, 1, 3, 4)[untouched].any()
+        """
+    )
