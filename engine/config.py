@@ -126,6 +126,11 @@ class EngineConfig:
     max_running: int = _opt(
         64, "requests in the running batch at most", "--max-num-seqs", "--max-running-requests"
     )
+    triton_kernels: bool = _opt(
+        False,
+        "on CUDA: batch-1 projections by a Triton GEMV and RoPE fused with the KV write "
+        "(experimental: off until measured end to end; needs Triton)",
+    )
     cpu_int4: bool = _opt(
         True,
         "on a CPU in bfloat16 or the dtype auto picks, run a GGUF's Q4_1 weights as they are, "
@@ -222,7 +227,13 @@ class EngineConfig:
             raise bad("attention", f"must be one of {', '.join(ATTENTION)}")
         if not isinstance(self.device, str) or not self.device:
             raise bad("device", "must be a device name such as cuda or cpu")
-        for name in ("prefix_caching", "cuda_graph", "cpu_int4", "check_integrity"):
+        for name in (
+            "prefix_caching",
+            "cuda_graph",
+            "cpu_int4",
+            "check_integrity",
+            "triton_kernels",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         if self.remote_url is not None and not isinstance(self.remote_url, str):

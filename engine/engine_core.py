@@ -102,6 +102,17 @@ class EngineCore:
             model, self.device, dtype, keep_q4=int4
         )
         self.model.fuse(int4)  # merged projections (and fused norms on CUDA): after loading
+        if config.triton_kernels:
+            if self.device.type != "cuda":
+                raise ValueError("triton_kernels needs a CUDA device")
+            t = time.perf_counter()
+            n = self.model.use_triton_kernels()  # autotunes now: before graphs are captured
+            log.info(
+                "Triton kernels: %d projections by the batch-1 GEMV, RoPE fused with the KV "
+                "write; tuned in %.1f s",
+                n,
+                time.perf_counter() - t,
+            )
         if config.tokenizer is not None:
             self.tokenizer = load_tokenizer(config.tokenizer, self.model.config.vocab_size)
         cfg = self.model.config

@@ -8,16 +8,20 @@ K in BLOCK_K steps (Triton pipelines the loads), so there is no reduction pass.
 
     y[N] = W[N, K] @ x[K]     (W row-major, bf16/fp16; accumulated in float32)
 
-Experimental: `benchmarks/gpu_small_kernels.py` measures it against cuBLAS beside the
-weight-read floor before any model uses it. Importing needs Triton; running it needs CUDA (or
-TRITON_INTERPRET=1 on CPU, which the tests use to check its arithmetic).
+`GemvLinear` puts it behind a bias-free projection: one row runs the GEMV, more go to cuBLAS.
+A model uses it with `CausalLM.use_triton_kernels()` (the engine's `--triton-kernels`).
+`benchmarks/gpu_small_kernels.py` measures it against cuBLAS beside the weight-read floor.
+Importing needs Triton; running it needs CUDA (or TRITON_INTERPRET=1 on CPU, which the tests
+use to check its arithmetic).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch import nn
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages): few, so the autotune stays a few seconds a shape
 CONFIGS = [
@@ -31,6 +35,9 @@ CONFIGS = [
         (64, 128, 8, 4),
     )
 ]
+
+
+INTERPRETER_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 64}
 
 
 @triton.jit
@@ -67,6 +74,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None) -> t
     if flat.numel() != k or not flat.is_contiguous():
         raise ValueError(f"gemv takes one contiguous row of {k} values, got {tuple(x.shape)}")
     y = torch.empty(n, dtype=x.dtype, device=x.device)
+    if config is None and not x.is_cuda:  # Triton's CPU interpreter: the autotuner times on CUDA
+        config = INTERPRETER_CONFIG
     if config is None:
         grid = lambda meta: (triton.cdiv(n, meta["BLOCK_N"]),)  # noqa: E731
         _gemv_tuned[grid](flat, weight, y, n, k, weight.stride(0))
@@ -77,3 +86,29 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, config: dict | None = None) -> t
             flat, weight, y, n, k, weight.stride(0), **c, **launch
         )
     return y.view(*x.shape[:-1], n) if x.dim() > 1 else y
+
+
+class GemvLinear(nn.Module):
+    """A bias-free projection (the weight of the `nn.Linear` it replaces, shared) whose one-row
+    products run `gemv` (a decode step at batch 1); more rows go to cuBLAS."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        if linear.bias is not None:
+            raise ValueError("GemvLinear replaces bias-free projections only")
+        self.weight = linear.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 2 and x.shape[0] == 1 and x.is_contiguous():
+            return gemv(x, self.weight)
+        return F.linear(x, self.weight)
+
+    def tune(self) -> None:
+        """Autotune the GEMV for this weight's shape now (it synchronises: never while a CUDA
+        graph is being captured)."""
+        gemv(
+            torch.zeros(
+                1, self.weight.shape[1], dtype=self.weight.dtype, device=self.weight.device
+            ),
+            self.weight,
+        )

@@ -46,6 +46,7 @@ def _concat_linear(*parts: nn.Linear) -> nn.Linear:
 
 
 _FI_NORM, _FI_ROPE, _FI_ACT = _flashinfer("norm"), _flashinfer("rope"), _flashinfer("activation")
+FUSED_ROPE_KV_TOKENS = 64  # the fused RoPE + KV write runs batches this small (measured there)
 
 
 class RMSNorm(nn.Module):
@@ -92,6 +93,8 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
         self.rope_cache: torch.Tensor | None = None  # set by CausalLM.fuse() for flashinfer RoPE
+        # set by CausalLM.use_triton_kernels(): RoPE and the KV write in one kernel (few tokens)
+        self.rope_store_kv = None
         if config.qk_norm:
             self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
@@ -110,6 +113,20 @@ class Attention(nn.Module):
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch, backend
     ) -> torch.Tensor:
         t = x.shape[0]
+        if self.rope_store_kv is not None and t <= FUSED_ROPE_KV_TOKENS:
+            qkv = self.qkv_proj(x)  # [t, (Hq + 2 Hkv) * D], rotated and its K/V stored below
+            kv = backend.pool.layer(self.layer)
+            self.rope_store_kv(
+                qkv, batch.positions, self.rope_cache, kv, batch.out_pages, batch.out_offsets,
+                self.num_heads, self.num_kv_heads, self.head_dim,
+            )  # fmt: skip
+            q, k, v = qkv.split(
+                [self.num_heads * self.head_dim, *(2 * [self.num_kv_heads * self.head_dim])], -1
+            )
+            q = q.view(t, self.num_heads, self.head_dim)
+            k = k.view(t, self.num_kv_heads, self.head_dim)
+            v = v.view(t, self.num_kv_heads, self.head_dim)
+            return self.o_proj(backend.forward(self.layer, q, k, v, batch, kv_stored=True))
         if hasattr(self, "qkv_proj"):
             q, k, v = self.qkv_proj(x).split(
                 [self.num_heads * self.head_dim, *(2 * [self.num_kv_heads * self.head_dim])], -1
@@ -251,3 +268,32 @@ class CausalLM(nn.Module):
             for layer in self.model.layers:
                 layer.self_attn.rope_cache = cache
         return self
+
+    def use_triton_kernels(self) -> int:
+        """After `fuse()`, on CUDA (or in Triton's CPU interpreter, for tests): batch-1 projections
+        by the Triton GEMV (`GemvLinear`) and, where the RoPE table is set (flashinfer's RoPE on
+        CUDA), RoPE fused with the KV write (`rope_store_kv`). Each GEMV shape is autotuned now,
+        before any CUDA graph is captured. Returns the projections replaced."""
+        from engine.attention.fused_rope_kv import rope_store_kv
+        from engine.gemv_triton import GemvLinear
+
+        replaced: list[GemvLinear] = []
+
+        def swap(owner: nn.Module, name: str) -> None:
+            linear = getattr(owner, name)
+            if type(linear) is nn.Linear and linear.bias is None:
+                setattr(owner, name, GemvLinear(linear))
+                replaced.append(getattr(owner, name))
+
+        for layer in self.model.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            for owner, name in ((attn, "qkv_proj"), (attn, "o_proj"), (mlp, "gate_up_proj")):
+                if hasattr(owner, name):
+                    swap(owner, name)
+            swap(mlp, "down_proj")
+            if attn.rope_cache is not None and hasattr(attn, "qkv_proj"):
+                attn.rope_store_kv = rope_store_kv
+        swap(self, "lm_head")
+        for module in {tuple(m.weight.shape): m for m in replaced}.values():
+            module.tune()
+        return len(replaced)

@@ -512,3 +512,9 @@ def test_the_kernel_warm_up_writes_only_the_scratch_page(tiny_dir):
         assert not torch.equal(pool.data[:, pool.scratch_page], scratch)  # it did run
         got = eng.generate(PROMPTS[:2], max_tokens=6, ignore_eos=True)
     assert [g.token_ids for g in got] == [hf_greedy(hf, p, 6) for p in PROMPTS[:2]]
+
+
+def test_the_triton_kernels_are_refused_off_cuda(tiny_dir):
+    path, _ = tiny_dir
+    with pytest.raises(ValueError, match="triton_kernels needs a CUDA device"):
+        engine(path, triton_kernels=True)

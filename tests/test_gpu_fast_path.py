@@ -65,6 +65,25 @@ def test_graph_decode_gives_the_eager_tokens_over_256_steps(small_llama):
     assert runs[True] == runs[False]
 
 
+def test_the_triton_kernels_graph_decode_gives_their_eager_tokens_over_256_steps(small_llama):
+    """With the Triton kernels (batch-1 GEMV, RoPE fused with the KV write), a CUDA-graph decode
+    of one sequence gives the eager path's tokens over 256 steps; so do three sequences (the
+    fused RoPE and cuBLAS), and the KV pages stay owned once."""
+    pytest.importorskip("triton")
+    prompts = [[(7 * i + j) % 500 + 1 for j in range(30 + 11 * i)] for i in range(3)]
+    for batch in (prompts[:1], prompts):
+        runs = {}
+        for graphs in (True, False):
+            with _engine(
+                small_llama, cuda_graph=graphs, triton_kernels=True, check_integrity=True
+            ) as eng:
+                assert eng.core.model.lm_head.__class__.__name__ == "GemvLinear"
+                out = eng.generate(batch, max_tokens=256, ignore_eos=True)
+                runs[graphs] = [r.token_ids for r in out]
+        assert all(len(t) == 256 for t in runs[True])
+        assert runs[True] == runs[False]
+
+
 def test_overlapped_decode_gives_the_serial_tokens_over_256_steps(small_llama):
     """Overlap scheduling on the GPU: decode steps queued on the device's tokens before the host
     reads them give the tokens of steps read one by one, with one request ending on a stop

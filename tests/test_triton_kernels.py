@@ -88,3 +88,47 @@ def test_fused_rope_and_kv_write_equal_rope_then_the_index_put():
         assert not got[:, :, :, :, :].permute(0, 2, 1, 3, 4)[untouched].any()
         """
     )
+
+
+def test_a_model_on_the_triton_kernels_gives_the_torch_paths_logits_and_kv():
+    run_interpreted(
+        """
+        import torch
+        from engine.attention import TorchPagedAttention
+        from engine.forward_batch import ForwardBatch
+        from engine.gemv_triton import GemvLinear
+        from engine.llama import CausalLM
+        from engine.model_config import ModelConfig
+        from engine.rope import cos_sin_table
+        from storage import DevicePool, KVLayout
+
+        torch.manual_seed(0)
+        cfg = ModelConfig(arch="llama", vocab_size=256, hidden_size=256, intermediate_size=512,
+                          num_layers=2, num_heads=8, num_kv_heads=2, head_dim=64)
+        model = CausalLM(cfg).to(torch.bfloat16).eval().fuse()
+        pool = DevicePool(KVLayout(2, 2, 64, 16, torch.bfloat16), 16, "cpu")
+        backend = TorchPagedAttention(pool, 8, 2, 64)
+        prompt = torch.randint(0, 256, (40,)).tolist()
+        table = [1, 2, 3, 4]
+
+        def run():  # a 40-token prefill, then one decode step
+            pool.data.zero_()
+            with torch.no_grad():
+                a = model(ForwardBatch.build([(prompt, 0, table)], 16, "cpu"), backend)
+                b = model(ForwardBatch.build([([7], 40, table)], 16, "cpu"), backend)
+            return a, b, pool.data.clone()
+
+        want = run()
+        for layer in model.model.layers:  # as fuse() does on CUDA, where flashinfer RoPE runs
+            layer.self_attn.rope_cache = cos_sin_table(cfg, "cpu")
+        assert model.use_triton_kernels() == 2 * 4 + 1  # qkv, o, gate_up, down; lm_head
+        assert isinstance(model.lm_head, GemvLinear)
+        got = run()
+        for w, g in zip(want[:2], got[:2]):
+            assert ((g.float() - w.float()).norm() / w.float().norm()).item() < 2e-2
+            assert torch.equal(g.argmax(-1), w.argmax(-1))
+        kv_w, kv_g = want[2].float(), got[2].float()
+        assert ((kv_g - kv_w).norm() / kv_w.norm()).item() < 2e-2
+        assert kv_g[:, 0].abs().sum() == 0 and kv_g[:, 5:].abs().sum() == 0  # other pages
+        """
+    )

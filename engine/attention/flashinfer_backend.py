@@ -90,11 +90,18 @@ class FlashInferPagedAttention:
         self._planned = (batch, wrapper)
 
     def forward(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        batch: ForwardBatch,
+        kv_stored: bool = False,
     ) -> torch.Tensor:
         if self._planned is None or self._planned[0] is not batch:
             self.prepare(batch, q.dtype)
         kv = self.pool.layer(layer)
-        store_kv(kv, batch.out_pages, batch.out_offsets, k, v)
+        if not kv_stored:  # (else the caller's fused RoPE kernel stored them)
+            store_kv(kv, batch.out_pages, batch.out_offsets, k, v)
         out = self._planned[1].run(q.contiguous(), kv)
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)

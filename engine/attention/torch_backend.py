@@ -26,11 +26,18 @@ class TorchPagedAttention:
         self._decode_plan: tuple[ForwardBatch, torch.Tensor, torch.Tensor] | None = None
 
     def forward(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch
+        self,
+        layer: int,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        batch: ForwardBatch,
+        kv_stored: bool = False,
     ) -> torch.Tensor:
         """q: [T, heads, dim]; k, v: [T, kv_heads, dim] -> [T, heads * dim]."""
         kv = self.pool.layer(layer)
-        store_kv(kv, batch.out_pages, batch.out_offsets, k, v)
+        if not kv_stored:  # (else the caller's fused RoPE kernel stored them)
+            store_kv(kv, batch.out_pages, batch.out_offsets, k, v)
         if all(e == 1 for e in batch.extend_lens) and batch.num_sequences > 0:
             return self._decode(kv, q, batch)
         return self._by_sequence(kv, q, batch)
