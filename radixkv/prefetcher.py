@@ -12,8 +12,8 @@ time before the next request needs it):
   copy: the second finds it on device.
 - returning sessions (`turn_ended` / `turn_began`): after a turn, a session's context is promoted
   when its predicted return nears: `lead_s` before the `lead_quantile` of the learned gaps
-  between a session's turns (time for the copy to land however regular the gaps), and only for sessions whose class (turns so far) has come back at least
-  `confidence` of the time. Remote parts come to host; host parts go to the device, held until
+  between a session's turns (time for the copy to land however regular the gaps), and only for
+  sessions whose class (turns so far) has come back at least `confidence` of the time. Remote parts come to host; host parts go to the device, held until
   the session returns or its window (twice the `expire_quantile` of the gaps) closes.
 
 Device pages held by prefetches are capped at `device_share` of the device tier. A third kind,
@@ -55,10 +55,10 @@ class PrefetchConfig:
 
     device_share: float = 0.25  # of the device tier, at most, held by prefetches
     confidence: float = 0.9  # a session class must have returned this often to be prefetched
-    lead_quantile: float = 0.05  # promote a session at this quantile of the learned gaps,
-    lead_s: float = 0.2  # less this much: a context's copy plus a long step before the earliest
-    # return (else clients that always wait the same time find their context still on host)
-    expire_quantile: float = 0.95  # and give up on it after this one
+    lead_quantile: float = 0.05  # promote a session at this quantile of the learned gaps
+    lead_s: float = 0.2  # less this (a copy plus a long step): else clients that always wait
+    # the same time would come back as their context starts to move
+    expire_quantile: float = 0.95  # give up on a session after twice this quantile
     history: int = 1024  # gaps between turns remembered
     min_history: int = 16  # gaps seen before sessions are predicted
     session_ttl_s: float = 600.0  # a session's window before any gap has been learned
