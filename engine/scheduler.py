@@ -105,6 +105,7 @@ class Scheduler:
         # the last admission stopped for memory: until a request leaves (`_release`), waiting
         # requests cannot be admitted, so a decode step may be continued without admitting
         self._admission_blocked = False
+        self._blocked_head: Request | None = None  # the request admission waits for memory for
         self._holds_yielded = False  # the queue's prefetch holds yielded to admission (below)
         # the share of max_tokens requests actually produce (EMA over finished requests): how
         # much decode room admission reserves per request; a preemption raises it
@@ -154,8 +155,16 @@ class Scheduler:
         to run, while the engine idles (returning sessions come due while every client thinks).
         Its copies go on the side stream, which no step waits for. (While admission waits for
         memory, promoting for the queue would only be undone.) Returns pages put on the device."""
-        if not self.prefetch_pages or self._admission_blocked or self._holds_yielded:
+        if not self.prefetch_pages or self._holds_yielded:
             return 0
+        if self._admission_blocked:
+            # the head alone: its hold is part of its own admission (locked, so admission
+            # charges it no more), not room taken from it; running requests' growth still
+            # takes it back first
+            head = self._blocked_head
+            if head is None or head.expectation is None:
+                return 0
+            return self.cache.prefetch_expected(head.expectation, self.prefetch_pages)
         return self.cache.prefetch_step(self.prefetch_pages)
 
     def schedule(self) -> ScheduledBatch | None:
@@ -310,7 +319,7 @@ class Scheduler:
 
     # ---- admission ---------------------------------------------------------------------------
     def _admit(self) -> None:
-        self._admission_blocked = False
+        self._admission_blocked, self._blocked_head = False, None
         free_slots = self.max_running - len(self.running)
         if free_slots <= 0:
             return
@@ -345,12 +354,14 @@ class Scheduler:
                 # queue's prefetch holds yield first; the hits and the room change with them,
                 # so admission looks again next step
                 self._admission_blocked = not self._reclaim_holds(keep=req)
+                self._blocked_head = req
                 break
             try:
                 self._attach(req)
             except OutOfPages:
                 # its host hit cannot be loaded while running requests hold the device
                 self._admission_blocked = not self._reclaim_holds(keep=req)
+                self._blocked_head = req
                 break
             room -= need
             self.waiting.remove(req)

@@ -150,6 +150,13 @@ class Prefetcher:
             self.session_device_pages -= e.device_pages
         e.device_pages = 0
 
+    def promote(self, e: Expectation, device_pages: int) -> int:
+        """Load one queued request's host prefix to the device now, held, within `device_pages`
+        and the share cap (what `step` does for the whole queue). Returns the pages moved."""
+        if e.released or e.settled:
+            return 0
+        return self._to_device(e, device_pages)
+
     def yield_session_holds(self) -> int:
         """Drop every returning session's device hold (running requests need the room; the
         caller stops new holds until one leaves). Sessions stay due: a later `step` promotes

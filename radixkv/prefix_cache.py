@@ -170,6 +170,13 @@ class PrefixCache:
         self._cache.prefetcher.release(e)
         return held
 
+    def prefetch_expected(self, e: Expectation | None, pages: int) -> int:
+        """Promote one queued request's host prefix to the device (held), at most `pages`
+        pages: the head of the queue while admission waits for memory. Returns pages moved."""
+        if e is None:
+            return 0
+        return self._cache.prefetcher.promote(e, pages)
+
     def yield_session_holds(self) -> int:
         """Drop the holds on returning sessions' contexts (running requests need the room);
         returns the device pages they held, evictable from now on."""
@@ -251,6 +258,9 @@ class NoPrefixCache(PrefixCache):
         pass
 
     def prefetch_step(self, pages: int) -> int:
+        return 0
+
+    def prefetch_expected(self, e: Expectation | None, pages: int) -> int:
         return 0
 
     def yield_session_holds(self) -> int:

@@ -496,6 +496,49 @@ def test_running_requests_growth_takes_back_a_returning_sessions_hold(tiny_dir):
         assert pf.held_device_pages == 0 and eng.cache.check_integrity()["device"]["locked"] == 0
 
 
+def test_the_head_of_the_queue_gets_its_host_prefix_on_the_device_while_admission_waits(
+    tiny_dir,
+):
+    """Two long requests fill the device tier's room, so admission waits for memory with a
+    third at the head of the queue. Meanwhile its host-resident prefix is loaded onto the
+    device and held for it (its own admission, not room taken from it): when it is admitted it
+    reads the prefix from the device, with the tokens of transformers and no preemption."""
+    path, hf = tiny_dir
+    doc = [(3 * j) % 97 + 1 for j in range(64)]  # 4 pages, cached then pushed to host
+    long = [[(11 * k + 5 * j) % 97 + 1 for j in range(48 * (k + 1))] for k in range(2)]
+    prompts, steps = [*long, doc + [90, 91]], (80, 20, 8)
+    want = [hf_greedy(hf, p, n) for p, n in zip(prompts, steps, strict=True)]
+    tiers = {}
+    for budget in (0, 256):
+        with engine(
+            path, pages=18, host_memory_gb=gb(256), max_running=4, prefetch_pages=budget
+        ) as eng:
+            eng.generate([doc], max_tokens=1, ignore_eos=True)
+            eng.cache.evict(DEVICE, eng.cache.device_pool.num_pages)
+            blocked, admit = [0], eng.scheduler._admit
+
+            def counted(admit=admit, blocked=blocked, sched=eng.scheduler):
+                admit()
+                blocked[0] += sched._blocked_head is not None
+
+            eng.scheduler._admit = counted
+            reqs = [
+                eng.core.make_request(p, max_tokens=n, ignore_eos=True)
+                for p, n in zip(prompts, steps, strict=True)
+            ]
+            for r in reqs:
+                eng.scheduler.add(r)
+            while any(r.finish_reason is None for r in reqs):
+                eng.core.iterate()
+            assert [r.output_ids for r in reqs] == want
+            assert blocked[0] > 0 and eng.scheduler.preemptions == 0
+            tiers[budget] = dict(reqs[2].cached_by_tier)
+            report = eng.cache.check_integrity()["device"]
+            assert report["locked"] == 0 and eng.cache.prefetcher.held_device_pages == 0
+    assert tiers[0]["host"] == 64  # without the prefetcher: loaded at its admission
+    assert tiers[256]["device"] == 64  # with it: on the device before its turn
+
+
 def test_the_kernel_warm_up_writes_only_the_scratch_page(tiny_dir):
     """The start-up warm-up (run on a GPU; here with the torch backend) runs a decode step, a
     short extend and a long prefill on the scratch page alone: no page a request could own
