@@ -232,11 +232,20 @@ class CacheController:
 
         return done
 
+    @property
+    def inline(self) -> bool:
+        """Remote calls run on the owner's thread when it waits (see the module docstring)."""
+        return self._deferred is not None
+
+    @property
+    def write_calls_inflight(self) -> int:
+        """Remote put calls submitted and not yet completed."""
+        return len(self._writes_started)
+
     def oldest_write_age_s(self) -> float:
         """Seconds the oldest write still in flight has waited (0 with none): how far the
-        store is behind the pages written to it. Always 0 inline: calls wait for the owner there
-        by design, and a replay's results must not depend on how fast this machine runs."""
-        if not self._writes_started or self._deferred is not None:
+        store is behind the pages written to it."""
+        if not self._writes_started:
             return 0.0
         return time.monotonic() - next(iter(self._writes_started.values()))
 

@@ -19,6 +19,9 @@ if TYPE_CHECKING:
     from radixkv.tree import TreeNode
 
 
+MAX_WRITE_CALLS = 4  # remote puts in flight at most (each carries a node's pages, batched)
+
+
 class TierWrites:
     def __init__(self, cache: HiRadixCache) -> None:
         self.cache = cache
@@ -65,15 +68,21 @@ class TierWrites:
 
     def _backlog_full(self, pages: int) -> bool:
         """Whether the store is behind: `pages` more would take the remote write backlog past
-        its bound in pages, or its oldest write has waited a quarter of the remote timeout (a
-        call queued longer would time out and mark the tier down). If so the pages are counted
-        as shed and the caller does not write them."""
+        its bound in pages, `MAX_WRITE_CALLS` puts are in flight already, or the oldest has
+        waited a quarter of the remote timeout. (A call queued behind many others would time out
+        and mark the tier down: with at most 4 ahead, only a store taking a quarter of the
+        timeout per call does.) Inline, the pages alone count: calls wait for the owner there by
+        design, and a replay must not depend on this machine's speed. If the store is behind,
+        the pages are counted as shed and not written."""
         c, config = self.cache.controller, self.cache.config
         if c.write_pages_inflight == 0:
             return False  # (a node larger than the bound still goes when nothing is in flight)
-        if (
-            c.write_pages_inflight + pages <= config.write_backlog_pages
-            and c.oldest_write_age_s() < config.remote_timeout_s / 4
+        if c.write_pages_inflight + pages <= config.write_backlog_pages and (
+            c.inline
+            or (
+                c.write_calls_inflight < MAX_WRITE_CALLS
+                and c.oldest_write_age_s() < config.remote_timeout_s / 4
+            )
         ):
             return False
         self.cache.counters.remote_writes_shed += pages
