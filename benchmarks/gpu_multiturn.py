@@ -236,6 +236,7 @@ def summarize(
         "preemptions": eng.scheduler.preemptions,
         "continued_steps": eng.scheduler.continued_steps,
         "adopted_tokens": eng.scheduler.adopted_tokens,  # loaded between prefill chunks
+        "admission_waits": eng.scheduler.admission_waits,  # steps admission stopped for memory
         "prefetch": eng.core.cache_report()["prefetch"],
         "floor_s": floor,
         "floor_parts_s": floor_parts,
@@ -303,7 +304,7 @@ def main() -> int:
         eng.loop.start()
         eng.generate([[5] * 512], max_tokens=2)  # warm-up (through the loop: it is running)
         eng.scheduler.preemptions = eng.scheduler.continued_steps = 0
-        eng.scheduler.adopted_tokens = 0
+        eng.scheduler.adopted_tokens = eng.scheduler.admission_waits = 0
         times = StepTimes(eng.core)
         t = time.perf_counter()
         records = asyncio.run(run_clients(eng, args, random.Random(0)))
@@ -317,7 +318,8 @@ def main() -> int:
             f"({st['decode_tokens']:,} tokens); schedule {st['schedule_s']:.1f} s, outputs "
             f"{st['outputs_s']:.1f} s, idle {st['idle_s']:.1f} s; "
             f"{eng.scheduler.continued_steps} decode steps queued before the last was read; "
-            f"{eng.scheduler.adopted_tokens:,} prompt tokens adopted between prefill chunks",
+            f"{eng.scheduler.adopted_tokens:,} prompt tokens adopted between prefill chunks; "
+            f"admission waited for memory in {eng.scheduler.admission_waits} steps",
             flush=True,
         )
         eng.close()

@@ -100,6 +100,7 @@ class Scheduler:
         self.steps = 0
         self._waited: dict[int, int] = {}
         self.preemptions = 0
+        self.admission_waits = 0  # steps admission stopped for memory with a request waiting
         self.continued_steps = 0  # decode steps queued before the last one's tokens were read
         self.adopted_tokens = 0  # prompt tokens loaded between chunks instead of computed
         # the last admission stopped for memory: until a request leaves (`_release`), waiting
@@ -355,6 +356,7 @@ class Scheduler:
                 # so admission looks again next step
                 self._admission_blocked = not self._reclaim_holds(keep=req)
                 self._blocked_head = req
+                self.admission_waits += 1
                 break
             try:
                 self._attach(req)
@@ -362,6 +364,7 @@ class Scheduler:
                 # its host hit cannot be loaded while running requests hold the device
                 self._admission_blocked = not self._reclaim_holds(keep=req)
                 self._blocked_head = req
+                self.admission_waits += 1
                 break
             room -= need
             self.waiting.remove(req)

@@ -532,6 +532,7 @@ def test_the_head_of_the_queue_gets_its_host_prefix_on_the_device_while_admissio
                 eng.core.iterate()
             assert [r.output_ids for r in reqs] == want
             assert blocked[0] > 0 and eng.scheduler.preemptions == 0
+            assert eng.scheduler.admission_waits == blocked[0]
             tiers[budget] = dict(reqs[2].cached_by_tier)
             report = eng.cache.check_integrity()["device"]
             assert report["locked"] == 0 and eng.cache.prefetcher.held_device_pages == 0
