@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.attention.kv_write import store_kv
 from engine.cpu_linear import use_onednn
 from engine.forward_batch import ForwardBatch
 from engine.int4_linear import Int4Linear
@@ -112,28 +113,24 @@ class Attention(nn.Module):
     def forward(
         self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: ForwardBatch, backend
     ) -> torch.Tensor:
+        """Project, rotate, store this layer's new K and V at the batch's output slots, then
+        attend (the backend reads K and V from the pool)."""
         t = x.shape[0]
-        if self.rope_store_kv is not None and t <= FUSED_ROPE_KV_TOKENS:
-            qkv = self.qkv_proj(x)  # [t, (Hq + 2 Hkv) * D], rotated and its K/V stored below
-            kv = backend.pool.layer(self.layer)
-            self.rope_store_kv(
-                qkv, batch.positions, self.rope_cache, kv, batch.out_pages, batch.out_offsets,
-                self.num_heads, self.num_kv_heads, self.head_dim,
-            )  # fmt: skip
-            q, k, v = qkv.split(
-                [self.num_heads * self.head_dim, *(2 * [self.num_kv_heads * self.head_dim])], -1
-            )
-            q = q.view(t, self.num_heads, self.head_dim)
-            k = k.view(t, self.num_kv_heads, self.head_dim)
-            v = v.view(t, self.num_kv_heads, self.head_dim)
-            return self.o_proj(backend.forward(self.layer, q, k, v, batch, kv_stored=True))
+        kv = backend.pool.layer(self.layer)
+        fused = self.rope_store_kv is not None and t <= FUSED_ROPE_KV_TOKENS
         if hasattr(self, "qkv_proj"):
-            q, k, v = self.qkv_proj(x).split(
+            qkv = self.qkv_proj(x)
+            q, k, v = qkv.split(
                 [self.num_heads * self.head_dim, *(2 * [self.num_kv_heads * self.head_dim])], -1
             )
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        if self.rope_cache is not None:
+        if fused:  # one Triton kernel: q and k rotated in place, k and v stored
+            self.rope_store_kv(
+                qkv, batch.positions, self.rope_cache, kv, batch.out_pages, batch.out_offsets,
+                self.num_heads, self.num_kv_heads, self.head_dim,
+            )  # fmt: skip
+        elif self.rope_cache is not None:
             # flashinfer rotates q and k in place in one kernel (positions index the cache); it
             # takes them strided, so k stays beside v in the QKV output and one write stores both
             _FI_ROPE.apply_rope_with_cos_sin_cache_inplace(
@@ -146,7 +143,9 @@ class Attention(nn.Module):
             if hasattr(self, "q_norm"):
                 q, k = self.q_norm(q), self.k_norm(k)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        return self.o_proj(backend.forward(self.layer, q, k, v, batch))
+        if not fused:
+            store_kv(kv, batch.out_pages, batch.out_offsets, k, v)
+        return self.o_proj(backend.forward(self.layer, q, batch))
 
 
 class MLP(nn.Module):

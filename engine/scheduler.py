@@ -354,22 +354,25 @@ class Scheduler:
                 # by memory: it would preempt others later; FIFO, so nobody overtakes it. The
                 # queue's prefetch holds yield first; the hits and the room change with them,
                 # so admission looks again next step
-                self._admission_blocked = not self._reclaim_holds(keep=req)
-                self._blocked_head = req
-                self.admission_waits += 1
+                self._wait_for_memory(req)
                 break
             try:
                 self._attach(req)
             except OutOfPages:
                 # its host hit cannot be loaded while running requests hold the device
-                self._admission_blocked = not self._reclaim_holds(keep=req)
-                self._blocked_head = req
-                self.admission_waits += 1
+                self._wait_for_memory(req)
                 break
             room -= need
             self.waiting.remove(req)
             req.state = State.RUNNING
             self.running.append(req)
+
+    def _wait_for_memory(self, req: Request) -> None:
+        """Admission stops at `req` for memory: the other holds yield to it (admission stays
+        blocked unless that freed something), and `req` alone may still be promoted."""
+        self._admission_blocked = not self._reclaim_holds(keep=req)
+        self._blocked_head = req
+        self.admission_waits += 1
 
     def _reclaim_holds(self, keep: Request | None = None) -> int:
         """Drop the device holds the prefetcher keeps for waiting requests other than `keep`

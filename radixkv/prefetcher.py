@@ -228,8 +228,7 @@ class Prefetcher:
         for e in self._queue:  # head first: it runs soonest
             if dev_left <= 0 or self.held_device_pages >= cap:
                 break
-            if not e.released and not e.settled:
-                dev_left -= self._to_device(e, dev_left)
+            dev_left -= self.promote(e, dev_left)
         live: deque[_Session] = deque()
         for s in self._due:  # sessions whose return is near (few): kept until back or expired
             if self._sessions.get(s.key) is not s:

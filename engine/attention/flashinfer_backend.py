@@ -2,7 +2,7 @@
 dim] is flashinfer's single-tensor NHD layout, so kernels read the device pool in place.
 
 `prepare(batch)` plans once per forward (page tables -> CSR indptr/indices); each layer then
-writes its new K/V into the pool and runs. A batch of pure decodes uses the decode kernel;
+runs over the pool, where the model has written its new K/V. A batch of pure decodes uses the decode kernel;
 anything with a prefill chunk uses a prefill kernel (FA2 for short extends, see
 `SHORT_EXTEND_TOKENS`), which also serves decodes mixed in.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 
-from engine.attention.kv_write import store_kv
 from engine.attention.page_csr import page_csr
 from engine.forward_batch import ForwardBatch
 from storage import DevicePool
@@ -89,19 +88,9 @@ class FlashInferPagedAttention:
             wrapper.plan(qo, *pages_args, causal=True, **dtypes)
         self._planned = (batch, wrapper)
 
-    def forward(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        batch: ForwardBatch,
-        kv_stored: bool = False,
-    ) -> torch.Tensor:
+    def forward(self, layer: int, q: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         if self._planned is None or self._planned[0] is not batch:
             self.prepare(batch, q.dtype)
-        kv = self.pool.layer(layer)
-        if not kv_stored:  # (else the caller's fused RoPE kernel stored them)
-            store_kv(kv, batch.out_pages, batch.out_offsets, k, v)
+        kv = self.pool.layer(layer)  # the batch's new K and V are in it already (the model's)
         out = self._planned[1].run(q.contiguous(), kv)
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)

@@ -1,7 +1,7 @@
 """Paged attention in plain torch (CPU and GPU): the correctness baseline, and the CPU path.
 
 For layer l the pool holds kv = pool.layer(l): [pages, 2 (K/V), page_size, kv_heads, head_dim].
-New tokens' K/V are written at (out_pages, out_offsets); then each sequence attends over
+The model has written new tokens' K/V at (out_pages, out_offsets); each sequence attends over
 [0, prefix_len + extend_len) with a causal mask offset by its prefix. A decode batch (one new
 token per sequence) runs as one batched attention over the sequences' pages gathered side by
 side (padded to the longest, masked); any other batch runs sequence by sequence.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from engine.attention.kv_write import store_kv
 from engine.forward_batch import ForwardBatch
 from storage import DevicePool
 
@@ -25,19 +24,9 @@ class TorchPagedAttention:
         # the decode batch whose gather index and length mask are built (once per forward)
         self._decode_plan: tuple[ForwardBatch, torch.Tensor, torch.Tensor] | None = None
 
-    def forward(
-        self,
-        layer: int,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        batch: ForwardBatch,
-        kv_stored: bool = False,
-    ) -> torch.Tensor:
-        """q: [T, heads, dim]; k, v: [T, kv_heads, dim] -> [T, heads * dim]."""
-        kv = self.pool.layer(layer)
-        if not kv_stored:  # (else the caller's fused RoPE kernel stored them)
-            store_kv(kv, batch.out_pages, batch.out_offsets, k, v)
+    def forward(self, layer: int, q: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """q: [T, heads, dim] -> [T, heads * dim]."""
+        kv = self.pool.layer(layer)  # the batch's new K and V are in it already (the model's)
         if all(e == 1 for e in batch.extend_lens) and batch.num_sequences > 0:
             return self._decode(kv, q, batch)
         return self._by_sequence(kv, q, batch)
