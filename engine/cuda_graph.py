@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import torch
 
 from engine.attention.flashinfer_backend import decode_tensor_cores
-from engine.attention.kv_write import store_kv
 from engine.attention.page_csr import page_csr
 from engine.forward_batch import ForwardBatch, to_device
 from engine.llama import CausalLM
@@ -51,16 +50,15 @@ class _StaticBatch:
 
 
 class _GraphAttention:
-    """Decode attention for one captured batch size: write the new K/V, run flashinfer."""
+    """Decode attention for one captured batch size: flashinfer over the pool, whose new K and V
+    the model's attention has written already."""
 
     def __init__(self, pool: DevicePool, wrapper, num_heads: int, head_dim: int) -> None:
         self.pool, self.wrapper = pool, wrapper
         self.num_heads, self.head_dim = num_heads, head_dim
 
-    def forward(self, layer: int, q, k, v, batch) -> torch.Tensor:
-        kv = self.pool.layer(layer)
-        store_kv(kv, batch.out_pages, batch.out_offsets, k, v)
-        out = self.wrapper.run(q.contiguous(), kv)
+    def forward(self, layer: int, q: torch.Tensor, batch) -> torch.Tensor:
+        out = self.wrapper.run(q.contiguous(), self.pool.layer(layer))
         return out.reshape(q.shape[0], self.num_heads * self.head_dim)
 
 

@@ -43,3 +43,40 @@ def test_batched_decode_equals_one_sequence_at_a_time(lens, kv_heads, group, dty
     want = attn._by_sequence(kv, q, batch).float()
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+
+
+def test_the_graph_paths_attention_reads_the_kv_the_model_wrote():
+    """The CUDA-graph path's attention (engine/cuda_graph.py) keeps the backends' contract: the
+    model's attention writes the step's K and V into the pool, then calls
+    `forward(layer, q, batch)`, which only attends. Here its flashinfer wrapper is replaced by
+    the torch decode over the same pool, so the decode logits must equal the torch backend's
+    (a stale signature or a second KV write of its own fails on CPU, before any GPU run)."""
+    from engine.cuda_graph import _GraphAttention
+    from engine.llama import CausalLM
+    from engine.model_config import ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        arch="llama", vocab_size=64, hidden_size=64, intermediate_size=128,
+        num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
+    )  # fmt: skip
+    model = CausalLM(cfg).eval()
+    ps = 4
+    pool = DevicePool(KVLayout(2, 2, 16, ps, torch.float32), 8, "cpu")
+    reference = TorchPagedAttention(pool, 4, 2, 16)
+    prompts = [[3, 1, 4, 1, 5, 9, 2], [6, 5, 3]]
+    tables = [[0, 1], [2]]
+    with torch.no_grad():
+        model(
+            ForwardBatch.build([(p, 0, t) for p, t in zip(prompts, tables, strict=True)], ps),
+            reference,
+        )
+        decode = ForwardBatch.build([([7], 7, [0, 1]), ([8], 3, [2])], ps)
+        want = model(decode, reference)
+
+        class TorchDecodeWrapper:  # flashinfer's run(q, kv) over the planned decode batch
+            def run(self, q, kv):
+                return reference._decode(kv, q, decode).view(q.shape)
+
+        got = model(decode, _GraphAttention(pool, TorchDecodeWrapper(), 4, 16))
+    torch.testing.assert_close(got, want)
