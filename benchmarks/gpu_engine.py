@@ -485,7 +485,7 @@ def _engine_decode(
             max_batch_tokens=16384,
             attention="flashinfer",
             overlap_schedule=overlap,
-            triton_kernels=triton_kernels,
+            triton_kernels="on" if triton_kernels else "off",
         )
         eng.generate([tokens(64)], max_tokens=8, ignore_eos=True)  # warm-up
         for batch in (1, 64):

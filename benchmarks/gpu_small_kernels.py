@@ -12,7 +12,9 @@ run on this GPU:
 2. RoPE + the KV write at 1 and 64 tokens: flashinfer's RoPE and the index_put the engine runs
    now, against the fused Triton kernel (`engine/attention/fused_rope_kv.py`), 32 layers per
    graph, outputs compared;
-3. what a step would save: 32 layers of each projection plus lm_head, and 32 RoPE + KV writes.
+3. the down projection with its SwiGLU activation: flashinfer's `silu_and_mul` then the GEMV,
+   against the GEMV computing the activation in its loads (`gemv(..., silu_mul=True)`);
+4. what a step would save: 32 layers of each projection plus lm_head, and 32 RoPE + KV writes.
 
     python benchmarks/gpu_small_kernels.py [--json PATH]
 """
@@ -162,6 +164,32 @@ def rope_and_kv_write(out: dict) -> None:
         )
 
 
+def swiglu_down(out: dict) -> None:
+    """down(silu(gate) * up) at M = 1: flashinfer's activation kernel then the GEMV, against the
+    GEMV that computes the activation as it loads it; 32 layers' weights per graph."""
+    from engine.gemv_triton import gemv
+    from engine.llama import _FI_ACT
+
+    n, k = HIDDEN, INTER
+    ws = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02 for _ in range(LAYERS)]
+    gate_up = torch.randn(1, 2 * k, dtype=torch.bfloat16, device="cuda")
+    apart = gemv(_FI_ACT.silu_and_mul(gate_up), ws[0])
+    fused = gemv(gate_up, ws[0], silu_mul=True)  # (autotunes this form)
+    torch.cuda.synchronize()
+    r = out["swiglu_down"] = {
+        "apart_s": graph_time(lambda i: gemv(_FI_ACT.silu_and_mul(gate_up), ws[i]), LAYERS),
+        "fused_s": graph_time(lambda i: gemv(gate_up, ws[i], silu_mul=True), LAYERS),
+        "rel_err": ((fused.float() - apart.float()).norm() / apart.float().norm()).item(),
+    }
+    print(
+        "\ndown + SwiGLU at M = 1: "
+        f"silu_and_mul then GEMV {r['apart_s'] * 1e6:.2f} us, the "
+        f"activation in the GEMV's loads {r['fused_s'] * 1e6:.2f} us (relative difference "
+        f"{r['rel_err']:.1e}); per step {(r['apart_s'] - r['fused_s']) * LAYERS * 1e3:.3f} ms "
+        "saved"
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -178,6 +206,10 @@ def main() -> int:
         rope_and_kv_write(out)
     except Exception as err:  # flashinfer missing or failing: the GEMV figures still stand
         print(f"RoPE + KV write: skipped ({type(err).__name__}: {err})")
+    try:
+        swiglu_down(out)
+    except Exception as err:  # as above
+        print(f"down + SwiGLU: skipped ({type(err).__name__}: {err})")
     step = {"cublas": 0.0, "triton": 0.0, "floor": 0.0}
     for name in SHAPES:
         r = out[name]

@@ -24,7 +24,7 @@ from radixkv.policies import make_policy
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("auto", "torch", "flashinfer")
 TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
-OVERLAP = ("auto", "on", "off")
+SWITCH = ("auto", "on", "off")  # auto: on where it helps (each field says where)
 DEFAULT_REMOTE = "default"  # the file tier under the radixkv cache directory
 
 
@@ -126,10 +126,11 @@ class EngineConfig:
     max_running: int = _opt(
         64, "requests in the running batch at most", "--max-num-seqs", "--max-running-requests"
     )
-    triton_kernels: bool = _opt(
-        False,
-        "on CUDA: batch-1 projections by a Triton GEMV and RoPE fused with the KV write "
-        "(experimental: off until measured end to end; needs Triton)",
+    triton_kernels: str = _opt(
+        "auto",
+        "few-token decode kernels in Triton: batch-1 projections by a GEMV (the down projection "
+        "computing its SwiGLU activation as it loads), RoPE fused with the KV write: auto (on "
+        "CUDA in bf16/fp16 where Triton is installed), on (needs CUDA and Triton), off",
     )
     cpu_int4: bool = _opt(
         True,
@@ -232,7 +233,6 @@ class EngineConfig:
             "cuda_graph",
             "cpu_int4",
             "check_integrity",
-            "triton_kernels",
         ):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
@@ -247,8 +247,9 @@ class EngineConfig:
                 parse_overrides(self.generation_config)
             except (ValueError, TypeError) as err:
                 raise bad("generation_config", str(err).split(", got")[0]) from None
-        if self.overlap_schedule not in OVERLAP:
-            raise bad("overlap_schedule", f"must be one of {', '.join(OVERLAP)}")
+        for name in ("overlap_schedule", "triton_kernels"):
+            if getattr(self, name) not in SWITCH:
+                raise bad(name, f"must be one of {', '.join(SWITCH)}")
         if self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise bad("tool_call_parser", f"must be one of {', '.join(TOOL_CALL_PARSERS)}")
         if self.write_policy not in WRITE_POLICIES:

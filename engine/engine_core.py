@@ -11,6 +11,7 @@ the engine through `iterate()`. The core is single-threaded: one thread at a tim
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import logging
 import shutil
@@ -76,6 +77,20 @@ def open_remote_tier(config: EngineConfig) -> RemoteStore | None:
     return open_store(url, capacity_bytes=cap)
 
 
+def triton_kernels_wanted(setting: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """`EngineConfig.triton_kernels` resolved: auto is on CUDA in bf16/fp16 where Triton is
+    installed; `on` without CUDA or Triton is a clear error."""
+    has_triton = importlib.util.find_spec("triton") is not None
+    if setting == "on":
+        if device.type != "cuda":
+            raise ValueError("triton_kernels needs a CUDA device")
+        if not has_triton:
+            raise ValueError("triton_kernels=on needs Triton installed (pip install triton)")
+    if setting == "auto":
+        return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and has_triton
+    return setting == "on"
+
+
 class EngineCore:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -102,9 +117,7 @@ class EngineCore:
             model, self.device, dtype, keep_q4=int4
         )
         self.model.fuse(int4)  # merged projections (and fused norms on CUDA): after loading
-        if config.triton_kernels:
-            if self.device.type != "cuda":
-                raise ValueError("triton_kernels needs a CUDA device")
+        if triton_kernels_wanted(config.triton_kernels, self.device, dtype):
             t = time.perf_counter()
             n = self.model.use_triton_kernels()  # autotunes now: before graphs are captured
             log.info(

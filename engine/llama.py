@@ -155,6 +155,9 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.fused_act = False  # set by CausalLM.fuse() on CUDA when flashinfer is there
+        # set by CausalLM.use_triton_kernels(): one row's activation computed in the down
+        # projection's GEMV as it loads gate/up (no kernel of its own)
+        self.act_in_down = False
 
     def fuse(self, q4: dict | None = None) -> None:
         """Merge the gate and up projections into one matmul; with `q4` (Q4_1 blocks, CPU) all
@@ -166,13 +169,20 @@ class MLP(nn.Module):
             self.gate_up_proj = _concat_linear(self.gate_proj, self.up_proj)
         del self.gate_proj, self.up_proj
 
+    def _silu_and_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """[T, 2I] -> silu(gate) * up [T, I]."""
+        if self.fused_act:  # flashinfer: one kernel
+            return _FI_ACT.silu_and_mul(gate_up)
+        gate, up = gate_up.chunk(2, -1)
+        return F.silu(gate) * up
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fused_act:  # flashinfer: silu(gate) * up in one kernel
-            return self.down_proj(_FI_ACT.silu_and_mul(self.gate_up_proj(x)))
-        if hasattr(self, "gate_up_proj"):
-            gate, up = self.gate_up_proj(x).chunk(2, -1)
-            return self.down_proj(F.silu(gate) * up)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if not hasattr(self, "gate_up_proj"):
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate_up = self.gate_up_proj(x)
+        if self.act_in_down:
+            return self.down_proj.silu_mul_forward(gate_up, self._silu_and_mul)
+        return self.down_proj(self._silu_and_mul(gate_up))
 
 
 class DecoderLayer(nn.Module):
@@ -270,8 +280,9 @@ class CausalLM(nn.Module):
 
     def use_triton_kernels(self) -> int:
         """After `fuse()`, on CUDA (or in Triton's CPU interpreter, for tests): batch-1 projections
-        by the Triton GEMV (`GemvLinear`) and, where the RoPE table is set (flashinfer's RoPE on
-        CUDA), RoPE fused with the KV write (`rope_store_kv`). Each GEMV shape is autotuned now,
+        by the Triton GEMV (`GemvLinear`), the down projection's computing the SwiGLU activation
+        in its loads, and, where the RoPE table is set (flashinfer's RoPE on CUDA), RoPE fused
+        with the KV write (`rope_store_kv`). Each GEMV shape is autotuned now,
         before any CUDA graph is captured. Returns the projections replaced."""
         from engine.attention.fused_rope_kv import rope_store_kv
         from engine.gemv_triton import GemvLinear
@@ -290,9 +301,13 @@ class CausalLM(nn.Module):
                 if hasattr(owner, name):
                     swap(owner, name)
             swap(mlp, "down_proj")
+            mlp.act_in_down = hasattr(mlp, "gate_up_proj") and isinstance(mlp.down_proj, GemvLinear)
             if attn.rope_cache is not None and hasattr(attn, "qkv_proj"):
                 attn.rope_store_kv = rope_store_kv
         swap(self, "lm_head")
         for module in {tuple(m.weight.shape): m for m in replaced}.values():
             module.tune()
+        fused_down = [layer.mlp.down_proj for layer in self.model.layers if layer.mlp.act_in_down]
+        for down in {tuple(d.weight.shape): d for d in fused_down}.values():
+            down.tune(silu_mul=True)
         return len(replaced)

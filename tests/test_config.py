@@ -90,6 +90,7 @@ def test_config_file_yaml_and_json_then_flags_on_top(tmp_path):
         ({"remote_load_margin": float("nan")}, "remote_load_margin"),
         ({"remote_max_gb": 0}, "remote_max_gb"),
         ({"remote_write_backlog_gb": -1.0}, "remote_write_backlog_gb"),
+        ({"triton_kernels": True}, "triton_kernels"),
     ],
 )
 def test_bad_values_name_the_field(overrides, message):

@@ -5,6 +5,7 @@ check_integrity() after every scheduler step; no page leaks after 1,000 mixed re
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import random
 import threading
 
@@ -558,7 +559,15 @@ def test_the_kernel_warm_up_writes_only_the_scratch_page(tiny_dir):
     assert [g.token_ids for g in got] == [hf_greedy(hf, p, 6) for p in PROMPTS[:2]]
 
 
-def test_the_triton_kernels_are_refused_off_cuda(tiny_dir):
+def test_the_triton_kernels_are_refused_off_cuda_and_auto_leaves_them_off(tiny_dir):
+    from engine.engine_core import triton_kernels_wanted
+
     path, _ = tiny_dir
     with pytest.raises(ValueError, match="triton_kernels needs a CUDA device"):
-        engine(path, triton_kernels=True)
+        engine(path, triton_kernels="on")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not triton_kernels_wanted("auto", cpu, torch.bfloat16)
+    assert not triton_kernels_wanted("auto", cuda, torch.float32)  # the GEMV's tuning: half only
+    assert not triton_kernels_wanted("off", cuda, torch.bfloat16)
+    has_triton = importlib.util.find_spec("triton") is not None
+    assert triton_kernels_wanted("auto", cuda, torch.bfloat16) == has_triton
