@@ -49,6 +49,8 @@ CONFIGS = {
     "device+host+prefetch": dict(remote_url=None),
     # device + host with each step read before the next is planned (overlap scheduling off)
     "device+host-serial": dict(remote_url=None, prefetch_pages=0, overlap_schedule="off"),
+    # device + host without the few-token Triton kernels (on by default on CUDA)
+    "device+host-triton-off": dict(remote_url=None, prefetch_pages=0, triton_kernels="off"),
 }
 
 
