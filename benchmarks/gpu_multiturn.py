@@ -16,7 +16,8 @@ Printed per configuration: duration, requests/s, TTFT p50/p90 (all rounds and ro
 cached fraction by tier, preemptions, the run's floor (`run_floor`: prefill FLOPs at the
 measured bf16 matmul peak + decode steps at the weight-read floor, as many as the device tier
 forces + the KV decode reads + host-loaded KV at the measured pinned H2D bandwidth) with the
-ratio to it, and where the engine thread's time went (`StepTimes`).
+ratio to it, where the engine thread's time went (`StepTimes`), and with a remote tier its pages
+not written (write backlog full), failed writes and how often it was marked down.
 
     python benchmarks/gpu_multiturn.py [--clients 32] [--rounds 4] [--doc-tokens 4000] ...
 """
@@ -223,6 +224,16 @@ def summarize(
     ttft = [r["ttft_s"] for r in records]
     later = [r["ttft_s"] for r in records if r["round"] >= 1]
     floor_parts = run_floor(records, eng, floors, w_bytes, layout, args)
+    report = eng.core.cache_report()
+    remote = None
+    if report["remote"] is not None:  # writes shed or failed, and the breaker's record
+        counters = report["counters"]
+        remote = {
+            "writes_shed": counters["remote_writes_shed"],
+            "write_failures": counters["remote_write_failures"],
+            "times_opened": report["remote"]["times_opened"],
+            "last_error": report["remote"]["last_error"],
+        }
     floor = sum(floor_parts.values())
     row = {
         "config": name,
@@ -239,7 +250,8 @@ def summarize(
         "continued_steps": eng.scheduler.continued_steps,
         "adopted_tokens": eng.scheduler.adopted_tokens,  # loaded between prefill chunks
         "admission_waits": eng.scheduler.admission_waits,  # steps admission stopped for memory
-        "prefetch": eng.core.cache_report()["prefetch"],
+        "prefetch": report["prefetch"],
+        "remote": remote,
         "floor_s": floor,
         "floor_parts_s": floor_parts,
         "ratio_to_floor": duration / floor,
@@ -253,6 +265,14 @@ def summarize(
         f"(floor: {', '.join(f'{k} {v:.1f}' for k, v in floor_parts.items())})",
         flush=True,
     )
+    if remote is not None:
+        print(
+            f"{'':>12}  remote tier: {remote['writes_shed']:,} pages not written (write backlog "
+            f"full), {remote['write_failures']:,} writes failed, marked down "
+            f"{remote['times_opened']} times"
+            + (f" (last error: {remote['last_error']})" if remote["last_error"] else ""),
+            flush=True,
+        )
     pf = row["prefetch"]
     if pf["moved_pages"]:
         print(
