@@ -50,7 +50,7 @@ def test_the_graph_paths_attention_reads_the_kv_the_model_wrote():
     model's attention writes the step's K and V into the pool, then calls
     `forward(layer, q, batch)`, which only attends. Here its flashinfer wrapper is replaced by
     the torch decode over the same pool, so the decode logits must equal the torch backend's
-    (a stale signature or a second KV write of its own fails on CPU, before any GPU run)."""
+    (a stale signature, as 9d55dfa left it, fails here on CPU before any GPU run)."""
     from engine.cuda_graph import _GraphAttention
     from engine.llama import CausalLM
     from engine.model_config import ModelConfig

@@ -1,6 +1,6 @@
-"""The experimental Triton kernels' arithmetic, in Triton's CPU interpreter (TRITON_INTERPRET=1,
-set before Triton is imported: hence a subprocess). Skipped where Triton is not installed; their
-speed is measured on a GPU by benchmarks/gpu_small_kernels.py."""
+"""The Triton decode kernels' arithmetic (on by default on CUDA), in Triton's CPU interpreter
+(TRITON_INTERPRET=1, set before Triton is imported: hence a subprocess). Skipped where Triton is
+not installed; their speed is measured on a GPU by benchmarks/gpu_small_kernels.py."""
 
 from __future__ import annotations
 
