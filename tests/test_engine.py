@@ -571,3 +571,20 @@ def test_the_triton_kernels_are_refused_off_cuda_and_auto_leaves_them_off(tiny_d
     assert not triton_kernels_wanted("off", cuda, torch.bfloat16)
     has_triton = importlib.util.find_spec("triton") is not None
     assert triton_kernels_wanted("auto", cuda, torch.bfloat16) == has_triton
+
+
+def test_triton_kernels_that_cannot_load_leave_auto_off_with_a_warning(monkeypatch, caplog):
+    """A Triton whose kernels fail to import (a build that does not match torch; here the
+    module is blocked) must not stop an engine on auto: off, and the log says why; on: an error."""
+    import logging
+    import sys
+
+    from engine.engine_core import triton_kernels_wanted
+
+    monkeypatch.setitem(sys.modules, "engine.gemv_triton", None)  # its import now fails
+    cuda = torch.device("cuda")
+    with caplog.at_level(logging.WARNING, logger="engine.engine_core"):
+        assert not triton_kernels_wanted("auto", cuda, torch.bfloat16)
+    assert "the Triton decode kernels are off" in caplog.text
+    with pytest.raises(ValueError, match="triton_kernels=on, but"):
+        triton_kernels_wanted("on", cuda, torch.bfloat16)
