@@ -463,15 +463,14 @@ def _engine_decode(
     overlap scheduling on and off, and on with the Triton kernels (batch-1 GEMV, RoPE fused with
     the KV write; where Triton is there), in the same run: batch 1 and 64 over 1,024-token
     prompts, `steps` tokens each, timed from every request's first token to the last one's end."""
+    from engine.engine_core import triton_kernels_wanted
     from radixkv import Engine
 
     variants = [("on", False), ("off", False)]
-    try:
-        import triton  # noqa: F401
-
+    if triton_kernels_wanted("auto", torch.device("cuda"), torch.bfloat16):
         variants.insert(1, ("on", True))
-    except ImportError:
-        print("engine decode with the Triton kernels: skipped (no Triton)")
+    else:
+        print("engine decode with the Triton kernels: skipped (they do not load here)")
     out = {}
     for overlap, triton_kernels in variants:
         label = f"{overlap}+triton" if triton_kernels else overlap

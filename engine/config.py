@@ -130,7 +130,8 @@ class EngineConfig:
         "auto",
         "few-token decode kernels in Triton: batch-1 projections by a GEMV (the down projection "
         "computing its SwiGLU activation as it loads), RoPE fused with the KV write: auto (on "
-        "CUDA in bf16/fp16 where Triton is installed), on (needs CUDA and Triton), off",
+        "CUDA in bf16/fp16 where they load, else off with a warning), on (needs CUDA and "
+        "Triton), off",
     )
     cpu_int4: bool = _opt(
         True,
@@ -228,12 +229,7 @@ class EngineConfig:
             raise bad("attention", f"must be one of {', '.join(ATTENTION)}")
         if not isinstance(self.device, str) or not self.device:
             raise bad("device", "must be a device name such as cuda or cpu")
-        for name in (
-            "prefix_caching",
-            "cuda_graph",
-            "cpu_int4",
-            "check_integrity",
-        ):
+        for name in ("prefix_caching", "cuda_graph", "cpu_int4", "check_integrity"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         if self.remote_url is not None and not isinstance(self.remote_url, str):

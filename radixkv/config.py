@@ -35,9 +35,10 @@ class CacheConfig:
     - `remote_write_backlog_pages`: pages written to the remote tier and not yet acknowledged,
       at most (None: an eighth of the host tier, 64 at least). A write that would go past it, or
       that comes with 4 puts in flight already or while the oldest has waited a quarter of
-      `remote_timeout_s` (threaded I/O), is shed (counted; the pages stay on host and may be written when they leave it): a store
-      slower than the pages computed must not pin the host tier, hold their bytes in memory,
-      or time out queued calls until the breaker refuses its reads too.
+      `remote_timeout_s` (threaded I/O), is shed (counted; the pages stay on host and may be
+      written when they leave it): a store slower than the pages computed must not pin the
+      host tier, hold their bytes in memory, or time out queued calls until the breaker
+      refuses its reads too.
     """
 
     device_pages: int

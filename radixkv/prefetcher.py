@@ -13,8 +13,9 @@ time before the next request needs it):
 - returning sessions (`turn_ended` / `turn_began`): after a turn, a session's context is promoted
   when its predicted return nears: `lead_s` before the `lead_quantile` of the learned gaps
   between a session's turns (time for the copy to land however regular the gaps), and only for
-  sessions whose class (turns so far) has come back at least `confidence` of the time. Remote parts come to host; host parts go to the device, held until
-  the session returns or its window (twice the `expire_quantile` of the gaps) closes.
+  sessions whose class (turns so far) has come back at least `confidence` of the time. Remote
+  parts come to host; host parts go to the device, held until the session returns or its
+  window (twice the `expire_quantile` of the gaps) closes.
 
 Device pages held by prefetches are capped at `device_share` of the device tier. A third kind,
 `hot`, marks what `radixkv.hot_prefixes` warms from the shared tier at start-up.

@@ -2,8 +2,8 @@
 dim] is flashinfer's single-tensor NHD layout, so kernels read the device pool in place.
 
 `prepare(batch)` plans once per forward (page tables -> CSR indptr/indices); each layer then
-runs over the pool, where the model has written its new K/V. A batch of pure decodes uses the decode kernel;
-anything with a prefill chunk uses a prefill kernel (FA2 for short extends, see
+runs over the pool, where the model has written its new K/V. A batch of pure decodes uses the
+decode kernel; anything with a prefill chunk uses a prefill kernel (FA2 for short extends, see
 `SHORT_EXTEND_TOKENS`), which also serves decodes mixed in.
 """
 

@@ -11,8 +11,10 @@ does both: one program per (token, head) rotates a q head in place, or rotates a
     kv:        one layer's pool view [pages, 2 (K/V), page_size, Hkv, D]
     token t -> (out_pages[t], :, out_offsets[t]); the "rotate half" (neox) form.
 
-Experimental: `benchmarks/gpu_small_kernels.py` measures it against the two kernels it replaces
-before any model uses it; the tests check its arithmetic in Triton's CPU interpreter.
+The model runs it for batches of at most `FUSED_ROPE_KV_TOKENS` (`engine/llama.py`) when the
+Triton kernels are on (`triton_kernels`, auto on CUDA). `benchmarks/gpu_small_kernels.py`
+measures it against the two kernels it replaces; the tests check its arithmetic in Triton's
+CPU interpreter.
 """
 
 from __future__ import annotations
