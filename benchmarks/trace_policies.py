@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from radixkv.bench.__main__ import main as bench_main
-from radixkv.config import CacheConfig
+from radixkv.cache.config import CacheConfig
 
 DEFAULT = CacheConfig.__dataclass_fields__["policy"].default  # the cache's default policy
 

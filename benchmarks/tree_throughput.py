@@ -23,9 +23,9 @@ import time
 import torch
 
 from radixkv import DEVICE, CacheConfig, HiRadixCache
-from radixkv.eviction import device_evictable
-from radixkv.evictor import Evictor
-from radixkv.policies import make_policy
+from radixkv.cache.eviction.by_name import make_policy
+from radixkv.cache.eviction.evictor import Evictor
+from radixkv.cache.eviction.index import device_evictable
 from storage import KVLayout, OutOfPages
 
 PS = 16

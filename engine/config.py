@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from engine.generation_defaults import parse_overrides
-from radixkv.config import WRITE_POLICIES
-from radixkv.policies import make_policy
+from radixkv.cache.config import WRITE_POLICIES
+from radixkv.cache.eviction.by_name import make_policy
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("auto", "torch", "flashinfer")

@@ -35,7 +35,7 @@ def batch_ladder(max_bs: int) -> list[int]:
 
 
 @dataclass
-class _StaticBatch:
+class StaticBatch:
     """The attributes the model and the backend read, as fixed-address views."""
 
     input_ids: torch.Tensor
@@ -49,7 +49,7 @@ class _StaticBatch:
         return self.last_indices
 
 
-class _GraphAttention:
+class GraphAttention:
     """Decode attention for one captured batch size: flashinfer over the pool, whose new K and V
     the model's attention has written already."""
 
@@ -163,14 +163,14 @@ class DecodeGraphs:
             paged_kv_last_page_len_buffer=self.last_len[:bs],
         )
         self.wrappers[bs] = wrapper
-        batch = _StaticBatch(
+        batch = StaticBatch(
             self.input_ids[:bs],
             self.positions[:bs],
             self.out_pages[:bs],
             self.out_offsets[:bs],
             self.last_indices[:bs],
         )
-        backend = _GraphAttention(self.pool, wrapper, cfg.num_heads, cfg.head_dim)
+        backend = GraphAttention(self.pool, wrapper, cfg.num_heads, cfg.head_dim)
         self._plan(bs, [], [])
         self.graphs[bs], self.outputs[bs] = capture_forward(
             model, batch, backend, mempool, self.pool.device

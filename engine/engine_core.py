@@ -33,13 +33,13 @@ from engine.model_runner import ModelRunner, make_backend
 from engine.request import Request
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
-from radixkv.cache_report import cache_report
-from radixkv.config import CacheConfig
-from radixkv.hicache import HiRadixCache
-from radixkv.hot_prefixes import publish as publish_hot_prefixes
-from radixkv.hot_prefixes import warm as warm_hot_prefixes
-from radixkv.namespace import CacheNamespace
-from radixkv.prefix_cache import NoPrefixCache, PrefixCache
+from radixkv.cache.config import CacheConfig
+from radixkv.cache.hicache import HiRadixCache
+from radixkv.cache.namespace import CacheNamespace
+from radixkv.cache.prefetch.hot_prefixes import publish as publish_hot_prefixes
+from radixkv.cache.prefetch.hot_prefixes import warm as warm_hot_prefixes
+from radixkv.cache.prefix_cache import NoPrefixCache, PrefixCache
+from radixkv.cache.report import cache_report
 from storage import KVLayout, RemoteStore, open_store
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class EngineCore:
             layout, cache_config, namespace=namespace, store=store, device=str(self.device)
         )
         self.prefix_cache = (PrefixCache if config.prefix_caching else NoPrefixCache)(self.cache)
-        # cross-instance hot prefixes (radixkv.hot_prefixes): warmed now, published every minute
+        # cross-instance hot prefixes (radixkv.cache.prefetch.hot_prefixes): warmed now, published every minute
         self.sharing_hot = bool(
             store is not None and config.share_hot_prefixes and config.prefix_caching
         )
@@ -355,7 +355,7 @@ class EngineCore:
         self.prefix_cache.wake()
 
     def cache_report(self, *, integrity: bool = False) -> dict:
-        """The cache's state (see `radixkv.cache_report`); on the thread that owns the core."""
+        """The cache's state (see `radixkv.cache.report`); on the thread that owns the core."""
         return cache_report(self.cache, integrity=integrity)
 
     @property

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from engine.attention.page_csr import page_csr
-from engine.cuda_graph import CaptureCost, _GraphAttention, _StaticBatch, capture_forward
+from engine.cuda_graph import CaptureCost, GraphAttention, StaticBatch, capture_forward
 from engine.forward_batch import ForwardBatch
 from engine.llama import CausalLM
 from storage import DevicePool
@@ -88,14 +88,14 @@ class ExtendGraphs:
             paged_kv_last_page_len_buf=self.last_len,
             backend="fa2",  # the eager path's kernel for short extends: SHORT_EXTEND_TOKENS
         )
-        batch = _StaticBatch(
+        batch = StaticBatch(
             self.input_ids[:rows],
             self.positions[:rows],
             self.out_pages[:rows],
             self.out_offsets[:rows],
             self.last_indices,
         )
-        backend = _GraphAttention(self.pool, self.wrappers[size], cfg.num_heads, cfg.head_dim)
+        backend = GraphAttention(self.pool, self.wrappers[size], cfg.num_heads, cfg.head_dim)
         # captured with the real sequence on the scratch page too
         self._plan(size, size, 0, [self.pool.scratch_page] * -(-size // self.page_size))
         self.graphs[size], self.outputs[size] = capture_forward(

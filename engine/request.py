@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from engine.sampling import SamplingParams
-from radixkv.prefix_cache import EMPTY, PrefixHandle
+from radixkv.cache.prefix_cache import EMPTY, PrefixHandle
 
 
 class State(enum.Enum):
@@ -36,7 +36,9 @@ class Request:
     cached_by_tier: dict[str, int] = field(
         default_factory=lambda: {"device": 0, "host": 0, "remote": 0}
     )
-    prefetch: object | None = None  # its remote prefix's fetch to host (radixkv.prefetch)
+    prefetch: object | None = (
+        None  # its remote prefix's fetch to host (radixkv.cache.prefetch.remote_reads)
+    )
     expectation: object | None = None  # its host prefix's load to device while it waits
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None

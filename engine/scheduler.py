@@ -1,7 +1,7 @@
 """The continuous-batching scheduler on the HiRadixTree: it decides, the model runner executes.
 
 `schedule()` (steps 1-4) returns the next batch; `process_outputs()` (step 5) applies the
-runner's tokens. The scheduler talks to the cache only through `radixkv.prefix_cache`.
+runner's tokens. The scheduler talks to the cache only through `radixkv.cache.prefix_cache`.
   1. apply finished remote reads (`cache.poll()`);
   2. admit waiting requests, cache-aware: a request whose remote prefetch is still in flight waits
      without blocking the others; among ready ones, the longest cached prefix goes first unless
@@ -42,7 +42,7 @@ import torch
 from engine.forward_batch import ForwardBatch, to_device
 from engine.request import Request, State
 from engine.sampling import SAMPLE_FAILED, RowSampling
-from radixkv.prefix_cache import EMPTY, PrefixCache, PrefixHandle
+from radixkv.cache.prefix_cache import EMPTY, PrefixCache, PrefixHandle
 from storage import OutOfPages
 
 _PREFILL_SAMPLE_MIN_TOKENS = 64  # steps with fewer prefill tokens say little about its speed

@@ -1,15 +1,22 @@
 """radixkv: a hierarchical radix KV cache for LLM serving (device, host and remote tiers).
 
-Importing radixkv loads the cache only; the serving engine is imported on first use.
+The user-facing entry points live here (`Engine`, `serve`, `bench`, the `radixkv` script); the
+cache itself is `radixkv.cache`. Importing radixkv loads the cache only; the serving engine is
+imported on first use of `radixkv.Engine`.
 """
 
-from radixkv.config import CacheConfig
-from radixkv.eviction import DEVICE, HOST, REMOTE
-from radixkv.hicache import HiRadixCache, MatchResult
-from radixkv.integrity import IntegrityError
-from radixkv.namespace import CacheNamespace
-from radixkv.policies import make_policy
-from radixkv.prefetch import Prefetch
+from radixkv.cache import (
+    DEVICE,
+    HOST,
+    REMOTE,
+    CacheConfig,
+    CacheNamespace,
+    HiRadixCache,
+    IntegrityError,
+    MatchResult,
+    Prefetch,
+    make_policy,
+)
 
 __version__ = "0.1.0"
 

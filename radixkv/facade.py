@@ -14,7 +14,7 @@ from engine.config import EngineConfig
 from engine.engine_core import EngineCore
 from engine.engine_loop import EngineLoop
 from engine.text_stream import TextStream
-from radixkv.hicache import HiRadixCache
+from radixkv.cache.hicache import HiRadixCache
 
 
 @dataclass

@@ -14,7 +14,7 @@ import os
 import sys
 
 from engine.config import add_config_flags, config_from_args
-from engine.http_app import build_app
+from engine.http.app import build_app
 from radixkv.facade import Engine
 
 log = logging.getLogger("radixkv.serve")

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from engine.http_app import build_app
+from engine.http.app import build_app
 
 
 def free_port() -> int:

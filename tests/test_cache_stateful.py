@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, event, seed, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from radixkv import DEVICE, HOST, CacheConfig, CacheNamespace, HiRadixCache
-from radixkv.prefetcher import PrefetchConfig
+from radixkv.cache.config import PrefetchConfig
 from storage import FileStore, OutOfPages, encode_page
 from tests.conftest import TINY, assert_pages_hold, write_pages
 

@@ -351,7 +351,8 @@ def test_a_returning_session_finds_its_context_promoted_back_to_the_device(tiny_
     between steps, and on an idle engine thread too (every client away thinking)."""
     import time
 
-    from radixkv.prefetcher import SESSION, PrefetchConfig
+    from radixkv.cache.config import PrefetchConfig
+    from radixkv.cache.prefetch.prefetcher import SESSION
 
     path, hf = tiny_dir
     with engine(path, pages=64, host_memory_gb=gb(256)) as eng:
@@ -417,7 +418,8 @@ def test_queued_requests_find_their_host_prefix_loaded_to_the_device_before_thei
     turn reads the prefix from the device (same tokens as transformers). Where the holds fill the
     device tier, running requests' growth takes the pages back before any preemption, with the
     same tokens, and nothing leaks."""
-    from radixkv.prefetcher import QUEUED, PrefetchConfig
+    from radixkv.cache.config import PrefetchConfig
+    from radixkv.cache.prefetch.prefetcher import QUEUED
 
     path, hf = tiny_dir
     docs = [[(11 * d + 3 * j) % 97 + 1 for j in range(64)] for d in range(4)]  # 4 pages each
@@ -469,7 +471,7 @@ def test_running_requests_growth_takes_back_a_returning_sessions_hold(tiny_dir):
     as transformers, and nothing leaks."""
     import time
 
-    from radixkv.prefetcher import PrefetchConfig
+    from radixkv.cache.config import PrefetchConfig
 
     path, hf = tiny_dir
     ctx = [(5 * j) % 97 + 1 for j in range(112)]  # 7 pages: the session's context

@@ -4,9 +4,11 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import given
 
-from radixkv.eviction import DEVICE, EvictionIndex, LRUPolicy
-from radixkv.policies import make_policy
-from radixkv.tree import TreeNode
+from radixkv.cache.eviction.by_name import make_policy
+from radixkv.cache.eviction.index import EvictionIndex
+from radixkv.cache.eviction.policy import LRUPolicy
+from radixkv.cache.tiers import DEVICE
+from radixkv.cache.tree import TreeNode
 
 
 def make_nodes(n):
@@ -61,7 +63,7 @@ def test_unknown_policy_names_the_choices():
 
 
 def test_workload_policy_retires_abandoned_tails_before_older_live_leaves():
-    from radixkv.workload_policy import WorkloadAwarePolicy
+    from radixkv.cache.eviction.workload import WorkloadAwarePolicy
 
     policy = WorkloadAwarePolicy()
     root = TreeNode((), None, 0)

@@ -5,7 +5,7 @@ namespace or a corrupt one is refused."""
 from __future__ import annotations
 
 from radixkv import CacheConfig, CacheNamespace, HiRadixCache
-from radixkv.hot_prefixes import hot_prefixes, publish, record_key, warm
+from radixkv.cache.prefetch.hot_prefixes import hot_prefixes, publish, record_key, warm
 from storage import FileStore
 from tests.conftest import TINY, assert_pages_hold, write_pages
 

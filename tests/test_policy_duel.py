@@ -8,8 +8,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radixkv.adaptive_policy import AdaptivePolicy
-from radixkv.policy_duel import CHUNK_TOKENS, PolicyDuel, ShadowARC, ShadowLRU, chunk_ids
+from radixkv.cache.eviction.adaptive import AdaptivePolicy
+from radixkv.cache.eviction.duel import CHUNK_TOKENS, PolicyDuel, ShadowARC, ShadowLRU, chunk_ids
 
 
 @settings(max_examples=60, deadline=None)

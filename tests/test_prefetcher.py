@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from radixkv import CacheConfig, CacheNamespace, HiRadixCache
-from radixkv.eviction import DEVICE, HOST
-from radixkv.prefetcher import PrefetchConfig
+from radixkv.cache.config import PrefetchConfig
+from radixkv.cache.tiers import DEVICE, HOST
 from storage import FileStore
 from tests.conftest import TINY, assert_pages_hold, write_pages
 

@@ -1,4 +1,4 @@
-"""Admission to the remote tier (`radixkv.remote_admission`): after learning that a kind of node
+"""Admission to the remote tier (`radixkv.cache.remote_admission`): after learning that a kind of node
 is never read again, its pages stop being written to remote (but for exploration); a node read
 again is kept there whatever its kind; a written node unread past the horizon counts as dead;
 the learning and the refusals are reported."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from radixkv import CacheConfig
-from radixkv.remote_admission import RemoteAdmission
-from radixkv.tree import RadixTree
+from radixkv.cache.remote_admission import RemoteAdmission
+from radixkv.cache.tree import RadixTree
 from tests.conftest import TINY
 from tests.test_cache_tiers import PS, make, serve
 

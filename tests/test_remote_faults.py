@@ -160,7 +160,7 @@ def test_a_prefix_computed_by_one_process_is_a_remote_hit_in_another(
 
 
 def test_a_remote_load_estimated_slower_than_recompute_is_skipped():
-    from radixkv.cost_model import LoadCostModel
+    from radixkv.cache.cost_model import LoadCostModel
 
     cost = LoadCostModel()
     assert cost.worth_loading(4096, 100 << 20)  # nothing measured yet: try the tier

@@ -388,7 +388,7 @@ def test_metrics_parse_with_prometheus_client_and_keep_their_names(served, clien
 def test_api_key_is_required_except_for_health(served):
     from fastapi.testclient import TestClient
 
-    from engine.http_app import build_app
+    from engine.http.app import build_app
 
     _url, loop = served
     app = build_app(loop, model_name=MODEL, api_key="s3cret")

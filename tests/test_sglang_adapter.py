@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from radixkv.sglang_storage import RadixKVStorage
+from storage.sglang_storage import RadixKVStorage
 
 
 @pytest.fixture(params=["file", "redis"])
@@ -26,7 +26,7 @@ def backend(request, tmp_path):
         is_mla_model=False,
         extra_config={
             "backend_name": "radixkv",
-            "module_path": "radixkv.sglang_storage",
+            "module_path": "storage.sglang_storage",
             "class_name": "RadixKVStorage",
             "remote_url": url,
         },
@@ -119,7 +119,7 @@ def test_sglangs_own_factory_builds_and_uses_it(tmp_path):
         model_name="org/model",
         extra_config={
             "backend_name": "radixkv",
-            "module_path": "radixkv.sglang_storage",
+            "module_path": "storage.sglang_storage",
             "class_name": "RadixKVStorage",
             "remote_url": (tmp_path / "l3").as_uri(),
         },

@@ -10,7 +10,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.tools import ToolStream, choose_parser, parse, render, required_grammar
+from engine.http.tools import ToolStream, choose_parser, parse, render, required_grammar
 
 NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,20}", fullmatch=True)
 ARGS = st.dictionaries(

@@ -51,7 +51,7 @@ def test_the_graph_paths_attention_reads_the_kv_the_model_wrote():
     `forward(layer, q, batch)`, which only attends. Here its flashinfer wrapper is replaced by
     the torch decode over the same pool, so the decode logits must equal the torch backend's
     (a stale signature, as 9d55dfa left it, fails here on CPU before any GPU run)."""
-    from engine.cuda_graph import _GraphAttention
+    from engine.cuda_graph import GraphAttention
     from engine.llama import CausalLM
     from engine.model_config import ModelConfig
 
@@ -78,5 +78,5 @@ def test_the_graph_paths_attention_reads_the_kv_the_model_wrote():
             def run(self, q, kv):
                 return reference._decode(kv, q, decode).view(q.shape)
 
-        got = model(decode, _GraphAttention(pool, TorchDecodeWrapper(), 4, 16))
+        got = model(decode, GraphAttention(pool, TorchDecodeWrapper(), 4, 16))
     torch.testing.assert_close(got, want)

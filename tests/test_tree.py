@@ -3,7 +3,7 @@
 import hypothesis.strategies as st
 from hypothesis import given, settings
 
-from radixkv.tree import RadixTree
+from radixkv.cache.tree import RadixTree
 
 PS = 2
 

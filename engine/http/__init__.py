@@ -1,1 +1,1 @@
-"""The HTTP routers of the server (`engine.http_app` assembles them)."""
+"""The HTTP routers of the server (`engine.http.app` assembles them)."""

@@ -1,7 +1,7 @@
 """The OpenAPI document, made to tell the truth: the response bodies each route sends, every
 error status it can answer with (and the error body's shape) instead of FastAPI's 422 that this
 server never sends, and the bounds that depend on the served model: its name and its vocabulary.
-The request schemas come from `engine.openai_protocol`, whose every rule is a field
+The request schemas come from `engine.http.openai_protocol`, whose every rule is a field
 constraint. A fuzz test (`tests/test_api_fuzz.py`) holds the server to this document.
 """
 

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from engine import tools
+from engine.http import tools
 from engine.http.common import (
     APIError,
     ServingContext,
@@ -20,8 +20,8 @@ from engine.http.common import (
     usage,
 )
 from engine.http.logprobs import chat_logprobs, completion_logprobs
+from engine.http.openai_protocol import ChatCompletionRequest, CompletionRequest
 from engine.http.tool_calling import ToolCalling
-from engine.openai_protocol import ChatCompletionRequest, CompletionRequest
 
 
 def session_of(http: Request, body) -> str | None:

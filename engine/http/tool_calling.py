@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine import tools
+from engine.http import tools
 
 
 @dataclass(frozen=True)

@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     timed.add_argument(
         "--prefetch",
         action="store_true",
-        help="run each policy a second time with the prefetcher on (radixkv/prefetcher.py)",
+        help="run each policy a second time with the prefetcher on (radixkv/cache/prefetch/prefetcher.py)",
     )
     t.add_argument("--json", type=Path, default=None, help="write results here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -21,10 +21,11 @@ from tqdm import tqdm
 
 from radixkv.bench.timed import CostModel, ServingClock
 from radixkv.bench.tracefile import BLOCK, NextUseOracle, TraceRequest
-from radixkv.config import CacheConfig
-from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionPolicy
-from radixkv.hicache import HiRadixCache
-from radixkv.namespace import CacheNamespace
+from radixkv.cache.config import CacheConfig
+from radixkv.cache.eviction.policy import EvictionPolicy
+from radixkv.cache.hicache import HiRadixCache
+from radixkv.cache.namespace import CacheNamespace
+from radixkv.cache.tiers import DEVICE, HOST, REMOTE
 from storage import FileStore, KVLayout, OutOfPages, open_store
 from storage.codec import HEADER_FIXED_BYTES
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from radixkv.eviction import EVICTABLE, TIER_NAMES
+from radixkv.cache.eviction.index import EVICTABLE
+from radixkv.cache.tiers import TIER_NAMES
 
 if TYPE_CHECKING:
-    from radixkv.hicache import HiRadixCache
+    from radixkv.cache.owner import PageOwner
 
 
 class IntegrityError(AssertionError):
@@ -27,7 +28,7 @@ def _require(cond: bool, msg: str) -> None:
         raise IntegrityError(msg)
 
 
-def check_integrity(cache: HiRadixCache) -> dict:
+def check_integrity(cache: PageOwner) -> dict:
     ps = cache.page_size
     tree = cache.tree
     owner: list[dict[int, str]] = [{}, {}]  # device, host: page -> owner description

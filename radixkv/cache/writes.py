@@ -10,20 +10,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from radixkv.eviction import HOST
-from radixkv.remote_admission import RemoteAdmission
+from radixkv.cache.remote_admission import RemoteAdmission
+from radixkv.cache.tiers import HOST
 from storage import OutOfPages
 
 if TYPE_CHECKING:
-    from radixkv.hicache import HiRadixCache
-    from radixkv.tree import TreeNode
+    from radixkv.cache.owner import PageOwner
+    from radixkv.cache.tree import TreeNode
 
 
 MAX_WRITE_CALLS = 4  # remote puts in flight at most (each carries a node's pages, batched)
 
 
 class TierWrites:
-    def __init__(self, cache: HiRadixCache) -> None:
+    def __init__(self, cache: PageOwner) -> None:
         self.cache = cache
         self.selective = cache.config.write_policy == "write_through_selective"
         share = cache.config.remote_admission
@@ -57,13 +57,13 @@ class TierWrites:
     def backup_to_host(self, node: TreeNode) -> bool:
         """Copy a device node to host; False if the host tier has no room."""
         try:
-            self.cache._make_room(HOST, len(node.device))
+            self.cache.make_room(HOST, len(node.device))
         except OutOfPages:
             return False
         host = self.cache.host_pool.allocator.alloc(len(node.device))
         self.cache.controller.device_to_host(node.device, host)
         node.host = host
-        self.cache._refresh(node)
+        self.cache.refresh(node)
         return True
 
     def _backlog_full(self, pages: int) -> bool:
@@ -94,17 +94,17 @@ class TierWrites:
         if self._backlog_full(len(node.host)):
             return
         covered = len(node.key)
-        self.cache._pin(node)
+        self.cache.pin(node)
 
         def done(fut) -> None:
-            self.cache._unpin(node)
+            self.cache.unpin(node)
             ok = fut.exception() is None and all(fut.result())
             if not ok:
                 self.cache.counters.remote_write_failures += 1
                 return
             n, span = node, 0  # mark the written range, which splits may have spread over ancestors
             while n.parent is not None and span + len(n.key) <= covered:
-                self.cache._set_remote(n, True)
+                self.cache.set_remote(n, True)
                 span += len(n.key)
                 n = n.parent
 
@@ -135,4 +135,4 @@ class TierWrites:
                 self.cache.counters.remote_write_failures += 1
 
         self.cache.controller.put_blobs(blobs, done)
-        self.cache._set_remote(node, True)
+        self.cache.set_remote(node, True)

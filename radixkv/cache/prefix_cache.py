@@ -16,11 +16,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from radixkv.cache_types import MatchResult
-from radixkv.hicache import HiRadixCache
-from radixkv.prefetch import Prefetch
-from radixkv.prefetcher import Expectation
-from radixkv.tree import TreeNode
+from radixkv.cache.hicache import HiRadixCache
+from radixkv.cache.prefetch.prefetcher import Expectation
+from radixkv.cache.prefetch.remote_reads import Prefetch
+from radixkv.cache.tree import TreeNode
+from radixkv.cache.types import MatchResult
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class PrefixCache:
     def release_prefetch(self, ticket: Prefetch | None) -> None:
         self._cache.release_prefetch(ticket)
 
-    # ---- prediction (`radixkv.prefetcher`) ------------------------------------------------------
+    # ---- prediction (`radixkv.cache.prefetch.prefetcher`) ------------------------------------------------------
     def expect(self, tokens: Sequence[int]) -> Expectation | None:
         """A request for `tokens` is queued: `prefetch_step` loads its host-resident prefix onto
         the device before its turn (head of the queue first) and holds it (locked) until

@@ -17,8 +17,8 @@ capacity measured.
 
 from __future__ import annotations
 
-from radixkv.eviction import EvictionPolicy
-from radixkv.tree import TreeNode
+from radixkv.cache.eviction.policy import EvictionPolicy
+from radixkv.cache.tree import TreeNode
 
 
 class WorkloadAwarePolicy(EvictionPolicy):

@@ -27,7 +27,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from radixkv.tree import TreeNode
+    from radixkv.cache.tree import TreeNode
 
 _MAX_BUCKET = 12
 _MIN_HORIZON = 4096  # clock ticks a written node's outcome waits at least

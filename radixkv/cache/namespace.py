@@ -18,7 +18,8 @@ from storage.layout import KVLayout
 KEY_BYTES = 16
 
 
-def _h(*parts: bytes) -> bytes:
+def key_digest(*parts: bytes) -> bytes:
+    """A 16-byte BLAKE2b digest of `parts`, each length-prefixed (so no two lists collide)."""
     h = hashlib.blake2b(digest_size=KEY_BYTES)
     for p in parts:
         h.update(len(p).to_bytes(8, "little"))
@@ -40,7 +41,7 @@ class CacheNamespace:
             raise ValueError("model_fingerprint must be a non-empty string")
         if not isinstance(self.tenant_salt, str):
             raise ValueError("tenant_salt must be a string")
-        seed = _h(
+        seed = key_digest(
             b"radixkv-ns-v1",
             self.model_fingerprint.encode(),
             self.layout.describe().encode(),
@@ -57,6 +58,6 @@ class CacheNamespace:
         key = self.digest if prev is None else prev
         out = []
         for i in range(num_pages):
-            key = _h(key, array("q", tokens[i * ps : (i + 1) * ps]).tobytes())
+            key = key_digest(key, array("q", tokens[i * ps : (i + 1) * ps]).tobytes())
             out.append(key)
         return out

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from radixkv.namespace import _h
-from radixkv.prefetcher import HOT
+from radixkv.cache.namespace import key_digest
+from radixkv.cache.prefetch.prefetcher import HOT
 from storage.codec import PageFormatError, decode_page, encode_page
 
 if TYPE_CHECKING:
-    from radixkv.hicache import HiRadixCache
+    from radixkv.cache.owner import PageOwner
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ MAX_PREFIX_TOKENS = 65_536
 MIN_HITS = 2  # a prefix read by one request only is not hot
 
 
-def record_key(cache: HiRadixCache) -> bytes:
-    return _h(cache.namespace.digest, b"radixkv-hot-prefixes-v1")
+def record_key(cache: PageOwner) -> bytes:
+    return key_digest(cache.namespace.digest, b"radixkv-hot-prefixes-v1")
 
 
-def hot_prefixes(cache: HiRadixCache, limit: int = MAX_PREFIXES) -> list[tuple[list[int], int]]:
+def hot_prefixes(cache: PageOwner, limit: int = MAX_PREFIXES) -> list[tuple[list[int], int]]:
     """(tokens, reads) of the tree's hottest prefixes, hottest first: the deepest node of each
     run that `MIN_HITS` or more requests read, scored by reads times length (a full walk)."""
     found: list[tuple[int, int, object]] = []
@@ -69,7 +69,7 @@ def hot_prefixes(cache: HiRadixCache, limit: int = MAX_PREFIXES) -> list[tuple[l
     return out
 
 
-def _encode(cache: HiRadixCache, prefixes: list[tuple[list[int], int]]) -> bytes:
+def _encode(cache: PageOwner, prefixes: list[tuple[list[int], int]]) -> bytes:
     payload = json.dumps({"v": 1, "prefixes": [[t, h] for t, h in prefixes]}).encode()
     return encode_page(
         payload,
@@ -80,7 +80,7 @@ def _encode(cache: HiRadixCache, prefixes: list[tuple[list[int], int]]) -> bytes
     )
 
 
-def _decode(cache: HiRadixCache, blob: bytes | None) -> list[tuple[list[int], int]]:
+def _decode(cache: PageOwner, blob: bytes | None) -> list[tuple[list[int], int]]:
     """The record's prefixes; [] when absent; raises PageFormatError / ValueError if bad."""
     if blob is None:
         return []
@@ -128,7 +128,7 @@ class Warming:
         return sum(t.fetched_tokens for t in self.tickets or ())
 
 
-def publish(cache: HiRadixCache) -> None:
+def publish(cache: PageOwner) -> None:
     """Merge this cache's hot prefixes into the shared record (asynchronous; applied in
     `poll()`). Does nothing without a remote tier."""
     if cache.store is None:
@@ -157,7 +157,7 @@ def publish(cache: HiRadixCache) -> None:
     cache.controller.get_blobs([key], on_read)
 
 
-def warm(cache: HiRadixCache, *, host_share: float = 0.5) -> Warming:
+def warm(cache: PageOwner, *, host_share: float = 0.5) -> Warming:
     """Start bringing the shared record's hot prefixes into the host tier (asynchronous;
     progresses in `poll()`), at most `host_share` of it."""
     w = Warming()

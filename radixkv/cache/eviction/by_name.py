@@ -1,11 +1,11 @@
-"""Eviction policies by name: the classic ones (`radixkv.eviction`), the adaptive default
-(`radixkv.adaptive_policy`) and the workload-aware LRU (`radixkv.workload_policy`)."""
+"""Eviction policies by name: the classic ones (`radixkv.cache.eviction`), the adaptive default
+(`radixkv.cache.eviction.adaptive`) and the workload-aware LRU (`radixkv.cache.eviction.workload`)."""
 
 from __future__ import annotations
 
-from radixkv.adaptive_policy import AdaptivePolicy
-from radixkv.eviction import POLICIES, EvictionPolicy
-from radixkv.workload_policy import WorkloadAwarePolicy
+from radixkv.cache.eviction.adaptive import AdaptivePolicy
+from radixkv.cache.eviction.policy import POLICIES, EvictionPolicy
+from radixkv.cache.eviction.workload import WorkloadAwarePolicy
 
 
 def make_policy(name: str) -> EvictionPolicy:

@@ -6,12 +6,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from radixkv.hicache import HiRadixCache
+    from radixkv.cache.owner import PageOwner
 
 TIERS = ("device", "host", "remote")
 
 
-def cache_report(cache: HiRadixCache, *, integrity: bool = False) -> dict:
+def cache_report(cache: PageOwner, *, integrity: bool = False) -> dict:
     """Counters, pools, remote traffic; with `integrity` the full ownership check too (a scan)."""
     c = cache.counters
     queried = max(c.tokens_queried, 1)

@@ -4,7 +4,7 @@ duel with plain LRU.
 Three queues, LRU inside each:
 
     queue 0 (recent, likely dead)  nodes no request has reused yet that the workload rule
-                                   (`radixkv.workload_policy`) calls likely dead: abandoned
+                                   (`radixkv.cache.eviction.workload`) calls likely dead: abandoned
                                    tails (a later request split them and went elsewhere) and
                                    small leaves
     queue 1 (recent)               the other nodes no request has reused yet
@@ -22,7 +22,7 @@ On the Mooncake traces most blocks are never read again and reuse gaps are longe
 tier keeps a block at small capacities, so protecting what was reused and letting one-time
 blocks go first is where the hit rate comes from; at capacities where LRU already keeps most
 reuse the split loses, so the tier follows LRU whenever an LRU shadow cache out-hits an ARC one
-(`radixkv.policy_duel`): then the oldest head of the three queues goes, a likely-dead one
+(`radixkv.cache.eviction.duel`): then the oldest head of the three queues goes, a likely-dead one
 counted older by the tier's eviction age (the `workload` rule, which beat LRU where the duel
 picks it). docs/architecture.md has the measurements.
 
@@ -34,10 +34,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from radixkv.eviction import EvictionPolicy
-from radixkv.policy_duel import PolicyDuel
-from radixkv.tree import TreeNode
-from radixkv.workload_policy import WorkloadAwarePolicy
+from radixkv.cache.eviction.duel import PolicyDuel
+from radixkv.cache.eviction.policy import EvictionPolicy
+from radixkv.cache.eviction.workload import WorkloadAwarePolicy
+from radixkv.cache.tree import TreeNode
 
 SIGNATURE_TOKENS = 16
 PROMOTED_MIN = 4096  # signatures remembered as promoted, at least

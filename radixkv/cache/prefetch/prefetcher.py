@@ -18,7 +18,7 @@ time before the next request needs it):
   window (twice the `expire_quantile` of the gaps) closes.
 
 Device pages held by prefetches are capped at `device_share` of the device tier. A third kind,
-`hot`, marks what `radixkv.hot_prefixes` warms from the shared tier at start-up.
+`hot`, marks what `radixkv.cache.prefetch.hot_prefixes` warms from the shared tier at start-up.
 
 Accounting (`stats`): a page moved is marked on its node with the tier and the kind of
 prediction; a later read of the node counts it useful, leaving that tier first counts it wasted.
@@ -30,55 +30,28 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
-import math
 from collections import OrderedDict, deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from radixkv.eviction import DEVICE, HOST
-from radixkv.promotion import load_host_part
+from radixkv.cache.config import PrefetchConfig
+from radixkv.cache.promotion import load_host_part
+from radixkv.cache.tiers import DEVICE, HOST
 from storage import OutOfPages
 
 if TYPE_CHECKING:
-    from radixkv.hicache import HiRadixCache
-    from radixkv.tree import TreeNode
+    from radixkv.cache.owner import PageOwner
+    from radixkv.cache.tree import TreeNode
 
 QUEUED, SESSION, HOT = 0, 1, 2
-KINDS = ("queued", "session", "hot")  # hot: warmed from the shared tier (radixkv.hot_prefixes)
+KINDS = (
+    "queued",
+    "session",
+    "hot",
+)  # hot: warmed from the shared tier (radixkv.cache.prefetch.hot_prefixes)
 TURN_CLASSES = 5  # sessions are told apart by turns so far: 1, 2, 3, 4, 5 or more
 _TIER_BITS = 0b1111  # prefetch_mark: bit (1 << tier) per tier filled; kind + 1 from bit 4 up
-
-
-@dataclass(frozen=True)
-class PrefetchConfig:
-    """How far the prefetcher may go. Times are in the caller's clock (seconds)."""
-
-    device_share: float = 0.25  # of the device tier, at most, held by prefetches
-    confidence: float = 0.9  # a session class must have returned this often to be prefetched
-    lead_quantile: float = 0.05  # promote a session at this quantile of the learned gaps
-    lead_s: float = 0.2  # less this (a copy plus a long step): else clients that always wait
-    # the same time would come back as their context starts to move
-    expire_quantile: float = 0.95  # give up on a session after twice this quantile
-    history: int = 1024  # gaps between turns remembered
-    min_history: int = 16  # gaps seen before sessions are predicted
-    session_ttl_s: float = 600.0  # a session's window before any gap has been learned
-    max_sessions: int = 65_536  # sessions whose turn counts are remembered
-
-    def __post_init__(self) -> None:
-        for name in ("device_share", "confidence"):
-            v = getattr(self, name)
-            if not (0 <= v <= 1):
-                raise ValueError(f"PrefetchConfig.{name} must be within [0, 1], got {v!r}")
-        if not (0 <= self.lead_quantile < self.expire_quantile <= 1):
-            raise ValueError("PrefetchConfig needs 0 <= lead_quantile < expire_quantile <= 1")
-        for name in ("history", "min_history", "max_sessions"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"PrefetchConfig.{name} must be an integer >= 1")
-        if not (self.lead_s >= 0 and math.isfinite(self.lead_s)):
-            raise ValueError("PrefetchConfig.lead_s must be a finite number >= 0")
-        if not (self.session_ttl_s > 0 and math.isfinite(self.session_ttl_s)):
-            raise ValueError("PrefetchConfig.session_ttl_s must be a positive number")
 
 
 @dataclass
@@ -110,7 +83,7 @@ class PrefetchStats:
 
 
 class Prefetcher:
-    def __init__(self, cache: HiRadixCache, config: PrefetchConfig) -> None:
+    def __init__(self, cache: PageOwner, config: PrefetchConfig) -> None:
         self.cache = cache
         self.config = config
         self.stats = PrefetchStats()

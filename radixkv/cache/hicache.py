@@ -13,36 +13,37 @@ Residency rules:
   - the host tier is inclusive (a device node keeps its host copy) and so should be larger.
 
 Use: match -> lock -> load (prefetch first for a remote part) -> alloc -> compute -> insert ->
-unlock. The serving engine goes through `radixkv.prefix_cache.PrefixCache` instead.
+unlock. The serving engine goes through `radixkv.cache.prefix_cache.PrefixCache` instead.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from radixkv.cache_types import CacheCounters, MatchResult
-from radixkv.config import CacheConfig
-from radixkv.controller import CacheController
-from radixkv.cost_model import LoadCostModel
-from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionPolicy
-from radixkv.evictor import Evictor
-from radixkv.integrity import check_integrity
-from radixkv.namespace import CacheNamespace
-from radixkv.policies import make_policy
-from radixkv.prefetch import Prefetch, RemoteReads
-from radixkv.prefetcher import Prefetcher
-from radixkv.promotion import load_host_part
-from radixkv.remote_admission import PENDING
-from radixkv.tree import RadixTree, TreeNode
-from radixkv.writes import TierWrites
+from radixkv.cache.config import CacheConfig
+from radixkv.cache.cost_model import LoadCostModel
+from radixkv.cache.data_plane import DataPlane
+from radixkv.cache.eviction.by_name import make_policy
+from radixkv.cache.eviction.evictor import Evictor
+from radixkv.cache.eviction.policy import EvictionPolicy
+from radixkv.cache.integrity import check_integrity
+from radixkv.cache.namespace import CacheNamespace
+from radixkv.cache.prefetch.prefetcher import Prefetcher
+from radixkv.cache.prefetch.remote_reads import Prefetch, RemoteReads
+from radixkv.cache.promotion import load_host_part
+from radixkv.cache.remote_admission import PENDING
+from radixkv.cache.tiers import DEVICE, HOST, REMOTE
+from radixkv.cache.tree import RadixTree, TreeNode
+from radixkv.cache.types import CacheCounters, MatchResult
+from radixkv.cache.writes import TierWrites
 from storage import DevicePool, HostPool, KVLayout, RemoteStore, open_store
 
 
 class HiRadixCache:
     """The hierarchical cache. Collaborators it owns: `evictor` (eviction indexes and demotion,
-    `radixkv.evictor`), `writes` (write policies, `radixkv.writes`), `reads` (remote reads
-    and their completions, `radixkv.prefetch`) and `prefetcher` (promotion ahead of need,
-    `radixkv.prefetcher`)."""
+    `radixkv.cache.eviction.evictor`), `writes` (write policies, `radixkv.cache.writes`), `reads` (remote reads
+    and their completions, `radixkv.cache.prefetch.remote_reads`) and `prefetcher` (promotion ahead of need,
+    `radixkv.cache.prefetch.prefetcher`)."""
 
     def __init__(
         self,
@@ -73,7 +74,7 @@ class HiRadixCache:
         self.device_pool = DevicePool(layout, config.device_pages, device)
         self.host_pool = HostPool(layout, config.host_pages)
         self.store = store
-        self.controller = CacheController(
+        self.controller = DataPlane(
             self.device_pool,
             self.host_pool,
             self.store,
@@ -136,7 +137,7 @@ class HiRadixCache:
                     self.prefetcher.on_read(node)
                 if node.admit_fate == PENDING:  # written through, read again
                     self.writes.admission.on_read(node, self.clock)
-                self._refresh(node)
+                self.refresh(node)
                 if node is last:
                     break
             if self.writes.selective:
@@ -152,11 +153,12 @@ class HiRadixCache:
     def unlock(self, node: TreeNode) -> None:
         self._release(node, "lock_ref")
 
-    def _pin(self, node: TreeNode) -> None:
+    def pin(self, node: TreeNode) -> None:
         """Like a lock, for a copy in flight that reads or writes the path's pages."""
         self._acquire(node, "io_ref")
 
-    def _unpin(self, node: TreeNode) -> None:
+    def unpin(self, node: TreeNode) -> None:
+        """Undo one `pin`."""
         self._release(node, "io_ref")
 
     def _acquire(self, node: TreeNode, ref: str) -> None:
@@ -166,7 +168,7 @@ class HiRadixCache:
             count = getattr(n, ref) + 1
             setattr(n, ref, count)
             if count == 1:
-                self._refresh(n)
+                self.refresh(n)
 
     def _release(self, node: TreeNode, ref: str) -> None:
         orphan = None  # the highest node left with no residency (a remote read failed under it)
@@ -175,19 +177,20 @@ class HiRadixCache:
             assert count >= 0, f"{ref} released more often than taken"
             setattr(n, ref, count)
             if count == 0:
-                self._refresh(n)
+                self.refresh(n)
             if ref == "lock_ref" and n.device is not None and n.lock_ref == 0:
                 self.locked_device_pages -= len(n.device)
             if n.lock_ref == 0 and n.io_ref == 0 and not n.resident_anywhere():
                 orphan = n
         if orphan is not None:
-            self._drop(orphan)
+            self.drop(orphan)
 
     def _on_split(self, upper: TreeNode, lower: TreeNode) -> None:
         for n in (upper, lower):  # lower's key starts elsewhere: key-aware priorities change
-            self._refresh(n)
+            self.refresh(n)
 
-    def _refresh(self, node: TreeNode) -> None:
+    def refresh(self, node: TreeNode) -> None:
+        """Tell the eviction indexes that `node`'s residency, references or stats changed."""
         self.evictor.refresh(node)  # re-rank it in every tier's eviction index
 
     # ---- request pages -----------------------------------------------------------------------
@@ -196,7 +199,7 @@ class HiRadixCache:
 
         The request owns them until it passes them to `insert` or gives them back with `free`.
         """
-        self._make_room(DEVICE, num_pages)
+        self.make_room(DEVICE, num_pages)
         pages = self.device_pool.allocator.alloc(num_pages)
         self.request_pages.update(pages)
         return pages
@@ -260,8 +263,8 @@ class HiRadixCache:
             self.counters.duplicate_pages += len(duplicates)
         for n in adopted:
             self.counters.inserted_pages += len(n.device)
-            self._refresh(n)
-            self._refresh(n.parent)
+            self.refresh(n)
+            self.refresh(n.parent)
             self.writes.apply(n)
         return node
 
@@ -280,23 +283,26 @@ class HiRadixCache:
             )
         return node.page_keys
 
-    def _set_remote(self, node: TreeNode, on: bool) -> None:
+    def set_remote(self, node: TreeNode, on: bool) -> None:
+        """Record whether the remote tier holds `node`'s pages (a write acknowledged, a read
+        that found them missing); keeps the remote tier within its tracked pages."""
         if node.remote != on:
             node.remote = on
             self.remote_pages_known += (1 if on else -1) * (len(node.key) // self.page_size)
-            self._refresh(node)
+            self.refresh(node)
             if on:
-                self._make_room(REMOTE, 0)
+                self.make_room(REMOTE, 0)
 
-    # ---- eviction (`radixkv.evictor`) --------------------------------------------------------
-    def _make_room(self, tier: int, num_pages: int) -> None:
+    # ---- eviction (`radixkv.cache.eviction.evictor`) --------------------------------------------------------
+    def make_room(self, tier: int, num_pages: int) -> None:
+        """Evict until `num_pages` of `tier` are free; raises OutOfPages if it cannot."""
         self.evictor.make_room(tier, num_pages)
 
     def evict(self, tier: int, num_pages: int) -> int:
         """Free at least `num_pages` of a tier by eviction if possible; returns pages freed."""
         return self.evictor.evict(tier, num_pages)
 
-    def _drop(self, node: TreeNode) -> None:
+    def drop(self, node: TreeNode) -> None:
         """Remove a node no tier holds, with any subtree (unreachable without this prefix)."""
         stack, doomed = [node], []
         while stack:
@@ -318,18 +324,18 @@ class HiRadixCache:
                 self.host_pool.allocator.free(n.host)
                 n.host = None
             if n.remote:
-                self._set_remote(n, False)
+                self.set_remote(n, False)
             self.evictor.discard(n)
             parent = n.parent
             self.tree.remove_leaf(n)
-            self._refresh(parent)
+            self.refresh(parent)
 
-    # ---- promotion (`radixkv.promotion`) ----------------------------------------------------
+    # ---- promotion (`radixkv.cache.promotion`) ----------------------------------------------------
     def load(self, match: MatchResult, *, overlap: bool = False) -> int:
         """Copy the host-resident part of a locked match to the device; returns tokens loaded."""
         return load_host_part(self, match, overlap=overlap)
 
-    # ---- remote reads (`radixkv.prefetch`) ------------------------------------------------------
+    # ---- remote reads (`radixkv.cache.prefetch.remote_reads`) ------------------------------------------------------
     def prefetch(self, tokens: Sequence[int], **options: bool) -> Prefetch:
         """Start bringing the remote part of `tokens`' cached prefix to host (`discover`, `hold`:
         see `RemoteReads.prefetch`)."""
@@ -363,7 +369,7 @@ class HiRadixCache:
             node = stack.pop()
             for child in list(node.children.values()):
                 if child.lock_ref == 0 and child.io_ref == 0:
-                    self._drop(child)
+                    self.drop(child)
                 else:
                     stack.append(child)
         return before - self.tree.num_nodes

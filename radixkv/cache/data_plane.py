@@ -1,4 +1,4 @@
-"""The cache controller: the data plane that moves page bytes between tiers.
+"""The data plane: it moves page bytes between tiers (`HiRadixCache` decides which, and when).
 
 Device <-> host copies run in the caller's thread (synchronous on this portable path). Remote
 I/O runs on an asyncio loop in a background thread, so it never blocks the caller: every
@@ -41,7 +41,7 @@ Callback = Callable[[concurrent.futures.Future], None]
 _WAKE = (None, None)  # put on the completion queue by `wake()`: no operation finished
 
 
-class CacheController:
+class DataPlane:
     def __init__(
         self,
         device_pool: DevicePool,

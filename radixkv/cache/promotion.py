@@ -1,6 +1,6 @@
 """Promotion: a locked match's host-resident part copied to the device (a host hit loaded).
 
-On GPU the copy runs layer by layer on a side stream (`CacheController.host_to_device`); with
+On GPU the copy runs layer by layer on a side stream (`DataPlane.host_to_device`); with
 `overlap`, the next forward waits per layer on the events of `controller.take_layer_events()`.
 """
 
@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from radixkv.eviction import DEVICE
+from radixkv.cache.tiers import DEVICE
 
 if TYPE_CHECKING:
-    from radixkv.cache_types import MatchResult
-    from radixkv.hicache import HiRadixCache
-    from radixkv.tree import TreeNode
+    from radixkv.cache.owner import PageOwner
+    from radixkv.cache.tree import TreeNode
+    from radixkv.cache.types import MatchResult
 
 
 def load_host_part(
-    cache: HiRadixCache,
+    cache: PageOwner,
     match: MatchResult,
     *,
     overlap: bool = False,
@@ -58,7 +58,7 @@ def load_host_part(
     need = sum(len(n.host) for n in todo)
     if need == 0:
         return 0
-    cache._make_room(DEVICE, need)
+    cache.make_room(DEVICE, need)
     pages = cache.device_pool.allocator.alloc(need)
     cache.controller.host_to_device(
         [p for n in todo for p in n.host], pages, overlap=overlap, defer=defer
@@ -68,8 +68,8 @@ def load_host_part(
         n.device, pos = pages[pos : pos + len(n.host)], pos + len(n.host)
         n.parent.device_children += 1
         cache.locked_device_pages += len(n.device)  # the caller's lock covers every node here
-        cache._refresh(n)
-        cache._refresh(n.parent)
+        cache.refresh(n)
+        cache.refresh(n.parent)
     if loaded is not None:
         loaded.extend(todo)
     return need * cache.page_size

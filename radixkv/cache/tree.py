@@ -2,7 +2,7 @@
 
 Every node holds a run of whole pages (its key is a multiple of `page_size` tokens long) and, per
 tier, where those pages live. This module owns structure only; which tier holds what, and when
-pages move, is decided by `radixkv.hicache`.
+pages move, is decided by `radixkv.cache.hicache`.
 
 Path-counted references: `lock_ref` (running requests) and `io_ref` (copies in flight) are
 incremented on a node and every ancestor, so a split that inserts a new ancestor simply copies
@@ -57,10 +57,10 @@ class TreeNode:
         self.heap_prio: list[object] = [None, None, None]
         self.diverged = False  # a request shared this node's prefix, then went elsewhere (split)
         self.policy_tag: object = None  # an eviction policy's note on this node (its signature)
-        # set by `radixkv.prefetcher` on pages it moved up and nobody has read yet:
+        # set by `radixkv.cache.prefetch.prefetcher` on pages it moved up and nobody has read yet:
         # bit (1 << tier) per tier so filled, the kind of prediction in bits 4 and up
         self.prefetch_mark = 0
-        self.admit_class: tuple[int, int] | None = None  # `radixkv.remote_admission`'s class,
+        self.admit_class: tuple[int, int] | None = None  # `radixkv.cache.remote_admission`'s class,
         self.admit_fate = 0  # whether its outcome is tracked (1) or known (2),
         self.admit_since = 0  # and the cache clock when it was written through
 

@@ -12,17 +12,19 @@ import contextlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from radixkv.eviction import DEVICE, HOST, REMOTE, EvictionIndex, EvictionPolicy
-from radixkv.policy_duel import chunk_ids
+from radixkv.cache.eviction.duel import chunk_ids
+from radixkv.cache.eviction.index import EvictionIndex
+from radixkv.cache.eviction.policy import EvictionPolicy
+from radixkv.cache.tiers import DEVICE, HOST, REMOTE
 from storage import OutOfPages
 
 if TYPE_CHECKING:
-    from radixkv.hicache import HiRadixCache
-    from radixkv.tree import TreeNode
+    from radixkv.cache.owner import PageOwner
+    from radixkv.cache.tree import TreeNode
 
 
 class Evictor:
-    def __init__(self, cache: HiRadixCache, policy_factory: Callable[[], EvictionPolicy]) -> None:
+    def __init__(self, cache: PageOwner, policy_factory: Callable[[], EvictionPolicy]) -> None:
         self.cache = cache
         self.indexes = [EvictionIndex(tier, policy_factory()) for tier in (DEVICE, HOST, REMOTE)]
         ps, config = cache.page_size, cache.config
@@ -57,8 +59,8 @@ class Evictor:
                 if node is None:
                     return  # a soft budget: the store's own cap bounds what it holds
                 self.cache.counters.evicted_pages[REMOTE] += len(node.key) // self.cache.page_size
-                self.cache._set_remote(node, False)
-                self.cache._drop(node)
+                self.cache.set_remote(node, False)
+                self.cache.drop(node)
             return
         pool = self.cache.device_pool if tier == DEVICE else self.cache.host_pool
         if num_pages > pool.num_pages:
@@ -103,14 +105,14 @@ class Evictor:
         self.cache.device_pool.allocator.free(pages)
         node.parent.device_children -= 1
         self.cache.counters.evicted_pages[DEVICE] += len(pages)
-        self.cache._refresh(node.parent)
+        self.cache.refresh(node.parent)
         self.drop_or_refresh(node)
 
     def drop_or_refresh(self, node: TreeNode) -> None:
         if node.resident_anywhere():
-            self.cache._refresh(node)
+            self.cache.refresh(node)
         else:
-            self.cache._drop(node)
+            self.cache.drop(node)
 
     def evict_host(self, node: TreeNode) -> None:
         if (

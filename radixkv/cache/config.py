@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-from radixkv.policies import make_policy
-from radixkv.prefetcher import PrefetchConfig
+from radixkv.cache.eviction.by_name import make_policy
 
 WRITE_POLICIES = ("write_through", "write_through_selective", "write_back")
 REMOTE_IO_MODES = ("thread", "inline")
+
+
+@dataclass(frozen=True)
+class PrefetchConfig:
+    """How far the prefetcher may go. Times are in the caller's clock (seconds)."""
+
+    device_share: float = 0.25  # of the device tier, at most, held by prefetches
+    confidence: float = 0.9  # a session class must have returned this often to be prefetched
+    lead_quantile: float = 0.05  # promote a session at this quantile of the learned gaps
+    lead_s: float = 0.2  # less this (a copy plus a long step): else clients that always wait
+    # the same time would come back as their context starts to move
+    expire_quantile: float = 0.95  # give up on a session after twice this quantile
+    history: int = 1024  # gaps between turns remembered
+    min_history: int = 16  # gaps seen before sessions are predicted
+    session_ttl_s: float = 600.0  # a session's window before any gap has been learned
+    max_sessions: int = 65_536  # sessions whose turn counts are remembered
+
+    def __post_init__(self) -> None:
+        for name in ("device_share", "confidence"):
+            v = getattr(self, name)
+            if not (0 <= v <= 1):
+                raise ValueError(f"PrefetchConfig.{name} must be within [0, 1], got {v!r}")
+        if not (0 <= self.lead_quantile < self.expire_quantile <= 1):
+            raise ValueError("PrefetchConfig needs 0 <= lead_quantile < expire_quantile <= 1")
+        for name in ("history", "min_history", "max_sessions"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"PrefetchConfig.{name} must be an integer >= 1")
+        if not (self.lead_s >= 0 and math.isfinite(self.lead_s)):
+            raise ValueError("PrefetchConfig.lead_s must be a finite number >= 0")
+        if not (self.session_ttl_s > 0 and math.isfinite(self.session_ttl_s)):
+            raise ValueError("PrefetchConfig.session_ttl_s must be a positive number")
 
 
 @dataclass(frozen=True)
@@ -21,7 +52,7 @@ class CacheConfig:
       write_back copies on demotion. Device -> host and host -> remote follow the same rule.
     - `remote_timeout_s`: a remote call taking longer fails (a miss; the breaker counts it).
     - `remote_load_margin`: a remote read goes ahead only if its estimated time times this margin
-      is below the estimated recompute time (`radixkv.cost_model`); 0 always loads.
+      is below the estimated recompute time (`radixkv.cache.cost_model`); 0 always loads.
     - `remote_pages`: how many remote pages the tree keeps track of (the store's own cap bounds
       what it actually holds); needs a store.
     - `remote_io`: `thread` (default) runs remote calls on a background I/O thread; `inline`
@@ -29,8 +60,8 @@ class CacheConfig:
       (`wait_one` / `wait_idle`): deterministic, for property tests and simulated replays.
     - `remote_admission`: 0 (default) writes every page the write policy copies down on to the
       remote tier; a share in (0, 1] writes a page there only if nodes of its class are read
-      again at least that often (`radixkv.remote_admission`), or once it has been read again.
-    - `prefetch`: the limits of promotion ahead of need (`radixkv.prefetcher`); it acts only
+      again at least that often (`radixkv.cache.remote_admission`), or once it has been read again.
+    - `prefetch`: the limits of promotion ahead of need (`radixkv.cache.prefetch.prefetcher`); it acts only
       when its owner calls `HiRadixCache.prefetcher.step`.
     - `remote_write_backlog_pages`: pages written to the remote tier and not yet acknowledged,
       at most (None: an eighth of the host tier, 64 at least). A write that would go past it, or
@@ -103,3 +134,11 @@ class CacheConfig:
         """The remote write backlog's bound in pages (see `remote_write_backlog_pages`)."""
         b = self.remote_write_backlog_pages
         return b if b is not None else max(64, self.host_pages // 8)
+
+    @property
+    def has_host_tier(self) -> bool:
+        return self.host_pages > 0
+
+    @property
+    def has_remote_tier(self) -> bool:
+        return self.remote_pages > 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from radixkv.tree import TreeNode
+from radixkv.cache.tree import TreeNode
 
 
 @dataclass

@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from radixkv.eviction import HOST
+from radixkv.cache.tiers import HOST
 from storage import OutOfPages
 from storage.breaker import StoreUnavailable
 
 if TYPE_CHECKING:
-    from radixkv.hicache import HiRadixCache, MatchResult
-    from radixkv.tree import TreeNode
+    from radixkv.cache.owner import PageOwner
+    from radixkv.cache.tree import TreeNode
+    from radixkv.cache.types import MatchResult
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class Prefetch:
     """A prefetch in progress. `done` turns True in `poll()`; then `match()` sees the pages on host.
 
     Asked with `hold`, the pages it fetched stay pinned on host (so that other prefetches cannot
-    evict them) until its owner calls `HiRadixCache.release_prefetch` (a scheduler: when the
+    evict them) until its owner calls `PageOwner.release_prefetch` (a scheduler: when the
     request attaches, finishes or is requeued). Held pages are capped at half the host tier; past
     that a fetch completes unpinned.
     """
@@ -44,7 +45,9 @@ class Prefetch:
     released: bool = False  # the owner gave it up: a fetch finishing later keeps nothing
     held: TreeNode | None = None  # the pinned (io_ref) node, while held
     held_pages: int = 0
-    mark_kind: int | None = None  # a prediction's kind (`radixkv.prefetcher`): pages get marked
+    mark_kind: int | None = (
+        None  # a prediction's kind (`radixkv.cache.prefetch.prefetcher`): pages get marked
+    )
     # (time.monotonic) a queued request stops waiting for this fetch then: by then recomputing
     # what it may bring would have been done (set by `PrefixCache.prefetch`)
     wait_until: float = math.inf
@@ -52,7 +55,7 @@ class Prefetch:
 
 
 class RemoteReads:
-    def __init__(self, cache: HiRadixCache) -> None:
+    def __init__(self, cache: PageOwner) -> None:
         self.cache = cache
         self.reserved_host: set[int] = set()  # host pages reserved by remote reads in flight
         self.held_pages = 0  # host pages pinned for waiting requests (`release_prefetch`)
@@ -89,10 +92,10 @@ class RemoteReads:
         keys = self.cache.namespace.page_keys(
             prev, tokens[depth:], (len(tokens) - depth) // self.cache.page_size
         )
-        self.cache._pin(start)
+        self.cache.pin(start)
 
         def on_exists(fut) -> None:
-            self.cache._unpin(start)
+            self.cache.unpin(start)
             found = 0
             if fut.exception() is None:
                 for present in fut.result():
@@ -117,8 +120,8 @@ class RemoteReads:
         node = self.cache.tree.add_child(parent, tokens[pos:end])
         node.page_keys = keys[(pos - depth) // ps :]
         node.last_access = self.cache.clock
-        self.cache._set_remote(node, True)
-        self.cache._refresh(parent)
+        self.cache.set_remote(node, True)
+        self.cache.refresh(parent)
         return end - pos
 
     def _fetch_remote_run(
@@ -151,11 +154,11 @@ class RemoteReads:
             return
         anchor = m.last_node
         keys = [k for x in nodes for k in self.cache.page_keys(x)]  # host page i <- keys[i]
-        self.cache._pin(anchor)  # keeps the whole run from eviction on every tier while in flight
+        self.cache.pin(anchor)  # keeps the whole run from eviction on every tier while in flight
         try:
-            self.cache._make_room(HOST, need)
+            self.cache.make_room(HOST, need)
         except OutOfPages:
-            self.cache._unpin(anchor)
+            self.cache.unpin(anchor)
             ticket.done = True
             return
         host = self.cache.host_pool.allocator.alloc(need)
@@ -191,12 +194,12 @@ class RemoteReads:
                     ticket.fetched_tokens += good * ps
                     if ticket.mark_kind is not None:
                         self.cache.prefetcher.mark(x, HOST, ticket.mark_kind)
-                    self.cache._refresh(x)
+                    self.cache.refresh(x)
                 self.cache.host_pool.allocator.free(part[good:])
             if failed is not None:
                 ticket.missed = True
                 self.cache.counters.remote_read_misses += 1
-                self.cache._set_remote(failed, False)
+                self.cache.set_remote(failed, False)
             # a failed node left with no copy anywhere is dropped (with what hangs below it) when
             # its last reference goes: here, or when another read or the hold lets go of it
             self._hold_or_unpin(ticket, anchor)
@@ -212,7 +215,7 @@ class RemoteReads:
             ticket.held, ticket.held_pages = anchor, pages
             self.held_pages += pages
         else:
-            self.cache._unpin(anchor)
+            self.cache.unpin(anchor)
 
     def release_prefetch(self, ticket: Prefetch | None) -> None:
         """Give up a prefetch's hold on its host pages (idempotent; safe before it is done)."""
@@ -220,7 +223,7 @@ class RemoteReads:
             return
         ticket.released = True
         if ticket.held is not None:
-            self.cache._unpin(ticket.held)
+            self.cache.unpin(ticket.held)
             self.held_pages -= ticket.held_pages
             ticket.held, ticket.held_pages = None, 0
 
