@@ -186,8 +186,8 @@ def main() -> int:
     # decode: eager and CUDA graph, the runner's whole step (sampling and its sync included)
     # the engine's default decode kernel, and flashinfer's other one (CUDA cores vs tensor
     # cores) captured beside it: both timed in this run, the default's figures in the table
-    graphs = DecodeGraphs(model, pool, 64, 8192, PS)
-    other = DecodeGraphs(model, pool, 64, 8192, PS, tensor_cores=not graphs.tensor_cores)
+    graphs = DecodeGraphs(model, pool, 64, 8192)
+    other = DecodeGraphs(model, pool, 64, 8192, tensor_cores=not graphs.tensor_cores)
     kernel = {False: "CUDA-core", True: "tensor-core"}
     results["graph_capture"] = {"seconds": graphs.capture_s, "mib": graphs.memory_bytes / 2**20}
     results["decode_kernel"] = kernel[graphs.tensor_cores]

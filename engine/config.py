@@ -18,14 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from engine.generation_defaults import parse_overrides
-from radixkv.cache.config import WRITE_POLICIES
-from radixkv.cache.eviction.by_name import make_policy
+from radixkv.cache.config import (
+    ENGINE_SETTINGS,
+    CacheConfig,
+    cache_default,
+    check_engine_settings,
+)
+from storage.layout import KVLayout
+from storage.open_store import DEFAULT_REMOTE
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("auto", "torch", "flashinfer")
 TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
 SWITCH = ("auto", "on", "off")  # auto: on where it helps (each field says where)
-DEFAULT_REMOTE = "default"  # the file tier under the radixkv cache directory
 
 
 def _opt(default: Any, help_text: str, *aliases: str, negative: tuple[str, ...] = ()) -> Any:
@@ -81,19 +86,23 @@ class EngineConfig:
     )
     remote_pages: int = _opt(1 << 20, "remote pages the tree keeps track of")
     remote_timeout_s: float = _opt(
-        10.0, "a remote call slower than this fails and the request recomputes"
+        cache_default("remote_timeout_s"),
+        "a remote call slower than this fails and the request recomputes",
     )
     remote_load_margin: float = _opt(
-        1.0, "load remote pages only if estimated load time x this < recompute time; 0: always"
+        cache_default("remote_load_margin"),
+        "load remote pages only if estimated load time x this < recompute time; 0: always",
     )
-    policy: str = _opt("adaptive", "eviction policy: adaptive, workload, lru, lfu, slru")
+    policy: str = _opt(
+        cache_default("policy"), "eviction policy: adaptive, workload, lru, lfu, slru"
+    )
     write_policy: str = _opt(
-        "write_through",
+        cache_default("write_policy"),
         "write_through, write_through_selective or write_back (device -> host -> remote)",
         "--hicache-write-policy",
     )
     remote_admission: float = _opt(
-        0.0,
+        cache_default("remote_admission"),
         "0: write every page copied down on to the remote tier; a share in (0, 1]: only pages "
         "of a kind read again at least that often, or read again already",
     )
@@ -199,9 +208,6 @@ class EngineConfig:
         for name, low, strict in (
             ("kv_memory_gb", 0, True),
             ("host_memory_gb", 0, False),
-            ("remote_timeout_s", 0, True),
-            ("remote_load_margin", 0, False),
-            ("remote_admission", 0, False),
         ):
             v = getattr(self, name)
             if (
@@ -211,8 +217,6 @@ class EngineConfig:
                 or (v <= low if strict else v < low)
             ):
                 raise bad(name, f"must be a finite number {'>' if strict else '>='} {low}")
-        if self.remote_admission > 1:
-            raise bad("remote_admission", "must be a share in [0, 1]")
         if self.remote_max_gb is not None and not (
             isinstance(self.remote_max_gb, (int, float)) and 0 < self.remote_max_gb < math.inf
         ):
@@ -234,10 +238,7 @@ class EngineConfig:
                 raise bad(name, "must be true or false")
         if self.remote_url is not None and not isinstance(self.remote_url, str):
             raise bad("remote_url", "must be a URL, 'default' or 'none'")
-        try:
-            make_policy(self.policy)
-        except ValueError as err:
-            raise ValueError(f"EngineConfig.policy: {err}") from None
+        check_engine_settings("EngineConfig", {n: getattr(self, n) for n in ENGINE_SETTINGS})
         if self.generation_config not in ("auto", "none"):
             try:
                 parse_overrides(self.generation_config)
@@ -248,8 +249,22 @@ class EngineConfig:
                 raise bad(name, f"must be one of {', '.join(SWITCH)}")
         if self.tool_call_parser not in TOOL_CALL_PARSERS:
             raise bad("tool_call_parser", f"must be one of {', '.join(TOOL_CALL_PARSERS)}")
-        if self.write_policy not in WRITE_POLICIES:
-            raise bad("write_policy", f"must be one of {', '.join(WRITE_POLICIES)}")
+
+    def cache_config(self, layout: KVLayout, *, has_store: bool) -> CacheConfig:
+        """The cache's configuration for this engine: the one place engine settings become cache
+        settings (sizes in GiB to pages of `layout`; the rest by the same names)."""
+
+        def pages(gib: float) -> int:
+            return int(gib * 2**30) // layout.page_bytes
+
+        backlog = self.remote_write_backlog_gb
+        return CacheConfig(
+            device_pages=max(1, pages(self.kv_memory_gb)),
+            host_pages=pages(self.host_memory_gb),
+            remote_pages=self.remote_pages if has_store else 0,
+            remote_write_backlog_pages=None if backlog is None else max(1, pages(backlog)),
+            **{name: getattr(self, name) for name in ENGINE_SETTINGS},
+        )
 
     @property
     def remote_enabled(self) -> bool:

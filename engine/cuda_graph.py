@@ -114,12 +114,12 @@ class DecodeGraphs:
         pool: DevicePool,
         max_bs: int,
         max_context: int,
-        page_size: int,
         tensor_cores: bool | None = None,
     ) -> None:
 
         cfg = model.config
-        self.pool, self.page_size = pool, page_size
+        self.pool = pool
+        self.page_size = page_size = pool.layout.page_size
         self.sizes = batch_ladder(max_bs)
         self.max_bs = self.sizes[-1]
         self.max_pages_per_seq = -(-max_context // page_size)

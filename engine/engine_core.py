@@ -14,17 +14,14 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import logging
-import shutil
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.attention.flashinfer_backend import SHORT_EXTEND_TOKENS
-from engine.config import DEFAULT_REMOTE, EngineConfig
-from engine.default_model import cache_dir
+from engine.config import EngineConfig
 from engine.generation_defaults import generation_defaults
 from engine.hub import resolve_model
 from engine.int4_linear import int4_available
@@ -33,48 +30,19 @@ from engine.model_runner import ModelRunner, make_backend
 from engine.request import Request
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
-from radixkv.cache.config import CacheConfig
 from radixkv.cache.hicache import HiRadixCache
 from radixkv.cache.namespace import CacheNamespace
 from radixkv.cache.prefetch.hot_prefixes import publish as publish_hot_prefixes
 from radixkv.cache.prefetch.hot_prefixes import warm as warm_hot_prefixes
 from radixkv.cache.prefix_cache import NoPrefixCache, PrefixCache
 from radixkv.cache.report import cache_report
-from storage import KVLayout, RemoteStore, open_store
+from storage import KVLayout, open_remote_tier
 
 log = logging.getLogger(__name__)
 
 IO_WAIT_S = 0.05  # longest block on remote I/O per iterate() (a `wake()` ends it early)
 EXTEND_GRAPH_TOKENS = SHORT_EXTEND_TOKENS  # one sequence's extends up to this many replay a graph
-AUTO_REMOTE_FRACTION = 0.10  # a file tier's default cap: this share of the disk's free space
 HOT_PUBLISH_S = 60.0  # how often an engine sharing a remote tier publishes its hot prefixes
-
-
-def default_remote_dir() -> Path:
-    return (cache_dir() / "remote-tier").resolve()
-
-
-def open_remote_tier(config: EngineConfig) -> RemoteStore | None:
-    """The remote store `config.remote_url` names (None: no remote tier). A file tier is capped at
-    `remote_max_gb`, by default a tenth of the disk's free space, across processes."""
-    if not config.remote_enabled:
-        return None
-    url = config.remote_url
-    if url == DEFAULT_REMOTE:
-        url = default_remote_dir().as_uri()
-    if not url.startswith("file://"):
-        if config.remote_max_gb is not None:
-            raise ValueError(
-                "remote_max_gb caps a file tier; cap Redis or Mooncake with their own settings"
-            )
-        return open_store(url)
-    root = Path(url[len("file://") :])
-    if config.remote_max_gb is not None:
-        cap = int(config.remote_max_gb * 2**30)
-    else:
-        probe = next(p for p in (root, *root.parents) if p.exists())
-        cap = max(1 << 20, int(shutil.disk_usage(probe).free * AUTO_REMOTE_FRACTION))
-    return open_store(url, capacity_bytes=cap)
 
 
 def _triton_kernels_unavailable() -> str | None:
@@ -148,20 +116,8 @@ class EngineCore:
             self.tokenizer = load_tokenizer(config.tokenizer, self.model.config.vocab_size)
         cfg = self.model.config
         layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, config.page_size, dtype)
-        store = open_remote_tier(config)
-        cache_config = CacheConfig(
-            device_pages=max(1, int(config.kv_memory_gb * 2**30) // layout.page_bytes),
-            host_pages=int(config.host_memory_gb * 2**30) // layout.page_bytes,
-            remote_pages=config.remote_pages if store is not None else 0,
-            remote_timeout_s=config.remote_timeout_s,
-            remote_load_margin=config.remote_load_margin,
-            policy=config.policy,
-            write_policy=config.write_policy,
-            remote_admission=config.remote_admission,
-            remote_write_backlog_pages=None
-            if config.remote_write_backlog_gb is None
-            else max(1, int(config.remote_write_backlog_gb * 2**30) // layout.page_bytes),
-        )
+        store = open_remote_tier(config.remote_url, max_gb=config.remote_max_gb)
+        cache_config = config.cache_config(layout, has_store=store is not None)
         namespace = CacheNamespace(self.fingerprint, layout, config.tenant)
         self.cache = HiRadixCache(
             layout, cache_config, namespace=namespace, store=store, device=str(self.device)
@@ -182,8 +138,8 @@ class EngineCore:
             context = self.model.config.max_position_embeddings
             pool = self.cache.device_pool
             graphs = [
-                DecodeGraphs(self.model, pool, config.max_running, context, config.page_size),
-                ExtendGraphs(self.model, pool, EXTEND_GRAPH_TOKENS, context, config.page_size),
+                DecodeGraphs(self.model, pool, config.max_running, context),
+                ExtendGraphs(self.model, pool, EXTEND_GRAPH_TOKENS, context),
             ]
         vocab = self.model.config.vocab_size
         tok_vocab = self.tokenizer.vocab_size if self.tokenizer else vocab
@@ -192,9 +148,7 @@ class EngineCore:
         )
         # on a GPU, every eager kernel compiled and loaded before the first request
         self.warm_up_s = (
-            self.runner.warm_up(self.cache.device_pool, config.page_size)
-            if self.device.type == "cuda"
-            else 0.0
+            self.runner.warm_up(self.cache.device_pool) if self.device.type == "cuda" else 0.0
         )
         self.scheduler = Scheduler(
             self.prefix_cache,

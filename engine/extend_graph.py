@@ -38,11 +38,11 @@ class ExtendGraphs:
         pool: DevicePool,
         max_tokens: int,
         max_context: int,
-        page_size: int,
     ) -> None:
 
         cfg = model.config
-        self.pool, self.page_size = pool, page_size
+        self.pool = pool
+        self.page_size = page_size = pool.layout.page_size
         self.sizes = extend_ladder(max_tokens)
         self.max_tokens = self.sizes[-1]
         self.max_context = max_context

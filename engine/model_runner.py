@@ -54,12 +54,13 @@ class ModelRunner:
         self.graphs = tuple(graphs)
 
     @torch.inference_mode()
-    def warm_up(self, pool: DevicePool, page_size: int) -> float:
+    def warm_up(self, pool: DevicePool) -> float:
         """Run each eager attention path once (a decode step, a short extend, a long prefill)
         on the pool's scratch page, which no request owns, so that every kernel they need is
         compiled and loaded before the first request (flashinfer compiles a kernel at its first
         use; the first server on a fresh GPU machine kept its first requests waiting 70 s, most
         likely for that). Returns the seconds it took."""
+        page_size = pool.layout.page_size
         started = time.perf_counter()
         scratch = pool.scratch_page
 

@@ -7,7 +7,7 @@ from storage.allocator import OutOfPages, PageAllocator
 from storage.codec import PageFormatError, decode_page, encode_page
 from storage.file_store import FileStore
 from storage.layout import KVLayout
-from storage.open_store import open_store
+from storage.open_store import open_remote_tier, open_store
 from storage.pools import DevicePool, HostPool
 from storage.remote import RemoteStats, RemoteStore
 from storage.transfer import copy_device_to_host, copy_host_to_device
@@ -26,5 +26,6 @@ __all__ = [
     "copy_host_to_device",
     "decode_page",
     "encode_page",
+    "open_remote_tier",
     "open_store",
 ]

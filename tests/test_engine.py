@@ -554,7 +554,7 @@ def test_the_kernel_warm_up_writes_only_the_scratch_page(tiny_dir):
         owned = pool.data[:, : pool.num_pages]
         owned.copy_(torch.randn(owned.shape, generator=torch.Generator().manual_seed(0)))
         before, scratch = owned.clone(), pool.data[:, pool.scratch_page].clone()
-        assert eng.core.runner.warm_up(pool, eng.cache.page_size) > 0
+        assert eng.core.runner.warm_up(pool) > 0
         assert torch.equal(pool.data[:, : pool.num_pages], before)
         assert not torch.equal(pool.data[:, pool.scratch_page], scratch)  # it did run
         got = eng.generate(PROMPTS[:2], max_tokens=6, ignore_eos=True)

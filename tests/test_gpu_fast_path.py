@@ -133,7 +133,7 @@ def test_extend_graph_gives_the_eager_logits():
     model, pool, _ = small_cuda_llama()
     model.fuse()
     fi = FlashInferPagedAttention(pool, 8, 2, 64)
-    graphs = ExtendGraphs(model, pool, 64, 1024, 16)
+    graphs = ExtendGraphs(model, pool, 64, 1024)
     assert graphs.sizes == [16, 32, 64]
     g = torch.Generator().manual_seed(3)
     table = list(range(1, 17))  # 256 tokens; page 0 is not the scratch page
@@ -245,7 +245,7 @@ def test_start_up_warms_the_eager_kernels_on_the_scratch_page_only(small_llama):
         owned = pool.data[:, : pool.num_pages]
         owned.copy_(torch.randn(owned.shape, generator=torch.Generator().manual_seed(0)))
         before = owned.clone()
-        assert eng.core.runner.warm_up(pool, eng.cache.page_size) > 0
+        assert eng.core.runner.warm_up(pool) > 0
         assert torch.equal(pool.data[:, : pool.num_pages], before)
         prompt = [(7 * j) % 500 + 1 for j in range(300)]
         first = eng.generate([prompt], max_tokens=16, ignore_eos=True)[0].token_ids

@@ -92,33 +92,14 @@ class CacheConfig:
                 raise ValueError(f"CacheConfig.{name} must be an integer >= 0, got {v!r}")
         if self.device_pages == 0:
             raise ValueError("CacheConfig.device_pages must be > 0: requests run from device pages")
-        if self.write_policy not in WRITE_POLICIES:
-            raise ValueError(
-                f"CacheConfig.write_policy must be one of {', '.join(WRITE_POLICIES)}, got {self.write_policy!r}"
-            )
+        check_engine_settings("CacheConfig", {n: getattr(self, n) for n in ENGINE_SETTINGS})
         if not isinstance(self.selective_threshold, int) or self.selective_threshold < 1:
             raise ValueError(
                 f"CacheConfig.selective_threshold must be an integer >= 1, got {self.selective_threshold!r}"
             )
-        if not self.remote_timeout_s > 0:
-            raise ValueError(
-                f"CacheConfig.remote_timeout_s must be > 0, got {self.remote_timeout_s!r}"
-            )
-        if not isinstance(self.remote_load_margin, (int, float)) or not (
-            0 <= self.remote_load_margin < float("inf")
-        ):
-            raise ValueError(
-                f"CacheConfig.remote_load_margin must be a finite number >= 0, got {self.remote_load_margin!r}"
-            )
         if self.remote_io not in REMOTE_IO_MODES:
             raise ValueError(
                 f"CacheConfig.remote_io must be one of {', '.join(REMOTE_IO_MODES)}, got {self.remote_io!r}"
-            )
-        if not isinstance(self.remote_admission, (int, float)) or not (
-            0 <= self.remote_admission <= 1
-        ):
-            raise ValueError(
-                f"CacheConfig.remote_admission must be a number in [0, 1], got {self.remote_admission!r}"
             )
         b = self.remote_write_backlog_pages
         if b is not None and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
@@ -127,7 +108,6 @@ class CacheConfig:
             )
         if not isinstance(self.prefetch, PrefetchConfig):
             raise ValueError("CacheConfig.prefetch must be a PrefetchConfig")
-        make_policy(self.policy)  # raises ValueError naming the choices
 
     @property
     def write_backlog_pages(self) -> int:
@@ -142,3 +122,51 @@ class CacheConfig:
     @property
     def has_remote_tier(self) -> bool:
         return self.remote_pages > 0
+
+
+def _number(low: float, high: float = math.inf, *, low_open: bool = False):
+    def check(v: object) -> str | None:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if ok and (v > low if low_open else v >= low) and v <= high:
+            return None
+        bound = f"{'>' if low_open else '>='} {low}" + (
+            "" if high == math.inf else f" and <= {high}"
+        )
+        return f"must be a finite number {bound}"
+
+    return check
+
+
+def _one_of(choices: tuple[str, ...]):
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+def _policy(v: object) -> str | None:
+    try:
+        make_policy(v)  # raises ValueError naming the choices
+    except (ValueError, TypeError) as err:
+        return str(err)
+    return None
+
+
+# The cache's settings an engine passes through unchanged: defined (default, rule) here once;
+# `engine.config.EngineConfig` takes them by these names and validates them with these rules.
+ENGINE_SETTINGS = {
+    "policy": _policy,
+    "write_policy": _one_of(WRITE_POLICIES),
+    "remote_timeout_s": _number(0, low_open=True),
+    "remote_load_margin": _number(0),
+    "remote_admission": _number(0, 1),
+}
+
+
+def cache_default(name: str) -> object:
+    """A `CacheConfig` field's default (so another config can share it rather than repeat it)."""
+    return CacheConfig.__dataclass_fields__[name].default
+
+
+def check_engine_settings(owner: str, values: dict[str, object]) -> None:
+    """Raise ValueError("{owner}.{name} ...") for the first of `values` its rule refuses."""
+    for name, value in values.items():
+        if (why := ENGINE_SETTINGS[name](value)) is not None:
+            raise ValueError(f"{owner}.{name} {why}, got {value!r}")

@@ -36,7 +36,7 @@ from radixkv.cache.tiers import DEVICE, HOST, REMOTE
 from radixkv.cache.tree import RadixTree, TreeNode
 from radixkv.cache.types import CacheCounters, MatchResult
 from radixkv.cache.writes import TierWrites
-from storage import DevicePool, HostPool, KVLayout, RemoteStore, open_store
+from storage import DevicePool, HostPool, KVLayout, RemoteStore, open_remote_tier
 
 
 class HiRadixCache:
@@ -59,14 +59,13 @@ class HiRadixCache:
         if store is not None and remote_url is not None:
             raise ValueError("give either a store or a remote_url, not both")
         if remote_url is not None:
-            store = open_store(remote_url)
-        if config.remote_pages > 0 and store is None:
+            store = open_remote_tier(remote_url)
+        if config.has_remote_tier and store is None:
             raise ValueError("remote_pages > 0 needs a remote store (store= or remote_url=)")
-        if store is not None and config.remote_pages == 0:
+        if store is not None and not config.has_remote_tier:
             raise ValueError("a remote store was given but CacheConfig.remote_pages is 0")
         self.layout = layout
         self.config = config
-        self.page_size = layout.page_size
         self.namespace = namespace or CacheNamespace("unnamed-model", layout)
         if self.namespace.layout != layout:
             raise ValueError("the namespace was made for a different KV layout")
@@ -96,6 +95,11 @@ class HiRadixCache:
         self.writes = TierWrites(self)
         self.reads = RemoteReads(self)
         self.prefetcher = Prefetcher(self, config.prefetch)
+
+    @property
+    def page_size(self) -> int:
+        """Tokens per page: the layout's."""
+        return self.layout.page_size
 
     # ---- queries ---------------------------------------------------------------------------
     def match(self, tokens: Sequence[int], *, touch: bool = True) -> MatchResult:

@@ -54,9 +54,12 @@ class PrefixCache:
 
     reuses_prefixes = True
 
+    @property
+    def page_size(self) -> int:
+        return self._cache.page_size
+
     def __init__(self, cache: HiRadixCache) -> None:
         self._cache = cache
-        self.page_size = cache.page_size
         self.device_capacity_pages = cache.device_pool.num_pages
         self.has_remote = cache.store is not None
 
@@ -157,7 +160,7 @@ class PrefixCache:
         """A request for `tokens` is queued: `prefetch_step` loads its host-resident prefix onto
         the device before its turn (head of the queue first) and holds it (locked) until
         `release_expectation`. None without a host tier (nothing could come up)."""
-        if self._cache.config.host_pages == 0:
+        if not self._cache.config.has_host_tier:
             return None
         return self._cache.prefetcher.expect(tokens)
 

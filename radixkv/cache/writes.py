@@ -43,7 +43,7 @@ class TierWrites:
             self.admission.note_insert(node)
         if not self.wants_copy(node):
             return
-        if node.device is not None and node.host is None and self.cache.config.host_pages:
+        if node.device is not None and node.host is None and self.cache.config.has_host_tier:
             self.backup_to_host(node)
         if (
             node.host is not None

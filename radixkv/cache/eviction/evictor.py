@@ -94,7 +94,7 @@ class Evictor:
         # (its insert found the host full); write-through then copies it on to remote too
         if (
             node.host is None
-            and self.cache.config.host_pages
+            and self.cache.config.has_host_tier
             and self.cache.writes.keep_on_demotion(node)
             and self.cache.writes.backup_to_host(node)
         ):

@@ -161,7 +161,7 @@ def warm(cache: PageOwner, *, host_share: float = 0.5) -> Warming:
     """Start bringing the shared record's hot prefixes into the host tier (asynchronous;
     progresses in `poll()`), at most `host_share` of it."""
     w = Warming()
-    if cache.store is None or not cache.config.host_pages:
+    if cache.store is None or not cache.config.has_host_tier:
         w.done = True
         return w
 

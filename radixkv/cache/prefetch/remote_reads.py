@@ -76,7 +76,7 @@ class RemoteReads:
         `poll()`.
         """
         ticket = Prefetch(hold=hold, mark_kind=mark_kind)
-        if self.cache.store is None or not self.cache.config.host_pages:
+        if self.cache.store is None or not self.cache.config.has_host_tier:
             ticket.done = True
             return ticket
         asked = len(tokens)
