@@ -463,7 +463,7 @@ def _engine_decode(
     overlap scheduling on and off, and on with the Triton kernels (batch-1 GEMV, RoPE fused with
     the KV write; where Triton is there), in the same run: batch 1 and 64 over 1,024-token
     prompts, `steps` tokens each, timed from every request's first token to the last one's end."""
-    from engine.engine_core import triton_kernels_wanted
+    from engine.triton_kernels import triton_kernels_wanted
     from radixkv import Engine
 
     variants = [("on", False), ("off", False)]

@@ -11,7 +11,6 @@ the engine through `iterate()`. The core is single-threaded: one thread at a tim
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import logging
 import threading
@@ -30,6 +29,7 @@ from engine.model_runner import ModelRunner, make_backend
 from engine.request import Request
 from engine.sampling import SamplingParams
 from engine.scheduler import Scheduler
+from engine.triton_kernels import triton_kernels_wanted
 from radixkv.cache.hicache import HiRadixCache
 from radixkv.cache.namespace import CacheNamespace
 from radixkv.cache.prefetch.hot_prefixes import publish as publish_hot_prefixes
@@ -45,41 +45,26 @@ EXTEND_GRAPH_TOKENS = SHORT_EXTEND_TOKENS  # one sequence's extends up to this m
 HOT_PUBLISH_S = 60.0  # how often an engine sharing a remote tier publishes its hot prefixes
 
 
-def _triton_kernels_unavailable() -> str | None:
-    """Why the Triton kernels cannot be loaded here; None when they can."""
-    if importlib.util.find_spec("triton") is None:
-        return "Triton is not installed (pip install triton)"
-    try:
-        importlib.import_module("engine.gemv_triton")
-        importlib.import_module("engine.attention.fused_rope_kv")
-    except Exception as err:  # a Triton build that does not match this torch, say
-        return f"importing them failed ({type(err).__name__}: {err})"
-    return None
-
-
-def triton_kernels_wanted(setting: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """`EngineConfig.triton_kernels` resolved: auto is on CUDA in bf16/fp16 where the kernels
-    load (else off, with a warning saying why); `on` where they cannot run is a clear error."""
-    if setting == "off":
-        return False
-    if setting == "on" and device.type != "cuda":
-        raise ValueError("triton_kernels needs a CUDA device")
-    if setting == "auto" and (
-        device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16)
-    ):
-        return False
-    why = _triton_kernels_unavailable()
-    if why is None:
-        return True
-    if setting == "on":
-        raise ValueError(f"triton_kernels=on, but {why}")
-    log.warning("the Triton decode kernels are off: %s", why)
-    return False
-
-
 class EngineCore:
+    """A model, its cache, runner and scheduler, built from one `EngineConfig` in four steps
+    (model, cache, runner, scheduler), and the step loop."""
+
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
+        self.model_name = model_name(config.model)
+        self._rids = itertools.count(1)  # next() is atomic: requests are made on any thread
+        self._grammars = None  # engine.constraint.Grammars, built at the first structured request
+        self._grammars_lock = threading.Lock()
+        self._in_flight = None  # (batch, StepTokens, launched at): queued, its tokens unread
+        dtype = self._build_model()
+        self._build_cache(dtype)
+        self._build_runner()
+        self._build_scheduler()
+
+    def _build_model(self) -> torch.dtype:
+        """The device, the model's weights (4-bit on a CPU that has the kernel), the Triton
+        kernels where they apply, and the tokenizer. Returns the model's dtype."""
+        config = self.config
         device = config.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -114,21 +99,36 @@ class EngineCore:
             )
         if config.tokenizer is not None:
             self.tokenizer = load_tokenizer(config.tokenizer, self.model.config.vocab_size)
-        cfg = self.model.config
+        self.generation_defaults = generation_defaults(config.generation_config, model)
+        return dtype
+
+    def _build_cache(self, dtype: torch.dtype) -> None:
+        """The KV layout, the remote tier, the hierarchical cache and the engine's view of it;
+        with a shared tier, the hot prefixes other processes read most are warmed now."""
+        config, cfg = self.config, self.model.config
         layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, config.page_size, dtype)
         store = open_remote_tier(config.remote_url, max_gb=config.remote_max_gb)
-        cache_config = config.cache_config(layout, has_store=store is not None)
         namespace = CacheNamespace(self.fingerprint, layout, config.tenant)
         self.cache = HiRadixCache(
-            layout, cache_config, namespace=namespace, store=store, device=str(self.device)
+            layout,
+            config.cache_config(layout, has_store=store is not None),
+            namespace=namespace,
+            store=store,
+            device=str(self.device),
         )
         self.prefix_cache = (PrefixCache if config.prefix_caching else NoPrefixCache)(self.cache)
-        # cross-instance hot prefixes (radixkv.cache.prefetch.hot_prefixes): warmed now, published every minute
+        # cross-instance hot prefixes (radixkv.cache.prefetch.hot_prefixes): warmed now,
+        # published every minute
         self.sharing_hot = bool(
             store is not None and config.share_hot_prefixes and config.prefix_caching
         )
         self.warming = warm_hot_prefixes(self.cache) if self.sharing_hot else None
         self._hot_published_at = time.monotonic()
+
+    def _build_runner(self) -> None:
+        """The attention backend, CUDA graphs where they apply, the model runner, and on a GPU
+        every eager kernel compiled and loaded before the first request."""
+        config = self.config
         backend, attention = make_backend(config.attention, self.cache.device_pool, self.model)
         graphs = []
         if config.cuda_graph and attention == "flashinfer":
@@ -146,10 +146,13 @@ class EngineCore:
         self.runner = ModelRunner(
             self.model, backend, attention, graphs, tok_vocab if tok_vocab < vocab else None
         )
-        # on a GPU, every eager kernel compiled and loaded before the first request
         self.warm_up_s = (
             self.runner.warm_up(self.cache.device_pool) if self.device.type == "cuda" else 0.0
         )
+
+    def _build_scheduler(self) -> None:
+        """The scheduler over the engine's view of the cache, and whether steps overlap."""
+        config = self.config
         self.scheduler = Scheduler(
             self.prefix_cache,
             self.device,
@@ -165,12 +168,6 @@ class EngineCore:
         self.overlap = config.overlap_schedule == "on" or (
             config.overlap_schedule == "auto" and self.device.type == "cuda"
         )
-        self._in_flight = None  # (batch, StepTokens, launched at): queued, its tokens unread
-        self.model_name = model_name(config.model)
-        self._rids = itertools.count(1)  # next() is atomic: requests are made on any thread
-        self.generation_defaults = generation_defaults(config.generation_config, model)
-        self._grammars = None  # engine.constraint.Grammars, built at the first structured request
-        self._grammars_lock = threading.Lock()
 
     def _eos_ids(self) -> tuple[int, ...]:
         """The model's end-of-sequence ids, and its tokenizer's (a preset with a tokenizer)."""

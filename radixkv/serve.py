@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from engine.config import add_config_flags, config_from_args
+from engine.config_flags import add_config_flags, config_from_args
 from engine.http.app import build_app
 from radixkv.facade import Engine
 

@@ -8,7 +8,8 @@ from dataclasses import fields
 
 import pytest
 
-from engine.config import FIELDS, EngineConfig, config_from_args, config_to_flags, flag_name
+from engine.config import FIELDS, EngineConfig
+from engine.config_flags import config_from_args, config_to_flags, flag_name
 from radixkv.bench.__main__ import main as bench_main
 from radixkv.cli import main as cli_main
 from radixkv.serve import main as serve_main

@@ -562,7 +562,7 @@ def test_the_kernel_warm_up_writes_only_the_scratch_page(tiny_dir):
 
 
 def test_the_triton_kernels_are_refused_off_cuda_and_auto_leaves_them_off(tiny_dir):
-    from engine.engine_core import triton_kernels_wanted
+    from engine.triton_kernels import triton_kernels_wanted
 
     path, _ = tiny_dir
     with pytest.raises(ValueError, match="triton_kernels needs a CUDA device"):
@@ -581,11 +581,11 @@ def test_triton_kernels_that_cannot_load_leave_auto_off_with_a_warning(monkeypat
     import logging
     import sys
 
-    from engine.engine_core import triton_kernels_wanted
+    from engine.triton_kernels import triton_kernels_wanted
 
     monkeypatch.setitem(sys.modules, "engine.gemv_triton", None)  # its import now fails
     cuda = torch.device("cuda")
-    with caplog.at_level(logging.WARNING, logger="engine.engine_core"):
+    with caplog.at_level(logging.WARNING, logger="engine.triton_kernels"):
         assert not triton_kernels_wanted("auto", cuda, torch.bfloat16)
     assert "the Triton decode kernels are off" in caplog.text
     with pytest.raises(ValueError, match="triton_kernels=on, but"):

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 
 from engine.engine_loop import RequestOutput
 from engine.http.common import ServingContext, sse, stream_error
-from engine.http.openai_protocol import GenerateRequest
+from engine.http.native_protocol import GenerateRequest
 
 
 def native_router(ctx: ServingContext) -> APIRouter:

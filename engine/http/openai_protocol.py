@@ -1,7 +1,7 @@
 """Request bodies of the HTTP API, validated strictly: a wrong type is an error, never coerced.
 
-OpenAI-compatible completions and chat completions, and the native token-id `/generate`
-(SGLang's field names). Fields a client may send that change nothing here (`stream_options`
+OpenAI-compatible completions and chat completions (`engine/http/native_protocol.py` holds the
+native `/generate`). Fields a client may send that change nothing here (`stream_options`
 without usage, ...) are accepted and ignored; a field that would change the
 output and is not supported (`suffix`, `echo` with `logprobs`) is rejected by name.
 
@@ -15,115 +15,29 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    StrictStr,
-    WithJsonSchema,
-    model_validator,
+from pydantic import ConfigDict, Field, StrictBool, StrictStr, WithJsonSchema, model_validator
+
+from engine.http.field_types import (
+    MAX_CHOICES,
+    Body,
+    Int,
+    MaxTokens,
+    NonEmptyStr,
+    OnlyNull,
+    Seed,
+    Stop,
+    Temperature,
+    TokenId,
+    TopP,
+    whole,
 )
 
 
-def _whole_number(value):
-    """JSON Schema counts 1.0 as an integer, so the server does too (and no other float)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-MAX_CHOICES = 16  # n, and prompts in one completions call
-SEED_RANGE = (-(2**53), 2**53)  # exact as JSON numbers in any client (and as doubles)
-
-
-def whole(**bounds) -> type:
-    """An integer (never a bool, a string or 1.5) within `bounds` (Field's ge, le, ...); the
-    bounds sit on the strict type itself so that the schema states them as JSON Schema does."""
-    return Annotated[StrictInt, Field(**bounds), BeforeValidator(_whole_number)]
-
-
-Int = whole()
-NonEmptyStr = Annotated[StrictStr, Field(min_length=1)]
-# a token id: the doc adds the vocabulary's upper bound where it finds the mark
-TokenId = whole(ge=0, json_schema_extra={"x-token-id": True})
-Temperature = Annotated[float, Field(ge=0, description="0 (or below 1e-5) is greedy")]
-TopP = Annotated[float, Field(gt=0, le=1)]
-Seed = whole(ge=SEED_RANGE[0], le=SEED_RANGE[1])
-MaxTokens = whole(ge=1)  # prompt plus max_tokens must fit the context: checked per request
-Stop = NonEmptyStr | Annotated[list[NonEmptyStr], Field(max_length=64)]
-
-
-def _false(value: bool) -> bool:
-    if value:
-        raise ValueError("not supported: only false")
-    return value
-
-
-# A flag whose `true` is not supported yet (Literal[False] would let a JSON 0 through)
-OnlyFalse = Annotated[
-    StrictBool, AfterValidator(_false), WithJsonSchema({"type": "boolean", "const": False})
-]
-
-
-def _null(value: object) -> None:
-    if value is not None:
-        raise ValueError("not supported: only null")
-    return value
-
-
-# A field whose values are not supported yet: given, anything but null is a 400 naming it
-OnlyNull = Annotated[Any, AfterValidator(_null), WithJsonSchema({"type": "null"})]
-
-
-def _invalid_text(value, path: tuple[str, ...] = ()) -> tuple[str, ...] | None:
-    """The path of the first string (key or value) that is not valid Unicode, e.g. holding a
-    lone UTF-16 surrogate that JSON's \\ud800 escapes can carry; None when all are valid."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return path
-        return None
-    items = (
-        value.items()
-        if isinstance(value, dict)
-        else enumerate(value)
-        if isinstance(value, list)
-        else ()
-    )
-    for key, item in items:
-        where = (*path, str(key))
-        if isinstance(key, str) and _invalid_text(key) is not None:
-            return where
-        found = _invalid_text(item, where)
-        if found is not None:
-            return found
-    return None
-
-
-class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _valid_unicode(cls, data):
-        """Text that cannot reach the tokenizer or a log is a 400 naming its field, not a 500."""
-        where = _invalid_text(data)
-        if where is not None:
-            field = ".".join(where) or "body"
-            raise ValueError(f"{field} is not valid Unicode text (a lone UTF-16 surrogate)")
-        return data
-
-
-class StreamOptions(_Body):
+class StreamOptions(Body):
     include_usage: bool = False
 
 
-class _OpenAISampling(_Body):
+class _OpenAISampling(Body):
     model: StrictStr = Field(description="the served model's name (GET /v1/models)")
     # None (not given): the model's generation defaults (EngineConfig.generation_config)
     temperature: Temperature | None = None
@@ -193,14 +107,14 @@ class _OpenAISampling(_Body):
         return sampling | {"seed": None if seed is None else seed + choice}
 
 
-class JSONSchemaFormat(_Body):
+class JSONSchemaFormat(Body):
     name: StrictStr = "response"
     schema_: dict[str, Any] = Field(alias="schema", description="the JSON Schema to follow")
     strict: bool | None = None
     description: StrictStr | None = None
 
 
-class ResponseFormat(_Body):
+class ResponseFormat(Body):
     """`text` (no constraint), `json_object` (any JSON object) or `json_schema` (one that
     validates): enforced token by token, so the output always parses."""
 
@@ -264,23 +178,23 @@ class CompletionRequest(_OpenAISampling):
         return self
 
 
-class TextPart(_Body):
+class TextPart(Body):
     type: Literal["text"]
     text: StrictStr
 
 
-class FunctionCall(_Body):
+class FunctionCall(Body):
     name: NonEmptyStr
     arguments: StrictStr = Field(description="the arguments, as JSON text")
 
 
-class AssistantToolCall(_Body):
+class AssistantToolCall(Body):
     id: StrictStr
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(_Body):
+class ChatMessage(Body):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: StrictStr | list[TextPart] | None = None
     tool_calls: list[AssistantToolCall] | None = None  # an assistant turn's calls
@@ -296,22 +210,22 @@ class ChatMessage(_Body):
 FunctionName = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
 
 
-class FunctionSpec(_Body):
+class FunctionSpec(Body):
     name: FunctionName
     description: StrictStr | None = None
     parameters: dict[str, Any] | None = Field(None, description="a JSON Schema of the arguments")
 
 
-class ToolSpec(_Body):
+class ToolSpec(Body):
     type: Literal["function"]
     function: FunctionSpec
 
 
-class NamedFunction(_Body):
+class NamedFunction(Body):
     name: FunctionName
 
 
-class NamedToolChoice(_Body):
+class NamedToolChoice(Body):
     type: Literal["function"]
     function: NamedFunction
 
@@ -396,78 +310,3 @@ class ChatCompletionRequest(_OpenAISampling):
             if self.max_completion_tokens is not None
             else self.max_tokens
         )
-
-
-class NativeSampling(_Body):
-    """SGLang's `sampling_params` names."""
-
-    max_new_tokens: MaxTokens = 128
-    temperature: Temperature | None = None
-    top_p: TopP | None = None
-    top_k: whole(ge=-1, description="0 or -1: no limit") | None = None
-    seed: Seed | None = None
-    stop: Stop | None = None
-    stop_token_ids: list[Int] | None = None
-    ignore_eos: bool = False
-    model_config = ConfigDict(
-        json_schema_extra={  # at most one grammar
-            "not": {
-                "required": ["json_schema", "regex"],
-                "properties": {"json_schema": {"type": "string"}, "regex": {"type": "string"}},
-            }
-        }
-    )
-
-    json_schema: NonEmptyStr | None = Field(None, description="a JSON Schema, as JSON text")
-    regex: NonEmptyStr | None = None
-
-    @model_validator(mode="after")
-    def _one_grammar(self):
-        if self.json_schema is not None and self.regex is not None:
-            raise ValueError("give at most one of json_schema and regex")
-        return self
-
-    def sampling(self) -> dict:
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or ())
-        return {
-            "max_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
-            "top_p": self.top_p,
-            "top_k": None if self.top_k is None else max(self.top_k, 0),  # -1: no limit
-            "grammar": (
-                ("json_schema", self.json_schema)
-                if self.json_schema is not None
-                else ("regex", self.regex)
-                if self.regex is not None
-                else None
-            ),
-            "seed": self.seed,
-            "stop": tuple(stop),
-            "stop_token_ids": tuple(self.stop_token_ids or ()),
-            "ignore_eos": self.ignore_eos,
-        }
-
-
-class GenerateRequest(_Body):
-    """Native `/generate`: token ids in (`input_ids`) or text (`text`), token ids out."""
-
-    model_config = ConfigDict(
-        json_schema_extra={  # exactly one of the two prompts, as the validator below says
-            "oneOf": [
-                {"required": [name], "properties": {name: {"not": {"type": "null"}}}}
-                for name in ("input_ids", "text")
-            ]
-        }
-    )
-
-    input_ids: Annotated[list[TokenId], Field(min_length=1)] | None = None
-    text: NonEmptyStr | None = None
-    sampling_params: NativeSampling = Field(default_factory=NativeSampling)
-    stream: bool = False
-    rid: StrictStr | None = None
-
-    @model_validator(mode="after")
-    def _one_prompt(self):
-        if (self.input_ids is None) == (self.text is None):
-            raise ValueError("give exactly one of input_ids or text")
-        return self

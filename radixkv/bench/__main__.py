@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from engine.config import add_config_flags, config_from_args, config_to_flags
+from engine.config_flags import add_config_flags, config_from_args, config_to_flags
 
 
 def _trace_command(args: argparse.Namespace) -> int:

@@ -40,10 +40,8 @@ from storage import DevicePool, HostPool, KVLayout, RemoteStore, open_remote_tie
 
 
 class HiRadixCache:
-    """The hierarchical cache. Collaborators it owns: `evictor` (eviction indexes and demotion,
-    `radixkv.cache.eviction.evictor`), `writes` (write policies, `radixkv.cache.writes`), `reads` (remote reads
-    and their completions, `radixkv.cache.prefetch.remote_reads`) and `prefetcher` (promotion ahead of need,
-    `radixkv.cache.prefetch.prefetcher`)."""
+    """The hierarchical cache. Its helpers (`evictor`, `writes`, `reads`, `prefetcher`; see
+    the package's doc) act on it through the `radixkv.cache.owner.PageOwner` protocol."""
 
     def __init__(
         self,
