@@ -7,8 +7,6 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
-import torch
-
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
@@ -142,7 +140,3 @@ PRESETS: dict[str, ModelConfig] = {
         max_position_embeddings=32768, attention_bias=True, eos_token_ids=(151645, 151643),
     ),
 }  # fmt: skip
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    return torch.bfloat16 if device.type == "cuda" else torch.float32

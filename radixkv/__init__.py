@@ -5,46 +5,19 @@ cache itself is `radixkv.cache`. Importing radixkv loads the cache only; the ser
 imported on first use of `radixkv.Engine`.
 """
 
-from radixkv.cache import (
-    DEVICE,
-    HOST,
-    REMOTE,
-    CacheConfig,
-    CacheNamespace,
-    HiRadixCache,
-    IntegrityError,
-    MatchResult,
-    Prefetch,
-    make_policy,
-)
+from radixkv import cache
+from radixkv.cache import *  # noqa: F403 - the cache's public names are the package's
 
 __version__ = "0.1.0"
+ENTRY_POINTS = ("Engine", "GenerationResult", "Session", "StreamChunk")  # loaded on first use
 
 
 def __getattr__(name: str):
-    if name in (
-        "Engine",
-        "GenerationResult",
-        "Session",
-        "StreamChunk",
-    ):  # imported on first use: the cache alone stays light
+    if name in ENTRY_POINTS:  # imported on first use: the cache alone stays light
         from radixkv import facade
 
         return getattr(facade, name)
     raise AttributeError(f"module 'radixkv' has no attribute {name!r}")
 
 
-__all__ = [
-    "DEVICE",
-    "Engine",
-    "GenerationResult",
-    "HOST",
-    "REMOTE",
-    "CacheConfig",
-    "CacheNamespace",
-    "HiRadixCache",
-    "IntegrityError",
-    "MatchResult",
-    "Prefetch",
-    "make_policy",
-]
+__all__ = [*cache.__all__, *ENTRY_POINTS]

@@ -28,10 +28,6 @@ class PageAllocator:
     def num_free(self) -> int:
         return len(self._free)
 
-    @property
-    def num_used(self) -> int:
-        return self.capacity - len(self._free)
-
     def alloc(self, n: int) -> list[int]:
         """Take `n` free pages; raises OutOfPages (taking nothing) if fewer are free."""
         if n < 0:

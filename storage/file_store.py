@@ -153,7 +153,7 @@ class FileStore(RemoteStore):
 
     # ---- the store interface -----------------------------------------------------------------
     # Each batch runs as a few executor tasks of plain file I/O (chunks in parallel), not one
-    # thread hop per open/write/close: measured 10-50x faster per page (docs/architecture.md).
+    # thread hop per open/write/close: measured 10-50x faster per page (docs/benchmarks.md).
     async def _in_chunks(self, fn, items: list) -> list:
         if not items:
             return []

@@ -55,3 +55,12 @@ def assert_pages_hold(cache, tokens, pages) -> None:
 @pytest.fixture
 def tiny_layout() -> KVLayout:
     return TINY
+
+
+def cpu_engine(model: str | None = None, **overrides):
+    """A `radixkv.Engine` for a test: on CPU, device tier only (no host tier, no remote tier),
+    unless the test asks for them (`host_memory_gb=...`, `remote_url=...`)."""
+    from radixkv import Engine
+
+    options = {"device": "cpu", "host_memory_gb": 0, "remote_url": None, **overrides}
+    return Engine(model, **options) if model is not None else Engine(**options)

@@ -15,11 +15,12 @@ import os
 import pytest
 import torch
 
+from tests.conftest import cpu_engine
+
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis import checks  # noqa: E402
 
-from radixkv import Engine  # noqa: E402
 from tests.live_server import live_server  # noqa: E402
 
 # what a 400 may say to a schema-valid request: rules no JSON schema can state (a prompt's token
@@ -64,13 +65,10 @@ def fuzzed_server(tmp_path_factory):
     )
     transformers.LlamaForCausalLM(cfg).save_pretrained(path)
     with (
-        Engine(
+        cpu_engine(
             str(path),
             tokenizer="default",
-            device="cpu",
             kv_memory_gb=0.05,
-            host_memory_gb=0,
-            remote_url=None,
             max_model_len=CONTEXT,
         ) as eng,
         live_server(eng) as (url, loop),

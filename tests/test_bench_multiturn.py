@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.conftest import cpu_engine
+
 pytest.importorskip("openai")
 
-from radixkv import Engine  # noqa: E402
 from radixkv.bench.__main__ import main as bench_main  # noqa: E402
 from radixkv.bench.multiturn import MultiturnSpec, run_multiturn  # noqa: E402
 from radixkv.bench.report import percentile  # noqa: E402
@@ -45,7 +46,7 @@ def test_harness_reports_growing_cache_hits_per_round(tmp_path):
         max_concurrency=2,
     )
     with (
-        Engine(device="cpu", kv_memory_gb=0.25, host_memory_gb=0, remote_url=None) as eng,
+        cpu_engine(kv_memory_gb=0.25) as eng,
         live_server(eng) as (url, _loop),
     ):
         report = asyncio.run(run_multiturn(url + "/v1", spec, progress=False))

@@ -12,6 +12,8 @@ import threading
 import pytest
 import torch
 
+from tests.conftest import cpu_engine
+
 transformers = pytest.importorskip("transformers")
 
 from radixkv import DEVICE, Engine  # noqa: E402
@@ -100,12 +102,9 @@ def test_prefix_caching_off_gives_the_same_tokens_and_no_hits(tiny_dir):
 def test_a_thousand_mixed_requests_with_cancellations_leak_nothing(tiny_dir):
     path, _ = tiny_dir
     rng = random.Random(0)
-    with Engine(
+    with cpu_engine(
         str(path),
-        device="cpu",
         kv_memory_gb=gb(40),
-        host_memory_gb=0,
-        remote_url=None,
         max_running=16,
         max_batch_tokens=256,
     ) as eng:

@@ -6,20 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import cpu_engine
+
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
-
-from radixkv import Engine  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def eng():
-    with Engine(  # float32: token for token with transformers' float32 load of the GGUF
-        device="cpu",
+    with cpu_engine(  # float32: token for token with transformers' float32 load of the GGUF
         dtype="float32",
         kv_memory_gb=0.25,
-        host_memory_gb=0,
-        remote_url=None,
         check_integrity=True,
     ) as e:
         yield e
@@ -81,12 +78,12 @@ def test_a_model_without_a_tokenizer_takes_one_apart(tmp_path):
         max_position_embeddings=512,
     )
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "big-vocab")
-    common = dict(device="cpu", kv_memory_gb=0.05, host_memory_gb=0, remote_url=None)
-    with Engine(str(tmp_path / "big-vocab"), **common) as bare:
+    common = dict(kv_memory_gb=0.05)
+    with cpu_engine(str(tmp_path / "big-vocab"), **common) as bare:
         assert bare.tokenizer is None
         with pytest.raises(ValueError, match="no tokenizer"):
             bare.generate(["Hello"], max_tokens=2)
-    with Engine(str(tmp_path / "big-vocab"), tokenizer="default", **common) as eng:
+    with cpu_engine(str(tmp_path / "big-vocab"), tokenizer="default", **common) as eng:
         r = eng.generate(["The capital of France is"], max_tokens=4, ignore_eos=True)[0]
         assert len(r.token_ids) == 4 and isinstance(r.text, str) and r.prompt_tokens > 3
         assert eng.tokenizer.token_id(eng.tokenizer.eos_token) in eng.scheduler.eos_token_ids
@@ -97,9 +94,9 @@ def test_a_model_without_a_tokenizer_takes_one_apart(tmp_path):
     cfg.vocab_size = 1000
     transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "small-vocab")
     with pytest.raises(ValueError, match="more than the model's vocabulary"):
-        Engine(str(tmp_path / "small-vocab"), tokenizer="default", **common)
+        cpu_engine(str(tmp_path / "small-vocab"), tokenizer="default", **common)
     with pytest.raises(ValueError, match="not a tokenizer.json"):
-        Engine(str(tmp_path / "small-vocab"), tokenizer=str(tmp_path), **common)
+        cpu_engine(str(tmp_path / "small-vocab"), tokenizer=str(tmp_path), **common)
 
 
 def test_a_saved_tokenizer_reads_back_the_same(eng, tmp_path):
@@ -122,7 +119,7 @@ def test_the_default_runs_bf16_on_a_cpu_that_computes_it_and_answers_right():
     bf16 natively, float32 elsewhere; either way the greedy answer is the right one."""
     from engine.model_loader import cpu_has_native_bf16
 
-    with Engine(device="cpu", kv_memory_gb=0.1, host_memory_gb=0, remote_url=None) as e:
+    with cpu_engine(kv_memory_gb=0.1) as e:
         want = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
         assert e.model.lm_head.weight.dtype == want
         chat = [{"role": "user", "content": "What is the capital of France?"}]

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from radixkv import Engine
+from tests.conftest import cpu_engine
 from tests.live_server import live_server
 
 MODEL = "SmolLM2-135M-Instruct"
@@ -26,7 +26,7 @@ WEATHER = {
 
 @pytest.fixture(scope="module")
 def url():
-    engine = Engine(device="cpu", kv_memory_gb=0.1, host_memory_gb=0, remote_url=None)
+    engine = cpu_engine(kv_memory_gb=0.1)
     with engine as eng, live_server(eng) as (base, _loop):
         yield base + "/v1"
 

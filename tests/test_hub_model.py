@@ -9,6 +9,7 @@ import torch
 import transformers
 
 from radixkv import Engine
+from tests.conftest import cpu_engine
 
 
 @pytest.fixture
@@ -40,12 +41,12 @@ def hub_cache(tmp_path, monkeypatch):
 def test_a_hub_id_loads_from_the_local_cache(hub_cache):
     from engine.weights import load_hf_directory
 
-    common = dict(device="cpu", kv_memory_gb=0.05, host_memory_gb=0, remote_url=None)
-    with Engine("tiny-org/tiny-llama", dtype="float32", **common) as eng:
+    common = dict(kv_memory_gb=0.05)
+    with cpu_engine("tiny-org/tiny-llama", dtype="float32", **common) as eng:
         assert eng.core.model_name == "tiny-org/tiny-llama"
         got = eng.generate([[1, 2, 3, 4, 5]], max_tokens=6, temperature=0)[0].token_ids
     want_model, _ = load_hf_directory(hub_cache, dtype=torch.float32, device="cpu")
-    with Engine(str(hub_cache), dtype="float32", **common) as direct:
+    with cpu_engine(str(hub_cache), dtype="float32", **common) as direct:
         assert direct.generate([[1, 2, 3, 4, 5]], max_tokens=6, temperature=0)[0].token_ids == got
     assert want_model.config.vocab_size == 300
 

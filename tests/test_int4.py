@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from engine.int4_linear import Int4Linear, int4_available, q4_1_blocks
+from tests.conftest import cpu_engine
 
 pytestmark = pytest.mark.skipif(not int4_available(), reason="no int4 CPU kernel in this torch")
 
@@ -57,21 +58,15 @@ def test_int4_matmul_matches_the_dense_product(q4_tensors):
 
 
 def test_the_default_model_in_bfloat16_runs_4_bit_and_answers_right():
-    from radixkv import Engine
 
-    with Engine(
-        device="cpu", dtype="bfloat16", kv_memory_gb=0.1, host_memory_gb=0, remote_url=None
-    ) as eng:
+    with cpu_engine(dtype="bfloat16", kv_memory_gb=0.1) as eng:
         mlp = eng.model.model.layers[0].mlp
         assert isinstance(mlp.gate_up_proj, Int4Linear) and isinstance(mlp.down_proj, Int4Linear)
         r = eng.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=12)
         assert "Paris" in r.text
-    with Engine(
-        device="cpu",
+    with cpu_engine(
         dtype="bfloat16",
         cpu_int4=False,
         kv_memory_gb=0.1,
-        host_memory_gb=0,
-        remote_url=None,
     ) as dense:
         assert isinstance(dense.model.model.layers[0].mlp.down_proj, torch.nn.Linear)

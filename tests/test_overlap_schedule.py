@@ -13,6 +13,8 @@ import torch
 from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
 
+from tests.conftest import cpu_engine
+
 transformers = pytest.importorskip("transformers")
 
 from radixkv import Engine  # noqa: E402
@@ -29,12 +31,9 @@ def tiny_dir(tmp_path_factory):
 
 
 def engine(path, overlap: str, pages: int = 64, **kw) -> Engine:
-    return Engine(
+    return cpu_engine(
         str(path),
-        device="cpu",
         kv_memory_gb=gb(pages),
-        host_memory_gb=0,
-        remote_url=None,
         check_integrity=True,
         overlap_schedule=overlap,
         **kw,

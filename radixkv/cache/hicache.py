@@ -6,11 +6,8 @@ alone allocates and frees pool pages. A page index in a pool is at every moment 
   read in flight (host)
 and `check_integrity()` proves it.
 
-Residency rules:
-  - device residency is prefix-closed: a node on device has its whole path on device;
-  - a node stays in the tree while any tier holds it or it has children, so every prefix of a
-    resident node is resident somewhere;
-  - the host tier is inclusive (a device node keeps its host copy) and so should be larger.
+Residency: device residency is prefix-closed; a node stays while any tier holds it or it has
+children; the host tier is inclusive, so make it larger (docs/architecture.md, "Residency rules").
 
 Use: match -> lock -> load (prefetch first for a remote part) -> alloc -> compute -> insert ->
 unlock. The serving engine goes through `radixkv.cache.prefix_cache.PrefixCache` instead.
@@ -306,35 +303,12 @@ class HiRadixCache:
 
     def drop(self, node: TreeNode) -> None:
         """Remove a node no tier holds, with any subtree (unreachable without this prefix)."""
-        stack, doomed = [node], []
-        while stack:
-            n = stack.pop()
-            doomed.append(n)
-            stack.extend(n.children.values())
-        for n in reversed(doomed):  # leaves first
-            assert n.lock_ref == 0 and n.io_ref == 0, "dropping a referenced node"
-            if n.admit_fate == PENDING:  # written through, leaving the tree unread
-                self.writes.admission.on_gone(n)
-            if n.prefetch_mark:
-                self.prefetcher.on_leave(n, DEVICE)
-                self.prefetcher.on_leave(n, HOST)
-            if n.device is not None:
-                self.device_pool.allocator.free(n.device)
-                n.parent.device_children -= 1
-                n.device = None
-            if n.host is not None:
-                self.host_pool.allocator.free(n.host)
-                n.host = None
-            if n.remote:
-                self.set_remote(n, False)
-            self.evictor.discard(n)
-            parent = n.parent
-            self.tree.remove_leaf(n)
-            self.refresh(parent)
+        self.evictor.drop(node)
 
     # ---- promotion (`radixkv.cache.promotion`) ----------------------------------------------------
     def load(self, match: MatchResult, *, overlap: bool = False) -> int:
         """Copy the host-resident part of a locked match to the device; returns tokens loaded."""
+        self.controller.join_deferred()  # pages the prefetcher moved may be among them
         return load_host_part(self, match, overlap=overlap)
 
     # ---- remote reads (`radixkv.cache.prefetch.remote_reads`) ------------------------------------------------------
@@ -375,6 +349,33 @@ class HiRadixCache:
                 else:
                     stack.append(child)
         return before - self.tree.num_nodes
+
+    @property
+    def io_pending(self) -> bool:
+        """Whether any remote operation is in flight."""
+        return self.controller.inflight > 0
+
+    def wake(self) -> None:
+        """Return a `wait_one` early (from any thread)."""
+        self.controller.wake()
+
+    def take_layer_events(self) -> list | None:
+        """Per-layer CUDA events of loads the next forward must wait for (once)."""
+        return self.controller.take_layer_events()
+
+    def observe_prefill(self, tokens: int, seconds: float) -> None:
+        """A prefill step's speed, for the load-or-recompute estimate."""
+        self.cost.observe_prefill(tokens, seconds)
+
+    def remote_wait_s(self, uncached_tokens: int) -> float:
+        """How long a queued request should wait for its remote fetch: as long as recomputing
+        `uncached_tokens` would take (at the measured prefill speed, divided by the load
+        margin as loads are), the remote timeout until a speed is measured or with margin 0."""
+        config = self.config
+        recompute = self.cost.recompute_seconds(uncached_tokens)
+        if recompute is None or config.remote_load_margin <= 0:
+            return config.remote_timeout_s
+        return min(config.remote_timeout_s, recompute / config.remote_load_margin)
 
     def remote_status(self) -> dict | None:
         """The remote tier's health (None without one): breaker and load-or-recompute estimate."""

@@ -89,7 +89,6 @@ class PrefixCache:
         """Copy the locked prefix's host part to the device (the next forward waits for it layer
         by layer); returns the handle with its device pages now. Raises OutOfPages when the
         device cannot make room (locked pages fill it)."""
-        self._cache.controller.join_deferred()  # pages the prefetcher moved may be among them
         if handle._match is None or not handle.host_tokens:
             return handle
         self._cache.load(handle._match, overlap=True)
@@ -144,12 +143,7 @@ class PrefixCache:
             return None
         ticket = self._cache.prefetch(tokens, hold=True)
         if not ticket.done:
-            config = self._cache.config
-            recompute = self._cache.cost.recompute_seconds(ticket.uncached_tokens)
-            wait = config.remote_timeout_s
-            if recompute is not None and config.remote_load_margin > 0:
-                wait = min(wait, recompute / config.remote_load_margin)
-            ticket.wait_until = time.monotonic() + wait
+            ticket.wait_until = time.monotonic() + self._cache.remote_wait_s(ticket.uncached_tokens)
         return ticket
 
     def release_prefetch(self, ticket: Prefetch | None) -> None:
@@ -208,7 +202,7 @@ class PrefixCache:
 
     @property
     def io_pending(self) -> bool:
-        return self._cache.controller.inflight > 0
+        return self._cache.io_pending
 
     def wait_for_io(self, timeout_s: float) -> None:
         """Block until a remote operation finishes (applying it) or `wake()` is called, at most
@@ -218,16 +212,16 @@ class PrefixCache:
 
     def wake(self) -> None:
         """Return a `wait_for_io` early (from any thread): new work has arrived."""
-        self._cache.controller.wake()
+        self._cache.wake()
 
     # ---- measurements and checks -----------------------------------------------------------------
     def observe_prefill(self, tokens: int, seconds: float) -> None:
         """A prefill step's speed, for the load-or-recompute estimate."""
-        self._cache.cost.observe_prefill(tokens, seconds)
+        self._cache.observe_prefill(tokens, seconds)
 
     def take_layer_events(self) -> list | None:
         """Per-layer CUDA events of loads the next forward must wait for (once)."""
-        return self._cache.controller.take_layer_events()
+        return self._cache.take_layer_events()
 
     def check_integrity(self) -> dict:
         return self._cache.check_integrity()

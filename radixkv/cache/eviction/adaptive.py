@@ -24,7 +24,7 @@ blocks go first is where the hit rate comes from; at capacities where LRU alread
 reuse the split loses, so the tier follows LRU whenever an LRU shadow cache out-hits an ARC one
 (`radixkv.cache.eviction.duel`): then the oldest head of the three queues goes, a likely-dead one
 counted older by the tier's eviction age (the `workload` rule, which beat LRU where the duel
-picks it). docs/architecture.md has the measurements.
+picks it). docs/benchmarks.md has the measurements.
 
 A node's signature is (where it starts in the sequence, its first tokens): stable across
 evictions and re-insertions of the same prefix, and recomputed after a split moves its start.

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from radixkv.cache.eviction.duel import chunk_ids
 from radixkv.cache.eviction.index import EvictionIndex
 from radixkv.cache.eviction.policy import EvictionPolicy
+from radixkv.cache.remote_admission import PENDING
 from radixkv.cache.tiers import DEVICE, HOST, REMOTE
 from storage import OutOfPages
 
@@ -127,3 +128,33 @@ class Evictor:
         self.cache.host_pool.allocator.free(pages)
         self.cache.counters.evicted_pages[HOST] += len(pages)
         self.drop_or_refresh(node)
+
+    def drop(self, node: TreeNode) -> None:
+        """Remove a node no tier holds, with any subtree (unreachable without this prefix):
+        its pages on every tier are freed, its index entries and its marks forgotten."""
+        cache = self.cache
+        stack, doomed = [node], []
+        while stack:
+            n = stack.pop()
+            doomed.append(n)
+            stack.extend(n.children.values())
+        for n in reversed(doomed):  # leaves first
+            assert n.lock_ref == 0 and n.io_ref == 0, "dropping a referenced node"
+            if n.admit_fate == PENDING:  # written through, leaving the tree unread
+                cache.writes.admission.on_gone(n)
+            if n.prefetch_mark:
+                cache.prefetcher.on_leave(n, DEVICE)
+                cache.prefetcher.on_leave(n, HOST)
+            if n.device is not None:
+                cache.device_pool.allocator.free(n.device)
+                n.parent.device_children -= 1
+                n.device = None
+            if n.host is not None:
+                cache.host_pool.allocator.free(n.host)
+                n.host = None
+            if n.remote:
+                cache.set_remote(n, False)
+            self.discard(n)
+            parent = n.parent
+            cache.tree.remove_leaf(n)
+            cache.refresh(parent)

@@ -6,7 +6,7 @@
 A leaf is likely dead when no request has reused it yet and either a later request split it and
 went elsewhere (a conversation's next turn left its old partial tail behind) or it is smaller
 than `small_tokens` (a short question or partial block). On the Mooncake traces such leaves were
-95-97% never read again, against about half of all evicted tokens (docs/architecture.md).
+95-97% never read again, against about half of all evicted tokens (docs/benchmarks.md).
 
 `eviction_age` is a running average of how long evicted nodes had gone unused, i.e. the tier's
 current lifetime, so the demotion scales with capacity rather than a fixed number of ticks.
