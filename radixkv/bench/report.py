@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from radixkv.bench.multiturn import MultiturnSpec, RequestRecord
+from radixkv.bench.multiturn_spec import MultiturnSpec, RequestRecord
 
 
 def percentile(values: list[float], q: float) -> float | None:
