@@ -111,6 +111,12 @@ class EngineConfig:
         "counted, the pages staying on host (default: an eighth of the host tier)",
     )
     tenant: str = _opt("", "salt that isolates this tenant's cache entries from other tenants'")
+    remote_secret_file: str | None = _opt(
+        None,
+        "file (mode 600) holding the deployment's secret: every page and record written to the "
+        "shared tier carries its MAC, and pages without a valid one are refused (default: "
+        "$RADIXKV_REMOTE_SECRET, else unauthenticated pages)",
+    )
     prefix_caching: bool = _opt(
         True,
         "reuse cached prefixes (off: every prompt is recomputed)",
@@ -235,6 +241,10 @@ class EngineConfig:
         for name in ("prefix_caching", "cuda_graph", "cpu_int4", "check_integrity"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
+        if self.remote_secret_file is not None and not (
+            isinstance(self.remote_secret_file, str) and self.remote_secret_file
+        ):
+            raise bad("remote_secret_file", "must be a path (or None)")
         if self.remote_url is not None and not isinstance(self.remote_url, str):
             raise bad("remote_url", "must be a URL, 'default' or 'none'")
         check_engine_settings("EngineConfig", {n: getattr(self, n) for n in ENGINE_SETTINGS})

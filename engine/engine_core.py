@@ -37,6 +37,7 @@ from radixkv.cache.prefetch.hot_prefixes import warm as warm_hot_prefixes
 from radixkv.cache.prefix_cache import NoPrefixCache, PrefixCache
 from radixkv.cache.report import cache_report
 from storage import KVLayout, open_remote_tier
+from storage.page_auth import SECRET_ENV, PageAuth, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,9 @@ class EngineCore:
         if config.tokenizer is not None:
             self.tokenizer = load_tokenizer(config.tokenizer, self.model.config.vocab_size)
         self.generation_defaults = generation_defaults(config.generation_config, model)
+        # what keys the shared tier: the weights' bytes and the tokenizer's table and template
+        tok = self.tokenizer.fingerprint if self.tokenizer is not None else "none"
+        self.model_identity = f"{self.fingerprint};tokenizer={tok}"
         return dtype
 
     def _build_cache(self, dtype: torch.dtype) -> None:
@@ -108,7 +112,17 @@ class EngineCore:
         config, cfg = self.config, self.model.config
         layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, config.page_size, dtype)
         store = open_remote_tier(config.remote_url, max_gb=config.remote_max_gb)
-        namespace = CacheNamespace(self.fingerprint, layout, config.tenant)
+        secret = read_secret(config.remote_secret_file)
+        auth = PageAuth(secret, config.tenant) if secret is not None else None
+        if store is not None and auth is None:
+            log.warning(
+                "the shared tier (%s) is unauthenticated: anyone who can write to it can change "
+                "this engine's answers; give every engine the same secret with "
+                "--remote-secret-file or $%s",
+                store.describe(),
+                SECRET_ENV,
+            )
+        namespace = CacheNamespace(self.model_identity, layout, config.tenant, auth=auth)
         self.cache = HiRadixCache(
             layout,
             config.cache_config(layout, has_store=store is not None),

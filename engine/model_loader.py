@@ -3,6 +3,7 @@ weights for benchmarks) or, by default, SmolLM2-135M-Instruct."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from functools import cache
 from pathlib import Path
@@ -16,12 +17,15 @@ from engine.llama import CausalLM
 from engine.model_config import PRESETS
 from engine.tokenizer import Tokenizer
 from engine.weights import dummy_model, load_hf_directory
+from engine.weights_digest import checkpoint_digest
 
 
 def load_model(
     model: str | None, device: torch.device, dtype: torch.dtype, keep_q4: bool = False
 ) -> tuple[CausalLM, str, Tokenizer | None]:
-    """(model, weights fingerprint, tokenizer or None); raises ValueError naming the model.
+    """(model, weights fingerprint, tokenizer or None); raises ValueError naming the model. The
+    fingerprint covers the config, the tensors' names and shapes and the weight files' bytes
+    (a preset's dummy weights: their seed and dtype).
     `keep_q4`: a GGUF's Q4_1 blocks are kept for a 4-bit CPU path (see `CausalLM.fuse`)."""
     if model is None:
         model = str(default_model_path())
@@ -32,15 +36,23 @@ def load_model(
     if path.is_file() and path.suffix == ".gguf":
         reader = open_gguf(path)  # parsed once for both the weights and the tokenizer
         m, fp, _ = load_gguf(reader, dtype=dtype, device=device, keep_q4=keep_q4)
-        return m, fp, Tokenizer.from_gguf(reader)
+        return m, with_contents(fp, [path]), Tokenizer.from_gguf(reader)
     if path.is_dir():
         m, fp = load_hf_directory(path, dtype=dtype, device=device)
         has_tokenizer = (path / "tokenizer.json").is_file()
+        fp = with_contents(fp, path.glob("*.safetensors"))
         return m, fp, Tokenizer.from_hf_directory(path) if has_tokenizer else None
     raise ValueError(
         f"model {model!r} is not a GGUF file, a Hugging Face directory, a Hub id or a preset "
         f"({', '.join(PRESETS)})"
     )
+
+
+def with_contents(fingerprint: str, files) -> str:
+    """The config-and-shapes fingerprint bound to the weight files' bytes (their SHA-256s):
+    two checkpoints that differ in one weight get different fingerprints."""
+    digest = checkpoint_digest(files)
+    return hashlib.blake2b(f"{fingerprint};weights={digest}".encode(), digest_size=16).hexdigest()
 
 
 @cache

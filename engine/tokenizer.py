@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -108,6 +110,14 @@ class Tokenizer:
     def to_json(self) -> str:
         """The tokenizer.json text (what grammar engines read the token table from)."""
         return self._tok.to_str()
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """A digest of the token table, merges and special tokens (its tokenizer.json) and the
+        chat template: part of the model identity that keys the shared tier."""
+        h = hashlib.blake2b(self._tok.to_str().encode(), digest_size=16)
+        h.update(json.dumps([self.chat_template, self.bos_token, self.eos_token]).encode())
+        return h.hexdigest()
 
     @property
     def vocab_size(self) -> int:

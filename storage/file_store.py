@@ -13,16 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import logging
 import os
 import secrets
+import stat
 import struct
 from pathlib import Path
 
-from storage.remote import RemoteStore
+from storage.remote import Blob, Oversize, RemoteStore
 
 _USAGE = struct.Struct("<q")
 MAX_PARALLEL = 4  # executor tasks per batch
+log = logging.getLogger(__name__)
 CHUNK_MIN = 16  # pages per task at least
+
+
+def private_file(path: Path):
+    """A new file only its owner can read or write (0600, whatever the umask)."""
+    return os.fdopen(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "wb")
 
 
 class FileStore(RemoteStore):
@@ -35,7 +43,14 @@ class FileStore(RemoteStore):
         if not 0.0 < low_watermark <= 1.0:
             raise ValueError(f"low_watermark must be in (0, 1], got {low_watermark}")
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if stat.S_IMODE(self.root.stat().st_mode) & 0o077:
+            log.warning(
+                "the file tier %s is open to other users (mode %o): they can read its pages "
+                "(prompts' KV); chmod 700 it unless it is shared on purpose",
+                self.root,
+                stat.S_IMODE(self.root.stat().st_mode),
+            )
         self.capacity_bytes = capacity_bytes
         self.low_watermark = low_watermark
         self._shards: set[str] = set()  # shard directories known to exist
@@ -61,8 +76,9 @@ class FileStore(RemoteStore):
 
     @contextlib.contextmanager
     def _locked(self):
-        self.root.mkdir(parents=True, exist_ok=True)  # recreated if deleted under a running store
-        fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o644)
+        # recreated if deleted under a running store
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self._lock_path, os.O_CREAT | os.O_RDWR, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -79,7 +95,8 @@ class FileStore(RemoteStore):
 
     def _write_usage(self, value: int) -> None:
         tmp = self._usage_path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(_USAGE.pack(max(0, value)))
+        with private_file(tmp) as f:
+            f.write(_USAGE.pack(max(0, value)))
         os.replace(tmp, self._usage_path)
 
     def _entries(self) -> list[tuple[float, int, Path]]:
@@ -166,13 +183,17 @@ class FileStore(RemoteStore):
     async def exists(self, keys: list[str]) -> list[bool]:
         return await self._in_chunks(lambda ks: [self._path(k).is_file() for k in ks], keys)
 
-    def _read_sync(self, keys: list[str]) -> list[bytes | None]:
-        out = []
+    def _read_sync(self, keys: list[str], max_bytes: int | None) -> list[Blob]:
+        out: list[Blob] = []
         for key in keys:
             path = self._path(key)
             try:
                 with open(path, "rb") as f:
-                    blob = f.read()
+                    size = os.fstat(f.fileno()).st_size
+                    if max_bytes is not None and size > max_bytes:
+                        out.append(Oversize(size))  # not read: a planted giant costs a stat
+                        continue
+                    blob = f.read() if max_bytes is None else f.read(max_bytes + 1)
             except FileNotFoundError:
                 blob = None
             else:  # refresh recency for LRU eviction (unless it was removed since the read)
@@ -181,8 +202,8 @@ class FileStore(RemoteStore):
             out.append(blob)
         return out
 
-    async def get(self, keys: list[str]) -> list[bytes | None]:
-        return await self._in_chunks(self._read_sync, keys)
+    async def get(self, keys: list[str], max_bytes: int | None = None) -> list[Blob]:
+        return await self._in_chunks(lambda ks: self._read_sync(ks, max_bytes), keys)
 
     def _write_temp_sync(self, items: list[tuple[str, bytes]]) -> list[tuple[Path, Path] | OSError]:
         out: list[tuple[Path, Path] | OSError] = []
@@ -191,9 +212,9 @@ class FileStore(RemoteStore):
             tmp = path.parent / f".tmp-{os.getpid()}-{secrets.token_hex(6)}"
             try:
                 if path.parent.name not in self._shards:
-                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                     self._shards.add(path.parent.name)
-                with open(tmp, "wb") as f:
+                with private_file(tmp) as f:
                     f.write(blob)
                 out.append((tmp, path))
             except OSError as err:  # a full, read-only or vanished disk

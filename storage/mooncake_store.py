@@ -16,7 +16,7 @@ import os
 import threading
 from urllib.parse import parse_qsl, urlsplit
 
-from storage.remote import RemoteStore
+from storage.remote import Blob, Oversize, RemoteStore
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +79,21 @@ class MooncakeStore(RemoteStore):
             return client
 
     async def _call(self, name: str, *args):
-        """One blocking client call in a worker thread; a failure drops the client so that the
-        next call reconnects (the master may have restarted)."""
+        """One blocking client call in a worker thread."""
+        return await self._in_thread(lambda client: getattr(client, name)(*args))
+
+    async def _call_each(self, name: str, keys: list[str]) -> list:
+        """One blocking client call per key, all in one worker thread."""
+        return await self._in_thread(lambda client: [getattr(client, name)(k) for k in keys])
+
+    async def _in_thread(self, work):
+        """`work(client)` in a worker thread; a failure drops the client so that the next call
+        reconnects (the master may have restarted)."""
 
         def run():
             client = self._connect()
             try:
-                return getattr(client, name)(*args)
+                return work(client)
             except Exception:
                 self._drop(client)
                 raise
@@ -108,11 +116,25 @@ class MooncakeStore(RemoteStore):
         self._check_master(codes)
         return [c == 1 for c in codes]
 
-    async def get(self, keys: list[str]) -> list[bytes | None]:
-        out: list[bytes | None] = []
+    async def get(self, keys: list[str], max_bytes: int | None = None) -> list[Blob]:
+        out: list[Blob] = []
         for start in range(0, len(keys), 32):  # sizes are unknown before a read: bound the count
-            blobs = await self._call("get_batch", keys[start : start + 32])
-            out += [bytes(b) if len(b) else None for b in blobs]
+            chunk = keys[start : start + 32]
+            if max_bytes is None:
+                blobs = await self._call("get_batch", chunk)
+                out += [bytes(b) if len(b) else None for b in blobs]
+                continue
+            sizes = await self._call_each("get_size", chunk)  # < 0: absent
+            small = [k for k, n in zip(chunk, sizes, strict=True) if 0 < n <= max_bytes]
+            blobs = iter(await self._call("get_batch", small) if small else ())
+            for n in sizes:
+                if n <= 0:
+                    out.append(None)
+                elif n > max_bytes:
+                    out.append(Oversize(n))
+                else:
+                    b = next(blobs)
+                    out.append(bytes(b) if len(b) else None)
         return out
 
     def _chunks(self, sizes: list[int]) -> list[tuple[int, int]]:

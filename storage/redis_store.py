@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from storage.remote import RemoteStore
+from storage.remote import Blob, Oversize, RemoteStore
 
 _OUR_PARAMS = ("prefix", "ttl", "cluster", "batch")
 
@@ -76,8 +76,17 @@ class RedisStore(RemoteStore):
     async def exists(self, keys: list[str]) -> list[bool]:
         return [bool(n) for n in await self._pipelined(keys, lambda p, k: p.exists(k))]
 
-    async def get(self, keys: list[str]) -> list[bytes | None]:
-        return await self._pipelined(keys, lambda p, k: p.get(k))
+    async def get(self, keys: list[str], max_bytes: int | None = None) -> list[Blob]:
+        if max_bytes is None:
+            return await self._pipelined(keys, lambda p, k: p.get(k))
+        # the size first, and never more than the bound read (GETRANGE's end is inclusive)
+        replies = await self._pipelined(
+            keys, lambda p, k: (p.exists(k), p.strlen(k), p.getrange(k, 0, max_bytes))
+        )
+        out: list[Blob] = []
+        for exists, size, head in zip(replies[::3], replies[1::3], replies[2::3], strict=True):
+            out.append(None if not exists else Oversize(size) if size > max_bytes else head)
+        return out
 
     async def put(self, items: list[tuple[str, bytes]]) -> list[bool]:
         values = dict(items)

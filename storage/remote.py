@@ -9,14 +9,41 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 import threading
+import time
 from dataclasses import dataclass, field, fields
 
 import torch
 
-from storage.codec import PageFormatError, decode_page
+from storage.codec import PageFormatError, decode_page, max_blob_bytes
+from storage.page_auth import PageAuth
 
 log = logging.getLogger(__name__)
+
+
+class RateLimitedLog:
+    """A warning logged at most once per `interval_s`, with how many were held back since: a
+    store full of forged pages must not flood the log."""
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self.logger, self.interval_s = logger, interval_s
+        self.last = -math.inf
+        self.held = 0
+        self.lock = threading.Lock()
+
+    def warn(self, message: str, *args: object) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last < self.interval_s:
+                self.held += 1
+                return
+            held, self.held, self.last = self.held, 0, now
+        suffix = f" (and {held} more like it in the last {self.interval_s:.0f} s)" if held else ""
+        self.logger.warning(message + suffix, *args)
+
+
+REJECTIONS = RateLimitedLog(log)
 
 
 @dataclass
@@ -52,6 +79,19 @@ class RemoteStats:
             } | {"corrupt_reasons": dict(self.corrupt_reasons)}
 
 
+class Oversize:
+    """What a bounded `get` returns for an entry larger than the caller's bound (unread)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __repr__(self) -> str:
+        return f"Oversize({self.size})"
+
+
+Blob = bytes | Oversize | None  # what `get` returns per key
+
+
 class RemoteStore(abc.ABC):
     """Batched async key/bytes store. Keys are short ASCII strings (hex page keys)."""
 
@@ -62,8 +102,9 @@ class RemoteStore(abc.ABC):
     async def exists(self, keys: list[str]) -> list[bool]: ...
 
     @abc.abstractmethod
-    async def get(self, keys: list[str]) -> list[bytes | None]:
-        """The stored blob per key, None where absent."""
+    async def get(self, keys: list[str], max_bytes: int | None = None) -> list[Blob]:
+        """The stored blob per key, None where absent. With `max_bytes`, an entry whose size
+        exceeds it is not read: `Oversize` (a planted 64 MB entry costs a size query)."""
 
     @abc.abstractmethod
     async def put(self, items: list[tuple[str, bytes]]) -> list[bool]:
@@ -87,13 +128,16 @@ async def read_pages(
     namespace: bytes,
     shape: tuple[int, ...],
     dtype: torch.dtype,
+    auth: PageAuth | None = None,
 ) -> list[memoryview | None]:
     """Get and verify pages: a payload per key, or None for a miss (absent or failing a check).
 
-    Entries failing verification are deleted from the store so no reader sees them again.
+    An entry larger than such a page can be is not read; entries failing verification (a
+    forged MAC included) are deleted from the store so no reader sees them again.
     """
     names = [k.hex() for k in keys]
-    blobs = await store.get(names)
+    payload_bytes = math.prod(shape) * dtype.itemsize
+    blobs = await store.get(names, max_blob_bytes(payload_bytes, len(shape)))
     out: list[memoryview | None] = []
     bad: list[str] = []
     for key, name, blob in zip(keys, names, blobs, strict=True):
@@ -102,11 +146,15 @@ async def read_pages(
             out.append(None)
             continue
         try:
-            out.append(decode_page(blob, namespace=namespace, key=key, shape=shape, dtype=dtype))
+            if isinstance(blob, Oversize):
+                raise PageFormatError("entry larger than a page")
+            out.append(
+                decode_page(blob, namespace=namespace, key=key, shape=shape, dtype=dtype, auth=auth)
+            )
             store.stats.add(hits=1, bytes_read=len(blob))
         except PageFormatError as err:
             store.stats.count_corrupt(err.reason)
-            log.warning(
+            REJECTIONS.warn(
                 "remote page %s rejected (%s); treated as a miss and removed", name, err.reason
             )
             bad.append(name)

@@ -145,7 +145,7 @@ class SlowStore(FileStore):
         await asyncio.sleep(self.delay)
         return await super().exists(keys)
 
-    async def get(self, keys):
+    async def get(self, keys, max_bytes=None):
         await asyncio.sleep(self.delay)
         return await super().get(keys)
 

@@ -171,7 +171,7 @@ class GatedStore(FileStore):
         super().__init__(root)
         self.gate: asyncio.Event | None = None
 
-    async def get(self, keys):
+    async def get(self, keys, max_bytes=None):
         if self.gate is None:
             self.gate = asyncio.Event()
         await self.gate.wait()
@@ -229,7 +229,7 @@ def test_two_reads_of_one_node_when_the_first_splits_it(tmp_path):
 
 
 class HangingStore(FileStore):
-    async def get(self, keys):
+    async def get(self, keys, max_bytes=None):
         await asyncio.sleep(3600)
 
 

@@ -71,6 +71,22 @@ def test_batched_round_trip_and_misses(store_url):
     run(store_url, scenario)
 
 
+def test_a_bounded_get_reads_no_entry_past_its_bound(store_url):
+    """A planted giant costs a size query: `Oversize` (its size), never its bytes."""
+    from storage.remote import Oversize
+
+    small, exact, big, absent = _keys(4)
+
+    async def scenario(store):
+        await store.put([(small, b"s" * 10), (exact, b"e" * 100), (big, b"b" * (4 << 20))])
+        got = await store.get([small, exact, big, absent], max_bytes=100)
+        assert [bytes(b) for b in got[:2]] == [b"s" * 10, b"e" * 100]
+        assert isinstance(got[2], Oversize) and got[2].size == 4 << 20
+        assert got[3] is None
+
+    run(store_url, scenario)
+
+
 def test_overwrite_replaces_the_value(store_url):
     (key,) = _keys(1)
 

@@ -34,6 +34,7 @@ from storage import (
     encode_page,
 )
 from storage.breaker import CircuitBreaker, StoreUnavailable
+from storage.page_auth import PageAuth
 from storage.remote import read_pages
 from storage.transfer import copy_host_to_device_by_layer, host_ready
 
@@ -51,11 +52,13 @@ class DataPlane:
         timeout_s: float = 10.0,
         *,
         inline: bool = False,
+        auth: PageAuth | None = None,
     ) -> None:
         self.device_pool = device_pool
         self.host_pool = host_pool
         self.store = store
         self.namespace = namespace
+        self.auth = auth  # pages written carry its MAC; pages read must (storage.page_auth)
         self.timeout_s = timeout_s
         self.moved = {
             "device_to_host": 0,
@@ -154,6 +157,7 @@ class DataPlane:
                     key=key,
                     shape=layout.page_shape,
                     dtype=layout.dtype,
+                    auth=self.auth,
                 ),
             )
             for p, key in zip(host_pages, keys, strict=True)
@@ -278,6 +282,7 @@ class DataPlane:
                     namespace=self.namespace,
                     shape=layout.page_shape,
                     dtype=layout.dtype,
+                    auth=self.auth,
                 )
                 for i, payload in zip(pending, got, strict=True):
                     payloads[i] = payload
@@ -302,9 +307,14 @@ class DataPlane:
 
         self._submit(run, counted, empty=not keys)
 
-    def get_blobs(self, keys: list[str], on_done: Callback) -> None:
-        """Read framed blobs as stored (None where absent); the caller verifies them."""
-        self._submit(lambda: self.store.get(keys), on_done, empty=not keys)
+    def get_blobs(self, keys: list[str], max_bytes: int, on_done: Callback) -> None:
+        """Read framed blobs as stored (None where absent, `Oversize` past `max_bytes`, unread);
+        the caller verifies them."""
+        self._submit(lambda: self.store.get(keys, max_bytes), on_done, empty=not keys)
+
+    def delete_blobs(self, keys: list[str], on_done: Callback) -> None:
+        """Remove entries (a bad shared record, say); the future gives how many existed."""
+        self._submit(lambda: self.store.delete(keys), on_done, empty=not keys)
 
     def exists(self, keys: list[bytes], on_done: Callback) -> None:
         self._submit(lambda: self.store.exists([k.hex() for k in keys]), on_done, empty=not keys)

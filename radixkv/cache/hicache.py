@@ -75,6 +75,7 @@ class HiRadixCache:
             self.namespace.digest,
             config.remote_timeout_s,
             inline=config.remote_io == "inline",
+            auth=self.namespace.auth,
         )
         factory = policy_factory or (lambda: make_policy(config.policy))
         self.evictor = Evictor(self, factory)

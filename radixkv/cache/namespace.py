@@ -1,9 +1,13 @@
 """Cache namespaces and chained page keys for the shared remote tier.
 
 key(page 0) = H(seed, tokens of page 0); key(page i) = H(key(page i-1), tokens of page i), where
-seed = H(model fingerprint, KV layout incl. dtype and page size, tenant salt). A key therefore
-names a page *and its whole prefix* under one model and tenant: different models or tenants can
-never address each other's pages, and keys carry no user text (only a 16-byte digest).
+seed = H(model identity, KV layout incl. dtype and page size, KV scale scheme, tenant salt, the
+id of the deployment's MAC key). The model identity covers the weights' bytes and the
+tokenizer (`engine.weights_digest`). A key therefore names a page *and its whole prefix* under
+one model, KV format, tenant and deployment: none of them can address another's pages, and keys
+carry no user text (only a 16-byte digest). Pages are authenticated apart from their keys
+(`storage.page_auth`): a key is a name anyone may compute, a MAC is a proof only the secret's
+holders can make.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from storage.layout import KVLayout
+from storage.page_auth import PageAuth
 
 KEY_BYTES = 16
 
@@ -29,11 +34,15 @@ def key_digest(*parts: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class CacheNamespace:
-    """What makes two processes' KV pages interchangeable: same weights, same layout, same tenant."""
+    """What makes two processes' KV pages interchangeable: same weights and tokenizer, same KV
+    layout and scale scheme, same tenant, same deployment secret (`auth`; None: unauthenticated
+    pages, which only engines without a secret read)."""
 
     model_fingerprint: str
     layout: KVLayout
     tenant_salt: str = ""
+    auth: PageAuth | None = field(default=None, repr=False, compare=False)
+    kv_scheme: str = "plain"  # how KV values are scaled in a page: part of the format
     digest: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -41,11 +50,15 @@ class CacheNamespace:
             raise ValueError("model_fingerprint must be a non-empty string")
         if not isinstance(self.tenant_salt, str):
             raise ValueError("tenant_salt must be a string")
+        if self.auth is not None and not isinstance(self.auth, PageAuth):
+            raise ValueError("auth must be a storage.page_auth.PageAuth")
         seed = key_digest(
-            b"radixkv-ns-v1",
+            b"radixkv-ns-v2",
             self.model_fingerprint.encode(),
             self.layout.describe().encode(),
+            self.kv_scheme.encode(),
             self.tenant_salt.encode(),
+            self.auth.key_id if self.auth is not None else b"unauthenticated",
         )
         object.__setattr__(self, "digest", seed)
 

@@ -2,9 +2,12 @@
 remote tier so that another process (a new pod, a restart) warms its host tier from them.
 
 The record lives under one key derived from the namespace, so only processes with the same
-model, KV layout and tenant share it. It is framed like a page (`storage.codec`: namespace,
-key, CRC; a blob failing any check is ignored and counted corrupt) around a JSON payload: at
-most `MAX_PREFIXES` token sequences with their read counts. Nothing is unpickled. Publishing
+model, KV format, tenant and deployment share it. It is framed like a page (`storage.codec`:
+namespace, key, and the deployment's MAC or a CRC) around a JSON payload: at most
+`MAX_PREFIXES` token sequences with their read counts, `MAX_RECORD_BYTES` in all. It is hostile
+until checked: an entry over the bound is not read, and a record failing the codec or any field
+check (`_decode`) is counted, logged at most once a minute, removed and ignored; nothing in it
+can stop the engine thread (`contained`). Nothing is unpickled. Publishing
 reads the record, merges its own counts in (decayed by half, so old favourites fade) and writes
 it back; two processes publishing at once may lose one update (the record is a hint).
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +37,7 @@ import torch
 from radixkv.cache.namespace import key_digest
 from radixkv.cache.prefetch.prefetcher import HOT
 from storage.codec import PageFormatError, decode_page, encode_page
+from storage.remote import Blob, Oversize, RateLimitedLog
 
 if TYPE_CHECKING:
     from radixkv.cache.owner import PageOwner
@@ -41,7 +46,11 @@ log = logging.getLogger(__name__)
 
 MAX_PREFIXES = 64
 MAX_PREFIX_TOKENS = 65_536
+MAX_TOKEN_ID = 1 << 31  # no vocabulary comes near; keys pack ids as 64-bit integers
+MAX_RECORD_BYTES = 4 << 20  # read at most this much of the shared record
+HEADER_SLACK = 256  # the codec's header and dims, well within
 MIN_HITS = 2  # a prefix read by one request only is not hot
+BAD_RECORDS = RateLimitedLog(log, interval_s=60.0)
 
 
 def record_key(cache: PageOwner) -> bytes:
@@ -69,21 +78,31 @@ def hot_prefixes(cache: PageOwner, limit: int = MAX_PREFIXES) -> list[tuple[list
     return out
 
 
-def _encode(cache: PageOwner, prefixes: list[tuple[list[int], int]]) -> bytes:
-    payload = json.dumps({"v": 1, "prefixes": [[t, h] for t, h in prefixes]}).encode()
+def _encode(cache: PageOwner, prefixes: list[tuple[list[int], float]]) -> bytes:
+    """The record framed like a page (authenticated with the deployment's key, if any); the
+    coldest prefixes are left out until it fits `MAX_RECORD_BYTES`."""
+    while True:
+        payload = json.dumps({"v": 1, "prefixes": [[t, h] for t, h in prefixes]}).encode()
+        if len(payload) + HEADER_SLACK <= MAX_RECORD_BYTES or not prefixes:
+            break
+        prefixes = prefixes[:-1]
     return encode_page(
         payload,
         namespace=cache.namespace.digest,
         key=record_key(cache),
         shape=(len(payload),),
         dtype=torch.uint8,
+        auth=cache.namespace.auth,
     )
 
 
-def _decode(cache: PageOwner, blob: bytes | None) -> list[tuple[list[int], int]]:
-    """The record's prefixes; [] when absent; raises PageFormatError / ValueError if bad."""
+def _decode(cache: PageOwner, blob: Blob) -> list[tuple[list[int], float]]:
+    """The record's prefixes, checked field by field; [] when absent. Raises PageFormatError
+    (too large, not ours, forged) or ValueError (malformed) for a bad one."""
     if blob is None:
         return []
+    if isinstance(blob, Oversize):
+        raise PageFormatError(f"record of {blob.size} bytes, over {MAX_RECORD_BYTES}")
     view = memoryview(blob)
     payload = decode_page(
         blob,
@@ -91,18 +110,29 @@ def _decode(cache: PageOwner, blob: bytes | None) -> list[tuple[list[int], int]]
         key=record_key(cache),
         shape=(_payload_len(view),),
         dtype=torch.uint8,
+        auth=cache.namespace.auth,
     )
-    data = json.loads(bytes(payload))
-    if not isinstance(data, dict) or data.get("v") != 1 or not isinstance(data["prefixes"], list):
-        raise ValueError("not a hot-prefix record")
+    try:
+        data = json.loads(bytes(payload))
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"not JSON ({type(err).__name__})") from None
+    if not isinstance(data, dict) or data.get("v") != 1:
+        raise ValueError("not a version-1 hot-prefix record")
+    items = data.get("prefixes")
+    if not isinstance(items, list) or len(items) > MAX_PREFIXES:
+        raise ValueError(f"prefixes must be a list of at most {MAX_PREFIXES}")
     out = []
-    for item in data["prefixes"][:MAX_PREFIXES]:
+    for item in items:
+        if not (isinstance(item, list) and len(item) == 2):
+            raise ValueError("a hot prefix must be [token ids, reads]")
         tokens, hits = item
-        if not (isinstance(tokens, list) and all(isinstance(t, int) and t >= 0 for t in tokens)):
-            raise ValueError("a hot prefix must be a list of token ids")
-        if not isinstance(hits, (int, float)) or hits < 0:
-            raise ValueError("a hot prefix's reads must be a number >= 0")
-        out.append((tokens[:MAX_PREFIX_TOKENS], hits))
+        if not (isinstance(tokens, list) and 0 < len(tokens) <= MAX_PREFIX_TOKENS):
+            raise ValueError(f"a hot prefix must hold 1 to {MAX_PREFIX_TOKENS} token ids")
+        if not all(type(t) is int and 0 <= t < MAX_TOKEN_ID for t in tokens):
+            raise ValueError(f"token ids must be integers in [0, {MAX_TOKEN_ID})")
+        if type(hits) not in (int, float) or not (0 <= hits < math.inf):
+            raise ValueError("a hot prefix's reads must be a finite number >= 0")
+        out.append((tokens, float(hits)))
     return out
 
 
@@ -112,6 +142,13 @@ def _payload_len(view: memoryview) -> int:
     if len(view) < 48:
         raise PageFormatError("truncated header")
     return int.from_bytes(view[40:48], "little")
+
+
+def _reject(cache: PageOwner, err: Exception) -> None:
+    """A bad shared record: counted, logged (rate-limited), removed, never fatal."""
+    cache.store.stats.count_corrupt(f"hot-prefix record: {err}"[:120])
+    BAD_RECORDS.warn("the shared hot-prefix record was rejected and removed: %s", err)
+    cache.controller.delete_blobs([record_key(cache).hex()], lambda f: None)
 
 
 @dataclass
@@ -138,13 +175,14 @@ def publish(cache: PageOwner) -> None:
         return
     key = record_key(cache).hex()
 
-    def on_read(fut) -> None:
-        theirs: list[tuple[list[int], int]] = []
+    def on_read(fut) -> None:  # in poll(), on the engine thread: must never raise
+        theirs: list[tuple[list[int], float]] = []
         if fut.exception() is None:
             try:
                 theirs = _decode(cache, fut.result()[0])
             except (PageFormatError, ValueError) as err:
-                log.warning("the shared hot-prefix record is unreadable (%s); replacing it", err)
+                cache.store.stats.count_corrupt(f"hot-prefix record: {err}"[:120])
+                BAD_RECORDS.warn("the shared hot-prefix record was rejected (%s): replaced", err)
         merged: dict[tuple[int, ...], float] = {}
         for tokens, hits in theirs:
             merged[tuple(tokens)] = hits / 2  # decayed: what nobody reads again fades
@@ -154,7 +192,7 @@ def publish(cache: PageOwner) -> None:
         blob = _encode(cache, [(list(t), h) for t, h in best])
         cache.controller.put_blobs([(key, blob)], lambda f: None)
 
-    cache.controller.get_blobs([key], on_read)
+    cache.controller.get_blobs([key], MAX_RECORD_BYTES, contained(on_read))
 
 
 def warm(cache: PageOwner, *, host_share: float = 0.5) -> Warming:
@@ -165,7 +203,7 @@ def warm(cache: PageOwner, *, host_share: float = 0.5) -> Warming:
         w.done = True
         return w
 
-    def on_read(fut) -> None:
+    def on_read(fut) -> None:  # in poll(), on the engine thread: must never raise
         w.done = True
         if fut.exception() is not None:
             w.error = repr(fut.exception())
@@ -173,7 +211,7 @@ def warm(cache: PageOwner, *, host_share: float = 0.5) -> Warming:
         try:
             prefixes = _decode(cache, fut.result()[0])
         except (PageFormatError, ValueError) as err:
-            cache.store.stats.count_corrupt(f"hot-prefix record: {err}")
+            _reject(cache, err)
             w.error = str(err)
             return
         budget = int(host_share * cache.config.host_pages) * cache.page_size
@@ -187,5 +225,18 @@ def warm(cache: PageOwner, *, host_share: float = 0.5) -> Warming:
         w.prefixes = len(w.tickets)
         log.info("warming the host tier with %d hot prefixes from the shared tier", w.prefixes)
 
-    cache.controller.get_blobs([record_key(cache).hex()], on_read)
+    cache.controller.get_blobs([record_key(cache).hex()], MAX_RECORD_BYTES, contained(on_read))
     return w
+
+
+def contained(callback):
+    """`callback` that logs and swallows what it raises: nothing read from a shared tier may
+    stop the engine thread that applies it."""
+
+    def run(fut) -> None:
+        try:
+            callback(fut)
+        except Exception:
+            log.exception("applying the shared hot-prefix record failed; ignored")
+
+    return run
