@@ -230,3 +230,43 @@ def test_the_file_tier_is_private_to_its_user(checkpoints, tmp_path):
     serve(a, root.as_uri())
     modes = {p.name: p.stat().st_mode & 0o777 for p in [root, *root.rglob("*")]}
     assert modes and all(m in (0o700, 0o600) for m in modes.values()), modes
+
+
+def test_an_engine_starts_and_serves_over_a_planted_bad_hot_prefix_record(
+    checkpoints, tmp_path, monkeypatch
+):
+    """The three shapes that killed the engine thread, each framed with the right key (an
+    insider's bug, not a forgery): the engine starts, serves, counts and removes each."""
+    import json
+
+    from radixkv.cache.prefetch.hot_prefixes import publish, record_key
+
+    (a, hf_a), *_ = checkpoints
+    monkeypatch.setenv("RADIXKV_REMOTE_SECRET", SECRET)
+    url = (tmp_path / "tier").as_uri()
+    want = hf_greedy(hf_a, PROMPT, 6)
+    for record in ({"v": 1}, {"v": 1, "prefixes": [5]}, {"v": 1, "prefixes": [[[2**64], 3]]}):
+        with engine(a, url) as eng:
+            cache = eng.cache
+            payload = json.dumps(record).encode()
+            blob = encode_page(
+                payload,
+                namespace=cache.namespace.digest,
+                key=record_key(cache),
+                shape=(len(payload),),
+                dtype=torch.uint8,
+                auth=cache.namespace.auth,
+            )
+            path = tmp_path / "tier" / record_key(cache).hex()[:2] / record_key(cache).hex()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(blob)
+        with engine(a, url, share_hot_prefixes=True) as eng:
+            r = eng.generate([PROMPT], max_tokens=6, ignore_eos=True)[0]
+            eng.generate([PROMPT, PROMPT], max_tokens=1)  # read again: a hot prefix to publish
+            path.write_bytes(blob)  # planted again: the minutely publish reads it too
+            publish(eng.cache)
+            eng.cache.wait_idle(timeout_s=30)
+            again = eng.generate([PROMPT[:40]], max_tokens=2, ignore_eos=True)[0]
+            reasons = eng.cache.store.stats.as_dict()["corrupt_reasons"]
+        assert r.token_ids == want and again.finish_reason == "length"
+        assert sum(n for why, n in reasons.items() if why.startswith("hot-prefix")) == 2
