@@ -175,6 +175,11 @@ class EngineConfig:
         "how tool calls are read from the output: hermes (<tool_call> JSON blocks: Hermes, "
         "Qwen, and the fallback prompt), llama3_json, or auto (by the chat template)",
     )
+    special_tokens_in_content: bool = _opt(
+        False,
+        "let special tokens typed in a chat message's content act as control tokens (off: "
+        "they are text, so no message can forge a system turn or end another)",
+    )
     prefetch_pages: int = _opt(
         256,
         "pages the prefetcher may promote between two steps: returning sessions' contexts "
@@ -238,7 +243,13 @@ class EngineConfig:
             raise bad("attention", f"must be one of {', '.join(ATTENTION)}")
         if not isinstance(self.device, str) or not self.device:
             raise bad("device", "must be a device name such as cuda or cpu")
-        for name in ("prefix_caching", "cuda_graph", "cpu_int4", "check_integrity"):
+        for name in (
+            "prefix_caching",
+            "cuda_graph",
+            "cpu_int4",
+            "check_integrity",
+            "special_tokens_in_content",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
         if self.remote_secret_file is not None and not (

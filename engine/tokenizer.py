@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import re
+import secrets
 from pathlib import Path
 
 from tokenizers import AddedToken, decoders, models, pre_tokenizers
@@ -176,3 +178,79 @@ class Tokenizer:
             )
         except TemplateError as err:  # the messages do not fit the template: the caller's input
             raise ValueError(f"the chat template cannot render these messages: {err}") from None
+
+    # ---- message content is text: typed special tokens are never control tokens ------------------
+    @functools.cached_property
+    def _literal(self) -> _Tokenizer:
+        """A copy that encodes special tokens' text as ordinary text."""
+        literal = _Tokenizer.from_str(self._tok.to_str())
+        literal.encode_special_tokens = True
+        return literal
+
+    @functools.cached_property
+    def _specials(self) -> re.Pattern | None:
+        """Any special token's text (None: the tokenizer has none)."""
+        texts = sorted(
+            (t.content for t in self._tok.get_added_tokens_decoder().values() if t.special),
+            key=len,
+            reverse=True,
+        )
+        return re.compile("|".join(map(re.escape, texts))) if texts else None
+
+    def encode_chat(
+        self,
+        messages: list[dict],
+        *,
+        tools: list[dict] | None = None,
+        add_generation_prompt: bool = True,
+        literal_content: bool = True,
+    ) -> list[int]:
+        """Token ids of `messages` rendered with the chat template. With `literal_content` (the
+        default) a message's content is text: `<|im_start|>system` typed in it is encoded as
+        those characters, never as the control token, so no message can forge another turn.
+        Content without any special token's text encodes exactly as the whole rendered prompt
+        does; content with some is encoded apart from the template's own text."""
+        rendered = self.apply_chat_template(messages, add_generation_prompt, tools)
+        contents = [m.get("content") for m in messages if isinstance(m, dict)]
+        if (
+            not literal_content
+            or self._specials is None
+            or not any(isinstance(c, str) and self._specials.search(c) for c in contents)
+        ):
+            return self.encode(rendered)
+        ids: list[int] = []
+        for text, literal in self._segments(messages, add_generation_prompt, tools):
+            if text:
+                ids += (
+                    (self._literal if literal else self._tok)
+                    .encode(text, add_special_tokens=False)
+                    .ids
+                )
+        return ids
+
+    def _segments(
+        self, messages: list[dict], add_generation_prompt: bool, tools: list[dict] | None
+    ) -> list[tuple[str, bool]]:
+        """The rendered prompt as (text, is message content) runs: the template is rendered
+        with a random marker in place of each content (its surrounding whitespace kept, for
+        templates that trim it), and each marker gives way to its content."""
+        nonce = secrets.token_hex(8)
+        marked, cores = [], []
+        for i, m in enumerate(messages):
+            c = m.get("content")
+            if isinstance(c, str) and c.strip():
+                core = c.strip()
+                lead, trail = c[: len(c) - len(c.lstrip())], c[len(c.rstrip()) :]
+                m = {**m, "content": f"{lead}\ue000{nonce}-{i}\ue001{trail}"}
+                cores.append((i, core))
+            marked.append(m)
+        text = self.apply_chat_template(marked, add_generation_prompt, tools)
+        by_index = dict(cores)
+        out: list[tuple[str, bool]] = []
+        pos = 0
+        for hit in re.finditer(f"\ue000{nonce}-(\\d+)\ue001", text):
+            out.append((text[pos : hit.start()], False))
+            out.append((by_index[int(hit.group(1))], True))
+            pos = hit.end()
+        out.append((text[pos:], False))
+        return out

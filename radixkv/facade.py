@@ -57,7 +57,10 @@ class Session:
 
     def _keep_warm(self) -> None:
         tok, cache = self.engine.tokenizer, self.engine.cache
-        context = tok.encode(tok.apply_chat_template(self.messages, add_generation_prompt=False))
+        literal = not self.engine.core.config.special_tokens_in_content
+        context = tok.encode_chat(
+            self.messages, add_generation_prompt=False, literal_content=literal
+        )
 
         def warm() -> None:
             cache.match(context)  # recency: this context was just used
@@ -187,7 +190,9 @@ class Engine:
     def chat(self, messages: list[dict], **sampling) -> GenerationResult:
         if self.tokenizer is None or not self.tokenizer.chat_template:
             raise ValueError("this model has no chat template")
-        return self.generate([self.tokenizer.apply_chat_template(messages)], **sampling)[0]
+        literal = not self.core.config.special_tokens_in_content
+        ids = self.tokenizer.encode_chat(messages, literal_content=literal)
+        return self.generate([ids], **sampling)[0]
 
     @staticmethod
     def _result(r, t0: float) -> GenerationResult:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,8 +21,11 @@ def native_router(ctx: ServingContext) -> APIRouter:
     @router.post("/generate")
     async def generate(body: GenerateRequest, http: Request):
         prompt = body.input_ids if body.input_ids is not None else body.text
-        ids = ctx.encode(prompt)
-        req = ctx.make_request(ids, body.sampling_params.sampling())
+
+        def prepare():  # tokenizing, a grammar's compilation: off the event loop
+            return ctx.make_request(ctx.encode(prompt), body.sampling_params.sampling())
+
+        req = await asyncio.to_thread(prepare)
         rid = body.rid or uuid.uuid4().hex
 
         def result(out_ids: list[int], text: str, out: RequestOutput) -> dict:

@@ -50,16 +50,21 @@ def openai_router(ctx: ServingContext) -> APIRouter:
     async def completions(body: CompletionRequest, http: Request):
         ctx.check_model(body.model)
         session = session_of(http, body)
-        reqs, echoed = [], []  # prompt by prompt, n choices each; the text each echoes
-        for prompt in body.prompts():
-            ids = ctx.encode(prompt)
-            if body.echo:
-                echoed += [ctx.decode_prompt(prompt, ids)] * body.n
-            sampling = body.sampling(ctx.max_tokens_for(len(ids), body.max_tokens))
-            reqs += [
-                ctx.make_request(ids, body.choice_sampling(sampling, c), session)
-                for c in range(body.n)
-            ]
+
+        def prepare() -> tuple[list, list[str]]:  # tokenizing, grammars: off the event loop
+            reqs, echoed = [], []  # prompt by prompt, n choices each; the text each echoes
+            for prompt in body.prompts():
+                ids = ctx.encode(prompt)
+                if body.echo:
+                    echoed += [ctx.decode_prompt(prompt, ids)] * body.n
+                sampling = body.sampling(ctx.max_tokens_for(len(ids), body.max_tokens))
+                reqs += [
+                    ctx.make_request(ids, body.choice_sampling(sampling, c), session)
+                    for c in range(body.n)
+                ]
+            return reqs, echoed
+
+        reqs, echoed = await asyncio.to_thread(prepare)
         rid, now = f"cmpl-{uuid.uuid4().hex}", _now()
 
         def chunk(text: str, finish: str | None, logprobs: dict | None = None) -> dict:
@@ -75,17 +80,23 @@ def openai_router(ctx: ServingContext) -> APIRouter:
         shape = completion_logprobs if body.logprobs is not None else None
         if not body.stream:
             results = await ctx.run_all(http, reqs)
-            choices = [
-                {
-                    "index": i,
-                    "text": (echoed[i] if echoed else "") + (out.text or ""),
-                    "logprobs": shape(ctx.core.tokenizer, *_all_logprobs(req)) if shape else None,
-                    "finish_reason": out.finish_reason,
-                }
-                for i, (req, (_, out)) in enumerate(zip(reqs, results, strict=True))
-            ]
-            whole = chunk("", None) | {"choices": choices}
-            return whole | {"usage": usage(*(out for _, out in results), n=body.n)}
+
+            def answer() -> dict:  # n x top_logprobs choices: built off the event loop
+                choices = [
+                    {
+                        "index": i,
+                        "text": (echoed[i] if echoed else "") + (out.text or ""),
+                        "logprobs": shape(ctx.core.tokenizer, *_all_logprobs(req))
+                        if shape
+                        else None,
+                        "finish_reason": out.finish_reason,
+                    }
+                    for i, (req, (_, out)) in enumerate(zip(reqs, results, strict=True))
+                ]
+                whole = chunk("", None) | {"choices": choices}
+                return whole | {"usage": usage(*(out for _, out in results), n=body.n)}
+
+            return await asyncio.to_thread(answer)
         first = [chunk(e, None) for e in echoed] if echoed else None  # each choice's echo first
         return _streaming(
             ctx, reqs, chunk, body.include_usage, first=first, logprobs=shape, n=body.n
@@ -99,51 +110,63 @@ def openai_router(ctx: ServingContext) -> APIRouter:
             raise APIError(
                 400, "this model has no chat template: use /v1/completions", "invalid_request_error"
             )
-        calling = ToolCalling.of(body, tok, ctx.core.config.tool_call_parser)
-        try:
-            prompt = tools.render(tok, body.chat_messages(), calling.offered)
-        except ValueError as err:
-            raise APIError(400, str(err), "invalid_request_error", "messages") from err
-        ids = ctx.encode(prompt)
-        sampling = body.sampling(ctx.max_tokens_for(len(ids), body.requested_max_tokens))
-        if calling.grammar is not None:
-            if sampling["grammar"] is not None:
-                raise APIError(
-                    400,
-                    "tool_choice required or named cannot be combined with response_format",
-                    "invalid_request_error",
-                    "tool_choice",
-                )
-            sampling["grammar"] = calling.grammar
         session = session_of(http, body)
-        reqs = [
-            ctx.make_request(ids, body.choice_sampling(sampling, c), session) for c in range(body.n)
-        ]
+
+        def prepare() -> tuple[ToolCalling, list]:  # templating, grammars: off the event loop
+            calling = ToolCalling.of(body, tok, ctx.core.config.tool_call_parser)
+            literal = not ctx.core.config.special_tokens_in_content
+            try:
+                ids = tools.render_ids(
+                    tok, body.chat_messages(), calling.offered, literal_content=literal
+                )
+            except ValueError as err:
+                raise APIError(400, str(err), "invalid_request_error", "messages") from err
+            sampling = body.sampling(ctx.max_tokens_for(len(ids), body.requested_max_tokens))
+            if calling.grammar is not None:
+                if sampling["grammar"] is not None:
+                    raise APIError(
+                        400,
+                        "tool_choice required or named cannot be combined with response_format",
+                        "invalid_request_error",
+                        "tool_choice",
+                    )
+                sampling["grammar"] = calling.grammar
+            reqs = [
+                ctx.make_request(ids, body.choice_sampling(sampling, c), session)
+                for c in range(body.n)
+            ]
+            return calling, reqs
+
+        calling, reqs = await asyncio.to_thread(prepare)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", _now()
 
         shape = chat_logprobs if body.logprobs else None
         if not body.stream:
             results = await ctx.run_all(http, reqs)
-            choices = []
-            for i, (one, (_, out)) in enumerate(zip(reqs, results, strict=True)):
-                content, calls = calling.parse(out.text or "")
-                message = {"role": "assistant", "content": content}
-                finish = out.finish_reason
-                if calls:
-                    message["tool_calls"] = [c.to_openai() for c in calls]
-                    finish = "tool_calls"
-                lps = shape(ctx.core.tokenizer, *_all_logprobs(one)) if shape else None
-                choices.append(
-                    {"index": i, "message": message, "logprobs": lps, "finish_reason": finish}
-                )
-            return {
-                "id": rid,
-                "object": "chat.completion",
-                "created": now,
-                "model": ctx.model_name,
-                "choices": choices,
-                "usage": usage(*(out for _, out in results), n=body.n),
-            }
+
+            def answer() -> dict:  # n x top_logprobs choices: built off the event loop
+                choices = []
+                for i, (one, (_, out)) in enumerate(zip(reqs, results, strict=True)):
+                    content, calls = calling.parse(out.text or "")
+                    message = {"role": "assistant", "content": content}
+                    finish = out.finish_reason
+                    if calls:
+                        message["tool_calls"] = [c.to_openai() for c in calls]
+                        finish = "tool_calls"
+                    lps = shape(ctx.core.tokenizer, *_all_logprobs(one)) if shape else None
+                    choices.append(
+                        {"index": i, "message": message, "logprobs": lps, "finish_reason": finish}
+                    )
+                return {
+                    "id": rid,
+                    "object": "chat.completion",
+                    "created": now,
+                    "model": ctx.model_name,
+                    "choices": choices,
+                    "usage": usage(*(out for _, out in results), n=body.n),
+                }
+
+            return await asyncio.to_thread(answer)
 
         def chunk(
             text: str | None,

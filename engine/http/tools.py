@@ -53,15 +53,27 @@ def choose_parser(name: str, template: str | None) -> str:
     return "hermes"  # also what the fallback prompt asks for
 
 
+def _for_template(template: str, messages: list[dict], tools: list[dict] | None):
+    """(messages, tools) as the template takes them: its own tools, or the fallback's."""
+    if "tools" in template:
+        return messages, tools
+    return _fallback_messages(messages, tools, "tool_calls" in template), None
+
+
 def render(tokenizer, messages: list[dict], tools: list[dict] | None) -> str:
     """The prompt text of `messages` (OpenAI shape: tool_calls, tool results) offering `tools`
     (OpenAI `{"type": "function", "function": {...}}` entries; None: none offered)."""
-    template = tokenizer.chat_template or ""
-    native = "tools" in template
-    if not native:
-        messages = _fallback_messages(messages, tools, "tool_calls" in template)
-        tools = None
+    messages, tools = _for_template(tokenizer.chat_template or "", messages, tools)
     return tokenizer.apply_chat_template(messages, tools=tools)
+
+
+def render_ids(
+    tokenizer, messages: list[dict], tools: list[dict] | None, *, literal_content: bool = True
+) -> list[int]:
+    """`render`'s prompt as token ids; with `literal_content`, special tokens typed in a
+    message are text (`Tokenizer.encode_chat`)."""
+    messages, tools = _for_template(tokenizer.chat_template or "", messages, tools)
+    return tokenizer.encode_chat(messages, tools=tools, literal_content=literal_content)
 
 
 def _fallback_messages(messages: list[dict], tools: list[dict] | None, knows_calls: bool):
