@@ -234,7 +234,6 @@ class EngineCore:
         sampling values, a prompt plus max_tokens beyond the context or the device tier.
         `session` names the conversation it continues (the prefetcher learns when it returns).
         """
-        ids = self.encode(prompt)
         unknown = set(sampling) - set(SamplingParams.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown sampling option(s): {', '.join(sorted(unknown))}")
@@ -244,27 +243,36 @@ class EngineCore:
                 for k, v in sampling.items()
             }
         )
+        # a prompt too long is refused before its ids are checked one by one (a multi-megabyte
+        # prompt's check would hold the GIL for a tenth of a second)
+        if isinstance(prompt, (list, tuple)):
+            self._check_length(len(prompt), params.max_tokens)
+        ids = self.encode(prompt)
         vocab = self.model.config.vocab_size
         if any(t >= vocab for t, _ in params.logit_bias):
             raise ValueError(f"logit_bias names a token id outside the vocabulary [0, {vocab})")
-        total = len(ids) + params.max_tokens
-        if total > self.context_length:
-            raise ValueError(
-                f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) is "
-                f"{total} tokens, longer than the model's context ({self.context_length})"
-            )
-        device_tokens = self.prefix_cache.device_capacity_pages * self.prefix_cache.page_size
-        if total > device_tokens:
-            raise ValueError(
-                f"the prompt ({len(ids)} tokens) plus max_tokens ({params.max_tokens}) needs "
-                f"more KV memory than the device tier holds ({device_tokens} tokens)"
-            )
+        self._check_length(len(ids), params.max_tokens)
         if session is not None and (not isinstance(session, str) or not 0 < len(session) <= 256):
             raise ValueError("a session id must be a string of 1 to 256 characters")
         req = Request(next(self._rids), ids, params, session=session)
         if params.grammar is not None:
             req.constraint = self.grammars().constraint(*params.grammar)
         return req
+
+    def _check_length(self, prompt_tokens: int, max_tokens: int) -> None:
+        """A prompt plus its output must fit the context and the device tier."""
+        total = prompt_tokens + max_tokens
+        if total > self.context_length:
+            raise ValueError(
+                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is "
+                f"{total} tokens, longer than the model's context ({self.context_length})"
+            )
+        device_tokens = self.prefix_cache.device_capacity_pages * self.prefix_cache.page_size
+        if total > device_tokens:
+            raise ValueError(
+                f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) needs "
+                f"more KV memory than the device tier holds ({device_tokens} tokens)"
+            )
 
     def grammars(self):
         """The grammar compiler for this model's tokenizer (built once, on first use)."""

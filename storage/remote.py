@@ -11,39 +11,18 @@ import abc
 import logging
 import math
 import threading
-import time
 from dataclasses import dataclass, field, fields
 
 import torch
 
 from storage.codec import PageFormatError, decode_page, max_blob_bytes
+from storage.log_limits import limit_repeats
 from storage.page_auth import PageAuth
 
 log = logging.getLogger(__name__)
 
 
-class RateLimitedLog:
-    """A warning logged at most once per `interval_s`, with how many were held back since: a
-    store full of forged pages must not flood the log."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
-        self.logger, self.interval_s = logger, interval_s
-        self.last = -math.inf
-        self.held = 0
-        self.lock = threading.Lock()
-
-    def warn(self, message: str, *args: object) -> None:
-        with self.lock:
-            now = time.monotonic()
-            if now - self.last < self.interval_s:
-                self.held += 1
-                return
-            held, self.held, self.last = self.held, 0, now
-        suffix = f" (and {held} more like it in the last {self.interval_s:.0f} s)" if held else ""
-        self.logger.warning(message + suffix, *args)
-
-
-REJECTIONS = RateLimitedLog(log)
+limit_repeats(log, "rejected", 10.0)  # a store full of bad pages logs once in 10 s
 
 
 @dataclass
@@ -154,7 +133,7 @@ async def read_pages(
             store.stats.add(hits=1, bytes_read=len(blob))
         except PageFormatError as err:
             store.stats.count_corrupt(err.reason)
-            REJECTIONS.warn(
+            log.warning(
                 "remote page %s rejected (%s); treated as a miss and removed", name, err.reason
             )
             bad.append(name)

@@ -400,6 +400,32 @@ def test_api_key_is_required_except_for_health(served):
     assert http.get("/health").status_code == 200
     denied = http.post("/v1/completions", json={"model": MODEL, "prompt": "hi"})
     assert denied.status_code == 401 and "API key" in denied.json()["error"]["message"]
+    lower = http.get("/v1/models", headers={"Authorization": "bearer  s3cret "})
+    assert lower.status_code == 200  # the scheme in any case (RFC 7235)
+    # admin routes: refused while only the inference key is set, even with that key
+    flush = http.post("/cache/flush", headers={"Authorization": "Bearer s3cret"})
+    assert flush.status_code == 403 and "admin key" in flush.json()["error"]["message"]
+    health = http.get("/health").json()
+    assert set(health) == {"status", "model", "remote_tier"}  # no path, no error text
+
+
+def test_the_admin_key_guards_the_admin_routes_apart_from_inference(served):
+    from fastapi.testclient import TestClient
+
+    from engine.http.app import build_app
+
+    _url, loop = served
+    http = TestClient(build_app(loop, model_name=MODEL, api_key="infer", admin_key="admin"))
+    inference, admin = (
+        {"Authorization": "Bearer infer"},
+        {"Authorization": "Bearer admin"},
+    )
+    assert http.post("/cache/flush", headers=inference).status_code == 401
+    assert http.get("/cache/stats", headers=inference).status_code == 401
+    assert http.post("/cache/flush", headers=admin).status_code == 200
+    assert http.get("/cache/stats", headers=admin).status_code == 200
+    assert http.get("/v1/models", headers=admin).status_code == 401  # and no inference
+    assert http.get("/v1/models", headers=inference).status_code == 200
 
 
 def test_openapi_documents_the_errors_the_server_sends(served):

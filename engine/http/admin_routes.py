@@ -19,11 +19,11 @@ def admin_router(ctx: ServingContext) -> APIRouter:
         if not loop.alive:
             return error_response(503, "the engine thread is not running", "server_error")
         remote = ctx.core.cache.remote_status()  # thread-safe reads: answers while steps run
+        # open to anyone: states only, never the store's address or its errors (/cache/stats)
         return {
             "status": "ok",  # degraded remote tier: still ready, requests recompute
             "model": ctx.model_name,
             "remote_tier": "off" if remote is None else "degraded" if remote["degraded"] else "ok",
-            "remote": remote,
         }
 
     @router.get("/metrics")

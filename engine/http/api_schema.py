@@ -173,7 +173,6 @@ class Health(_Open):
     status: Literal["ok"]
     model: str
     remote_tier: Literal["off", "ok", "degraded"]
-    remote: dict[str, Any] | None
 
 
 # The body of each route's 200 (None: free-form JSON); streamed routes also send SSE
@@ -194,8 +193,11 @@ _STREAM_EVENT: dict[str, type[BaseModel]] = {
 _ERRORS = {
     400: "invalid request: the body is not valid JSON, breaks the schema, or the prompt plus "
     "max_tokens does not fit the context or the device tier (code context_length_exceeded)",
-    401: "missing or wrong API key",
+    401: "missing or wrong API key (the admin key on admin routes)",
+    403: "an admin route on a server whose API key guards inference but no admin key is set",
     404: "the model named is not the one served (code model_not_found)",
+    408: "the request body did not arrive within the server's deadline",
+    413: "the request body is larger than the server takes (--max-body-mb)",
     500: "the server's own failure (its log holds the error id of the message)",
     503: "the engine thread is not running",
 }
@@ -204,13 +206,15 @@ _ERRORS = {
 def _statuses(method: str, path: str, api_key: bool) -> list[int]:
     out = [500]
     if method == "post":
-        out.append(400)
+        out += [400, 408, 413]
     if (path.startswith("/v1/") and method == "post") or path == "/v1/models/{model_id}":
         out.append(404)
     if path == "/health":
         out.append(503)
     elif api_key:
         out.append(401)
+        if path in ("/cache/flush", "/cache/stats"):
+            out.append(403)
     return sorted(out)
 
 

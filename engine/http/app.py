@@ -23,16 +23,38 @@ from engine.engine_loop import EngineLoop
 from engine.http.admin_routes import admin_router
 from engine.http.api_schema import install_openapi
 from engine.http.common import APIError, ServingContext, error_response, validation_message
+from engine.http.limits import BodyLimit
 from engine.http.native_routes import native_router
 from engine.http.openai_routes import openai_router
 
 log = logging.getLogger(__name__)
 
 _OPEN_PATHS = ("/health",)  # answered without an API key (load balancers probe it)
+ADMIN_PATHS = ("/cache/flush", "/cache/stats")  # need the admin key, never the inference key
+MAX_BODY_BYTES = 16 << 20
 
 
-def build_app(loop: EngineLoop, *, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The FastAPI app; starts the engine loop on startup and stops it on shutdown."""
+def bearer_token(header: str) -> str:
+    """The token of an `Authorization: Bearer TOKEN` header (the scheme in any case)."""
+    scheme, _, token = header.strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def key_matches(header: str, key: str) -> bool:
+    return secrets.compare_digest(bearer_token(header).encode(), key.encode())
+
+
+def build_app(
+    loop: EngineLoop,
+    *,
+    model_name: str,
+    api_key: str | None = None,
+    admin_key: str | None = None,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> FastAPI:
+    """The FastAPI app; starts the engine loop on startup and stops it on shutdown. With
+    `api_key`, every route but /health needs it; the admin routes (`ADMIN_PATHS`) need
+    `admin_key` instead, and are refused when a key guards inference but none guards them."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -63,18 +85,31 @@ def build_app(loop: EngineLoop, *, model_name: str, api_key: str | None = None) 
         message = f"internal error {rid}: {type(err).__name__} (see the server log)"
         return error_response(500, message, "server_error")
 
-    if api_key:
+    if api_key or admin_key:
 
         @app.middleware("http")
         async def _auth(request: Request, call_next):
-            if request.url.path not in _OPEN_PATHS:
-                given = request.headers.get("authorization", "")
-                if not secrets.compare_digest(given.encode(), f"Bearer {api_key}".encode()):
+            path, given = request.url.path, request.headers.get("authorization", "")
+            if path in ADMIN_PATHS:
+                if admin_key is None:
+                    return error_response(
+                        403,
+                        "admin routes are off: this server has an API key but no admin key "
+                        "(--admin-api-key-file)",
+                        "permission_error",
+                    )
+                if not key_matches(given, admin_key):
                     return error_response(
                         401,
-                        "missing or wrong API key (Authorization: Bearer ...)",
+                        "missing or wrong admin key (Authorization: Bearer ...)",
                         "authentication_error",
                     )
+            elif path not in _OPEN_PATHS and api_key and not key_matches(given, api_key):
+                return error_response(
+                    401,
+                    "missing or wrong API key (Authorization: Bearer ...)",
+                    "authentication_error",
+                )
             return await call_next(request)
 
     ctx = ServingContext(loop, model_name)
@@ -86,4 +121,5 @@ def build_app(loop: EngineLoop, *, model_name: str, api_key: str | None = None) 
         vocab_size=loop.core.model.config.vocab_size,
         api_key=bool(api_key),
     )
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app

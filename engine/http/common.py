@@ -49,6 +49,10 @@ def error_response(
     status: int, message: str, kind: str, param: str | None = None, code: str | None = None
 ) -> JSONResponse:
     code = code or ERROR_CODES.get(status, "error")
+    # a message may quote the client's text, lone surrogates included: escaped, never a 500
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    if param is not None:
+        param = param.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
 

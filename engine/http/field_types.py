@@ -110,6 +110,7 @@ class Body(BaseModel):
         """Text that cannot reach the tokenizer or a log is a 400 naming its field, not a 500."""
         where = invalid_text(data)
         if where is not None:
-            field = ".".join(where) or "body"
+            # the path may hold the bad key itself: escaped, or the error could not be sent
+            field = ".".join(where).encode("utf-8", "backslashreplace").decode() or "body"
             raise ValueError(f"{field} is not valid Unicode text (a lone UTF-16 surrogate)")
         return data

@@ -37,7 +37,8 @@ import torch
 from radixkv.cache.namespace import key_digest
 from radixkv.cache.prefetch.prefetcher import HOT
 from storage.codec import PageFormatError, decode_page, encode_page
-from storage.remote import Blob, Oversize, RateLimitedLog
+from storage.log_limits import limit_repeats
+from storage.remote import Blob, Oversize
 
 if TYPE_CHECKING:
     from radixkv.cache.owner import PageOwner
@@ -50,7 +51,7 @@ MAX_TOKEN_ID = 1 << 31  # no vocabulary comes near; keys pack ids as 64-bit inte
 MAX_RECORD_BYTES = 4 << 20  # read at most this much of the shared record
 HEADER_SLACK = 256  # the codec's header and dims, well within
 MIN_HITS = 2  # a prefix read by one request only is not hot
-BAD_RECORDS = RateLimitedLog(log, interval_s=60.0)
+limit_repeats(log, "hot-prefix record was rejected", 60.0)  # once a minute at most
 
 
 def record_key(cache: PageOwner) -> bytes:
@@ -147,7 +148,7 @@ def _payload_len(view: memoryview) -> int:
 def _reject(cache: PageOwner, err: Exception) -> None:
     """A bad shared record: counted, logged (rate-limited), removed, never fatal."""
     cache.store.stats.count_corrupt(f"hot-prefix record: {err}"[:120])
-    BAD_RECORDS.warn("the shared hot-prefix record was rejected and removed: %s", err)
+    log.warning("the shared hot-prefix record was rejected and removed: %s", err)
     cache.controller.delete_blobs([record_key(cache).hex()], lambda f: None)
 
 
@@ -182,7 +183,7 @@ def publish(cache: PageOwner) -> None:
                 theirs = _decode(cache, fut.result()[0])
             except (PageFormatError, ValueError) as err:
                 cache.store.stats.count_corrupt(f"hot-prefix record: {err}"[:120])
-                BAD_RECORDS.warn("the shared hot-prefix record was rejected (%s): replaced", err)
+                log.warning("the shared hot-prefix record was rejected (%s): replaced", err)
         merged: dict[tuple[int, ...], float] = {}
         for tokens, hits in theirs:
             merged[tuple(tokens)] = hits / 2  # decayed: what nobody reads again fades
