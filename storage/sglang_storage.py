@@ -6,10 +6,13 @@
           "class_name": "RadixKVStorage", "remote_url": "redis://127.0.0.1:6379/0"}'
 
 Any radixkv store URL works (file, redis, rediss, mooncake). Every value is framed and verified
-by radixkv's page codec (namespace, key, shape, dtype, CRC32; never pickled), so a corrupt,
-truncated or foreign entry reads as a miss. The namespace binds the model name, the KV shard the
-rank holds (tensor / pipeline / context parallel), the page layout and an optional `tenant`
-salt; stored keys are hashes of SGLang's page hashes.
+by radixkv's page codec (namespace, key, shape, dtype, and a CRC32, or with a deployment secret
+an HMAC-SHA256: `secret_file` in the extra config, else $RADIXKV_REMOTE_SECRET; never pickled),
+and read no larger than its target, so a corrupt, truncated, forged or foreign entry reads as a
+miss. The namespace binds the model name, the KV shard the rank holds (tensor / pipeline /
+context parallel), the page layout, an optional `tenant` salt and the secret's key id; stored
+keys are hashes of SGLang's page hashes. The model name is what SGLang says: it does not cover
+the weights' bytes, so give a fine-tune its own `tenant`.
 Calls run on a private event loop under a timeout and a circuit breaker: a failing store makes
 SGLang recompute, never wait.
 """
@@ -26,6 +29,9 @@ import torch
 
 from storage import PageFormatError, decode_page, encode_page, open_store
 from storage.breaker import CircuitBreaker
+from storage.codec import max_blob_bytes
+from storage.page_auth import PageAuth, read_secret
+from storage.remote import Oversize
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,9 @@ class RadixKVStorage(_Base):
         url = extra.get("remote_url")
         if not url:
             raise ValueError("the radixkv backend needs 'remote_url' in its extra config")
-        self.namespace = self.namespace_of(storage_config, extra)
+        secret = read_secret(extra.get("secret_file"))  # else $RADIXKV_REMOTE_SECRET
+        self.auth = PageAuth(secret, str(extra.get("tenant", ""))) if secret else None
+        self.namespace = self.namespace_of(storage_config, extra, self.auth)
         self.timeout_s = float(extra.get("timeout_s", 10.0))
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -54,10 +62,11 @@ class RadixKVStorage(_Base):
         self.breaker = CircuitBreaker(self._store.describe())
 
     @staticmethod
-    def namespace_of(storage_config: Any, extra: dict) -> bytes:
+    def namespace_of(storage_config: Any, extra: dict, auth: PageAuth | None = None) -> bytes:
         """What a stored page's bytes depend on: the model, which shard of the KV this rank holds
         (tensor, pipeline and context parallel coordinates; MLA ranks all hold the same latent
-        cache), the host page layout, and the tenant. Data-parallel replicas share entries."""
+        cache), the host page layout, the tenant and the deployment's key (`secret_file`).
+        Data-parallel replicas share entries."""
 
         def get(name: str, default: Any) -> Any:
             return getattr(storage_config, name, default)
@@ -71,7 +80,8 @@ class RadixKVStorage(_Base):
             (get("dcp_rank", 0), get("dcp_size", 1)),
             "page_first" if get("is_page_first_layout", False) else "layer_first",
         )
-        seed = f"sglang|{model}|{shard}|{extra.get('tenant', '')}"
+        key_id = auth.key_id.hex() if auth is not None else "unauthenticated"
+        seed = f"sglang|{model}|{shard}|{extra.get('tenant', '')}|{key_id}"
         return hashlib.blake2b(seed.encode(), digest_size=16).digest()
 
     @staticmethod
@@ -104,7 +114,12 @@ class RadixKVStorage(_Base):
         payload = memoryview(value.view(torch.uint8).numpy()).cast("B")
         k = self._key(key)
         blob = encode_page(
-            payload, namespace=self.namespace, key=k, shape=tuple(value.shape), dtype=value.dtype
+            payload,
+            namespace=self.namespace,
+            key=k,
+            shape=tuple(value.shape),
+            dtype=value.dtype,
+            auth=self.auth,
         )
         return k.hex(), blob
 
@@ -126,19 +141,23 @@ class RadixKVStorage(_Base):
         if target_locations is None or len(target_locations) != len(keys):
             raise ValueError("batch_get needs one target tensor per key")
         ks = [self._key(k) for k in keys]
-        blobs = self._call(self._store.get([k.hex() for k in ks])) or [None] * len(keys)
+        bound = max(max_blob_bytes(t.numel() * t.element_size(), t.dim()) for t in target_locations)
+        blobs = self._call(self._store.get([k.hex() for k in ks], bound)) or [None] * len(keys)
         out, bad = [], []
         for k, blob, target in zip(ks, blobs, target_locations, strict=True):
             if blob is None:
                 out.append(None)
                 continue
             try:
+                if isinstance(blob, Oversize):
+                    raise PageFormatError("entry larger than a page")
                 payload = decode_page(
                     blob,
                     namespace=self.namespace,
                     key=k,
                     shape=tuple(target.shape),
                     dtype=target.dtype,
+                    auth=self.auth,
                 )
             except PageFormatError as err:
                 log.warning("sglang page %s rejected (%s): a miss", k.hex(), err.reason)
