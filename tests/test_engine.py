@@ -320,9 +320,9 @@ def test_a_prefill_adopts_its_remote_prefix_landing_after_admission(tiny_dir, tm
         store, gate = eng.cache.controller.store, threading.Event()
         real_get = store.get
 
-        async def held_get(names):
+        async def held_get(names, *bound):
             await asyncio.get_running_loop().run_in_executor(None, gate.wait)
-            return await real_get(names)
+            return await real_get(names, *bound)
 
         store.get = held_get
         req = eng.submit(prompt, max_tokens=8, ignore_eos=True)

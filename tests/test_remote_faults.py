@@ -216,9 +216,9 @@ def test_generate_waits_for_a_slow_prefetch_without_spinning(tiny_dir, tmp_path)
     with Engine(str(path), **small) as b:
         store, get = b.cache.store, b.cache.store.get
 
-        async def slow_get(keys):
+        async def slow_get(keys, *bound):
             await asyncio.sleep(0.5)
-            return await get(keys)
+            return await get(keys, *bound)
 
         store.get = slow_get
         steps, step = [0], b.scheduler.schedule
@@ -254,7 +254,7 @@ def test_a_stuck_remote_tier_delays_a_request_no_longer_than_recomputing(tiny_di
         assert eng.cache.cost.prefill_tokens_per_s
         eng.cache.wait_idle(timeout_s=30)
 
-        async def stuck(keys):
+        async def stuck(keys, *bound):
             await asyncio.sleep(4.0)
             return [False] * len(keys)
 
