@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch
 
 from tests.conftest import cpu_engine
 
@@ -22,6 +21,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis import checks  # noqa: E402
 
 from tests.live_server import live_server  # noqa: E402
+from tests.tiny_model import save_tiny_llama_for_the_default_tokenizer  # noqa: E402
 
 # what a 400 may say to a schema-valid request: rules no JSON schema can state (a prompt's token
 # count against the context; whether a string holds a valid JSON Schema or regex; which tool
@@ -50,20 +50,7 @@ def fuzzed_server(tmp_path_factory):
     """A tiny random Llama with the default model's tokenizer (and so its chat template): the
     fuzz checks the API, not the answers, and the default model on a slow CPU spent minutes
     generating."""
-    import transformers
-
-    path = tmp_path_factory.mktemp("fuzz-model")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=49_152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-    )
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    path = save_tiny_llama_for_the_default_tokenizer(tmp_path_factory.mktemp("fuzz-model"))
     with (
         cpu_engine(
             str(path),

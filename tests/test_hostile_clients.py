@@ -16,30 +16,18 @@ from contextlib import ExitStack, contextmanager, suppress
 
 import httpx
 import pytest
-import torch
 
 transformers = pytest.importorskip("transformers")
 
 from tests.live_server import free_port  # noqa: E402
+from tests.tiny_model import save_tiny_llama_for_the_default_tokenizer  # noqa: E402
 
 MODEL = "tiny"
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("hostile-model")
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(
-        vocab_size=49_152,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=512,
-    )
-    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
-    return path
+    return save_tiny_llama_for_the_default_tokenizer(tmp_path_factory.mktemp("hostile-model"))
 
 
 @contextmanager

@@ -247,7 +247,7 @@ def test_an_engine_starts_and_serves_over_a_planted_bad_hot_prefix_record(
     insider's bug, not a forgery): the engine starts, serves, counts and removes each."""
     import json
 
-    from radixkv.cache.prefetch.hot_prefixes import publish, record_key
+    from radixkv.cache.prefetch.hot_prefixes import frame_record, publish, record_key
 
     (a, hf_a), *_ = checkpoints
     monkeypatch.setenv("RADIXKV_REMOTE_SECRET", SECRET)
@@ -256,15 +256,7 @@ def test_an_engine_starts_and_serves_over_a_planted_bad_hot_prefix_record(
     for record in ({"v": 1}, {"v": 1, "prefixes": [5]}, {"v": 1, "prefixes": [[[2**64], 3]]}):
         with engine(a, url) as eng:
             cache = eng.cache
-            payload = json.dumps(record).encode()
-            blob = encode_page(
-                payload,
-                namespace=cache.namespace.digest,
-                key=record_key(cache),
-                shape=(len(payload),),
-                dtype=torch.uint8,
-                auth=cache.namespace.auth,
-            )
+            blob = frame_record(cache, json.dumps(record).encode())
             path = tmp_path / "tier" / record_key(cache).hex()[:2] / record_key(cache).hex()
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(blob)

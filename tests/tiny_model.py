@@ -32,3 +32,22 @@ def save_tiny_llama(path: Path):
 def gb(pages: int) -> float:
     """A memory size in GB holding `pages` pages of the tiny model."""
     return pages * PAGE_BYTES / 2**30
+
+
+def save_tiny_llama_for_the_default_tokenizer(path: Path) -> Path:
+    """A one-layer random Llama with the default model's vocabulary, to serve with
+    `tokenizer="default"` (its chat template too): for tests of the API, not of the answers."""
+    import transformers
+
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=49_152,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=512,
+    )
+    transformers.LlamaForCausalLM(cfg).save_pretrained(path)
+    return path

@@ -87,6 +87,11 @@ def _encode(cache: PageOwner, prefixes: list[tuple[list[int], float]]) -> bytes:
         if len(payload) + HEADER_SLACK <= MAX_RECORD_BYTES or not prefixes:
             break
         prefixes = prefixes[:-1]
+    return frame_record(cache, payload)
+
+
+def frame_record(cache: PageOwner, payload: bytes) -> bytes:
+    """`payload` framed as the namespace's record: its key, and the deployment's MAC if any."""
     return encode_page(
         payload,
         namespace=cache.namespace.digest,
