@@ -51,8 +51,11 @@ async def hostile(kind: str, url: str) -> str:
     """A hostile client; 'held off' when the server refused it as it should."""
     host, port = url.removeprefix("http://").split(":")
     if kind == "oversized":
-        async with httpx.AsyncClient(base_url=url, timeout=60) as c:
-            r = await c.post("/v1/completions", content=b"{" + b" " * (20 << 20) + b"}")
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=60) as c:
+                r = await c.post("/v1/completions", content=b"{" + b" " * (20 << 20) + b"}")
+        except httpx.HTTPError as err:
+            return f"lost: oversized {type(err).__name__}"
         return "held off" if r.status_code == 413 else f"lost: oversized got {r.status_code}"
     reader, writer = await asyncio.open_connection(host, int(port))
     try:

@@ -4,6 +4,7 @@ sockets and httpx. Every attack is followed by a normal request that must still 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -101,6 +102,12 @@ def test_a_body_over_the_limit_is_a_413_before_it_is_read(served):
 
     r = httpx.post(url + "/v1/completions", content=chunks(), timeout=30)
     assert r.status_code == 413
+
+    async def writes_all_first() -> int:  # an asyncio client reads only once it has written
+        async with httpx.AsyncClient(timeout=30) as c:
+            return (await c.post(url + "/v1/completions", content=big)).status_code
+
+    assert asyncio.run(writes_all_first()) == 413  # the rest is dropped, not a reset
     answers(url)
 
 

@@ -1,8 +1,9 @@
 """What keeps the server up under hostile or broken clients: a request-body bound, a connection
 cap, a deadline for a connection's first request headers, and logs that cannot flood.
 
-- `BodyLimit` (ASGI middleware): a body over `max_bytes` is a 413 before it is read whole
-  (by its Content-Length, or as a chunked body crosses the bound); a body that takes longer than
+- `BodyLimit` (ASGI middleware): a body over `max_bytes` is a 413 and is never kept (known by
+  its Content-Length, or as a chunked body crosses the bound; what the client still sends is
+  dropped for a few seconds so that it can read the answer); a body that takes longer than
   `timeout_s` to arrive is a 408.
 - `guarded_protocol(...)`: uvicorn's HTTP protocol with a connection cap (connections past it
   are closed as they are accepted) and a header deadline (a connection that has not sent its
@@ -26,6 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from storage.log_limits import limit_repeats
 
 log = logging.getLogger(__name__)
+DRAIN_S, DRAIN_FACTOR = 5.0, 4  # after a 413, what is still read (and dropped) at most
 
 
 class BodyLimit:
@@ -39,6 +41,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._drain(receive)
             return await _error(send, 413, self._too_large())
         # the whole body, bounded in size and time, read here; then replayed to the app (which
         # would turn an error raised while it reads into a 400 of its own)
@@ -53,6 +56,7 @@ class BodyLimit:
                 return
             seen += len(message.get("body", b""))
             if seen > self.max_bytes:
+                await self._drain(receive, message.get("more_body", False))
                 return await _error(send, 413, self._too_large())
             body.append(message.get("body", b""))
             more = message.get("more_body", False)
@@ -62,6 +66,24 @@ class BodyLimit:
             return replay.pop() if replay else await receive()  # then: disconnects only
 
         await self.app(scope, replayed, send)
+
+    async def _drain(self, receive, more: bool = True) -> None:
+        """Before a 413: read and drop (never keep) what the client is still sending, up to 4x
+        the bound or 5 s, so that a client that writes its whole body before it reads (most do)
+        gets the 413 rather than a reset connection; the connection closes after it."""
+        dropped, deadline = 0, time.monotonic() + DRAIN_S
+        while more and dropped <= DRAIN_FACTOR * self.max_bytes:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                message = await asyncio.wait_for(receive(), left)
+            except TimeoutError:
+                return
+            if message["type"] != "http.request":
+                return
+            dropped += len(message.get("body", b""))
+            more = message.get("more_body", False)
 
     def _too_large(self) -> str:
         return f"the request body is larger than this server takes ({self.max_bytes} bytes)"
