@@ -292,8 +292,8 @@ class CacheMachine(RuleBasedStateMachine):
         if hasattr(self, "cache"):
             self.cache.check_integrity()
             cache = self.cache
-            assert cache.prefetch_held_pages == sum(t.held_pages for t in self.tickets)
-            assert cache.prefetch_held_pages <= cache.config.host_pages // 2
+            assert cache.reads.held_pages == sum(t.held_pages for t in self.tickets)
+            assert cache.reads.held_pages <= cache.config.host_pages // 2
             pf = cache.prefetcher
             assert 0 <= pf.held_device_pages <= pf.config.device_share * cache.config.device_pages
             s = pf.stats

@@ -259,7 +259,7 @@ def test_prefetched_pages_are_held_for_their_request_until_released(tmp_path):
     assert all(t.fetched_tokens == 8 for t in tickets)
     held = [i for i, t in enumerate(tickets) if t.held is not None]
     assert len(held) == 2  # whichever finished last is over the cap
-    assert cache.prefetch_held_pages == 8
+    assert cache.reads.held_pages == 8
     for seq in seqs[3:]:  # 12 more pages into a 16-page tier: only unheld pages may go
         cache.prefetch(seq)
         cache.wait_idle()
@@ -271,7 +271,7 @@ def test_prefetched_pages_are_held_for_their_request_until_released(tmp_path):
     first, second = held
     cache.release_prefetch(tickets[first])
     cache.release_prefetch(tickets[first])  # idempotent
-    assert cache.prefetch_held_pages == 4
+    assert cache.reads.held_pages == 4
     assert cache.evict(HOST, 16) > 0
     assert cache.match(seqs[first], touch=False).host_tokens == 0  # released: evictable again
     assert cache.match(seqs[second], touch=False).host_tokens == 8
@@ -280,7 +280,7 @@ def test_prefetched_pages_are_held_for_their_request_until_released(tmp_path):
     cache.wait_idle()
     assert late.held is None
     cache.release_prefetch(tickets[second])
-    assert cache.prefetch_held_pages == 0
+    assert cache.reads.held_pages == 0
     assert cache.check_integrity()["host"]["locked"] == 0
     cache.close()
 

@@ -211,6 +211,16 @@ def test_no_cycle_even_through_type_only_imports():
     assert find_cycle(import_graph(ROOT, PACKAGES, type_checking=True)) is None
 
 
+def test_no_source_file_is_over_400_lines():
+    """One idea a file: a file past 400 lines holds two (split it along its seam)."""
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in source_files(ROOT, PACKAGES).values()
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}
+
+
 def test_no_module_reads_another_modules_underscore_names():
     assert private_reads(ROOT, PACKAGES) == []
 

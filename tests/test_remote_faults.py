@@ -96,7 +96,7 @@ def test_redis_killed_mid_run_costs_no_request_and_no_token(tiny_dir):
             seen["recovered"] = not status()["degraded"]
             final = status()
             puts_after = eng.cache.store.stats.puts
-            held_after = eng.cache.prefetch_held_pages
+            held_after = eng.cache.reads.held_pages
             locked_after = eng.cache.check_integrity()["host"]["locked"]
     finally:
         server.kill()

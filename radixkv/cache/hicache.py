@@ -330,10 +330,6 @@ class HiRadixCache:
     def wait_idle(self, timeout_s: float | None = None) -> None:
         self.reads.wait_idle(timeout_s)
 
-    @property
-    def prefetch_held_pages(self) -> int:
-        return self.reads.held_pages
-
     def flush(self) -> int:
         """Drop every cached page not held by a running request; returns nodes dropped.
 
