@@ -201,3 +201,21 @@ def test_a_session_on_the_remote_tier_comes_back_to_host(tmp_path):
 def test_prefetch_config_refuses_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         PrefetchConfig(**{field: value})
+
+
+def test_loading_a_prefix_waits_for_the_prefetchers_copies_even_with_nothing_on_host():
+    """A prefix the prefetcher already put on the device has no host part left to load, but
+    its device copies may still be in flight on the side stream: `PrefixCache.load` must make
+    the next forward wait for them all the same (on a GPU, else it reads half-copied pages)."""
+    from radixkv.cache.prefix_cache import PrefixCache
+
+    cache = HiRadixCache(TINY, CacheConfig(device_pages=16, host_pages=32), device="cpu")
+    joined = []
+    cache.join_prefetch_loads = lambda: joined.append(True)
+    view = PrefixCache(cache)
+    handle = view.match([1, 2, 3, 4, 5])
+    assert handle.host_tokens == 0
+    view.lock(handle)
+    view.load(handle)
+    view.unlock(handle)
+    assert joined == [True]

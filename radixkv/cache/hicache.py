@@ -309,8 +309,12 @@ class HiRadixCache:
     # ---- promotion (`radixkv.cache.promotion`) ----------------------------------------------------
     def load(self, match: MatchResult, *, overlap: bool = False) -> int:
         """Copy the host-resident part of a locked match to the device; returns tokens loaded."""
-        self.controller.join_deferred()  # pages the prefetcher moved may be among them
         return load_host_part(self, match, overlap=overlap)
+
+    def join_prefetch_loads(self) -> None:
+        """The current stream waits for the prefetcher's deferred host -> device copies (a
+        stream wait, not a CPU sync): due before a forward reads any page they filled."""
+        self.controller.join_deferred()
 
     # ---- remote reads (`radixkv.cache.prefetch.remote_reads`) ------------------------------------------------------
     def prefetch(self, tokens: Sequence[int], **options: bool) -> Prefetch:
@@ -365,9 +369,8 @@ class HiRadixCache:
         self.cost.observe_prefill(tokens, seconds)
 
     def remote_wait_s(self, uncached_tokens: int) -> float:
-        """How long a queued request should wait for its remote fetch: as long as recomputing
-        `uncached_tokens` would take (at the measured prefill speed, divided by the load
-        margin as loads are), the remote timeout until a speed is measured or with margin 0."""
+        """How long a queued request waits for its remote fetch: recomputing `uncached_tokens`'
+        time over the load margin; the remote timeout before a speed is measured, or margin 0."""
         config = self.config
         recompute = self.cost.recompute_seconds(uncached_tokens)
         if recompute is None or config.remote_load_margin <= 0:

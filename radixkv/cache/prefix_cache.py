@@ -89,6 +89,9 @@ class PrefixCache:
         """Copy the locked prefix's host part to the device (the next forward waits for it layer
         by layer); returns the handle with its device pages now. Raises OutOfPages when the
         device cannot make room (locked pages fill it)."""
+        # the prefetcher may have moved some of its device pages, copies still in flight: joined
+        # whether or not a host part is left to load
+        self._cache.join_prefetch_loads()
         if handle._match is None or not handle.host_tokens:
             return handle
         self._cache.load(handle._match, overlap=True)
