@@ -293,7 +293,7 @@ class HiRadixCache:
             if on:
                 self.make_room(REMOTE, 0)
 
-    # ---- eviction (`radixkv.cache.eviction.evictor`) --------------------------------------------------------
+    # ---- eviction (`radixkv.cache.eviction.evictor`) ---------------------------------------------
     def make_room(self, tier: int, num_pages: int) -> None:
         """Evict until `num_pages` of `tier` are free; raises OutOfPages if it cannot."""
         self.evictor.make_room(tier, num_pages)
@@ -306,7 +306,7 @@ class HiRadixCache:
         """Remove a node no tier holds, with any subtree (unreachable without this prefix)."""
         self.evictor.drop(node)
 
-    # ---- promotion (`radixkv.cache.promotion`) ----------------------------------------------------
+    # ---- promotion (`radixkv.cache.promotion`) ---------------------------------------------------
     def load(self, match: MatchResult, *, overlap: bool = False) -> int:
         """Copy the host-resident part of a locked match to the device; returns tokens loaded."""
         return load_host_part(self, match, overlap=overlap)
@@ -316,7 +316,7 @@ class HiRadixCache:
         stream wait, not a CPU sync): due before a forward reads any page they filled."""
         self.controller.join_deferred()
 
-    # ---- remote reads (`radixkv.cache.prefetch.remote_reads`) ------------------------------------------------------
+    # ---- remote reads (`radixkv.cache.prefetch.remote_reads`) ------------------------------------
     def prefetch(self, tokens: Sequence[int], **options: bool) -> Prefetch:
         """Start bringing the remote part of `tokens`' cached prefix to host (`discover`, `hold`:
         see `RemoteReads.prefetch`)."""

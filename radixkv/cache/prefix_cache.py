@@ -134,7 +134,7 @@ class PrefixCache:
         """Device pages eviction cannot free now: requests' own and the tree pages they lock."""
         return len(self._cache.request_pages) + self._cache.locked_device_pages
 
-    # ---- remote tier -------------------------------------------------------------------------------
+    # ---- remote tier -----------------------------------------------------------------------------
     def prefetch(self, tokens: Sequence[int]) -> Prefetch | None:
         """Bring a queued request's remote prefix to host, held there until `release_prefetch`;
         None when there is no remote tier. The ticket's `wait_until` says how long the request
@@ -152,7 +152,7 @@ class PrefixCache:
     def release_prefetch(self, ticket: Prefetch | None) -> None:
         self._cache.release_prefetch(ticket)
 
-    # ---- prediction (`radixkv.cache.prefetch.prefetcher`) ------------------------------------------------------
+    # ---- prediction (`radixkv.cache.prefetch.prefetcher`) ----------------------------------------
     def expect(self, tokens: Sequence[int]) -> Expectation | None:
         """A request for `tokens` is queued: `prefetch_step` loads its host-resident prefix onto
         the device before its turn (head of the queue first) and holds it (locked) until

@@ -45,11 +45,8 @@ if TYPE_CHECKING:
     from radixkv.cache.tree import TreeNode
 
 QUEUED, SESSION, HOT = 0, 1, 2
-KINDS = (
-    "queued",
-    "session",
-    "hot",
-)  # hot: warmed from the shared tier (radixkv.cache.prefetch.hot_prefixes)
+# hot: warmed from the shared tier (radixkv.cache.prefetch.hot_prefixes)
+KINDS = ("queued", "session", "hot")
 TURN_CLASSES = 5  # sessions are told apart by turns so far: 1, 2, 3, 4, 5 or more
 _TIER_BITS = 0b1111  # prefetch_mark: bit (1 << tier) per tier filled; kind + 1 from bit 4 up
 
