@@ -111,6 +111,15 @@ class EngineConfig:
         "counted, the pages staying on host (default: an eighth of the host tier)",
     )
     tenant: str = _opt("", "salt that isolates this tenant's cache entries from other tenants'")
+    kv_events_endpoint: str | None = _opt(
+        None,
+        "publish the device and host tiers' block events in vLLM's KV-event format (ZMQ PUB, "
+        "msgpack) on this endpoint, e.g. tcp://*:5557, for routers with a prefix index; needs "
+        "pip install 'radixkv[events]'",
+    )
+    kv_events_replay_endpoint: str | None = _opt(
+        None, "ZMQ ROUTER endpoint answering replay requests of recent KV-event batches"
+    )
     remote_secret_file: str | None = _opt(
         None,
         "file (mode 600) holding the deployment's secret: every page and record written to the "
@@ -252,6 +261,12 @@ class EngineConfig:
         ):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be true or false")
+        for name in ("kv_events_endpoint", "kv_events_replay_endpoint"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, str) and "://" in v):
+                raise bad(name, "must be a ZMQ endpoint such as tcp://127.0.0.1:5557 (or None)")
+        if self.kv_events_replay_endpoint is not None and self.kv_events_endpoint is None:
+            raise bad("kv_events_replay_endpoint", "needs kv_events_endpoint")
         if self.remote_secret_file is not None and not (
             isinstance(self.remote_secret_file, str) and self.remote_secret_file
         ):

@@ -138,6 +138,14 @@ class EngineCore:
         )
         self.warming = warm_hot_prefixes(self.cache) if self.sharing_hot else None
         self._hot_published_at = time.monotonic()
+        self.kv_events = None  # vLLM-format KV events of the device and host tiers (opt-in)
+        if config.kv_events_endpoint is not None:
+            from engine.kv_events import KVEventPublisher  # needs pyzmq and msgspec
+
+            self.kv_events = KVEventPublisher(
+                self.cache, config.kv_events_endpoint, config.kv_events_replay_endpoint
+            )
+            self.cache.on_residency = self.kv_events.record
 
     def _build_runner(self) -> None:
         """The attention backend, CUDA graphs where they apply, the model runner, and on a GPU
@@ -288,7 +296,14 @@ class EngineCore:
 
     # ---- the step loop ---------------------------------------------------------------------------
     def step(self) -> list[Request]:
-        """One engine step; returns the requests that produced a token (or finished)."""
+        """One engine step; returns the requests that produced a token (or finished). The KV
+        events it caused go out as one batch."""
+        progressed = self._run_step()
+        if self.kv_events is not None:
+            self.kv_events.flush()
+        return progressed
+
+    def _run_step(self) -> list[Request]:
         if self.sharing_hot and time.monotonic() - self._hot_published_at > HOT_PUBLISH_S:
             self._hot_published_at = time.monotonic()
             publish_hot_prefixes(self.cache)  # one tree walk a minute; the I/O is asynchronous
@@ -343,3 +358,5 @@ class EngineCore:
         if self.sharing_hot:
             publish_hot_prefixes(self.cache)
         self.cache.close()
+        if self.kv_events is not None:
+            self.kv_events.close()

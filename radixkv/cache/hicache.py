@@ -91,6 +91,13 @@ class HiRadixCache:
         self.writes = TierWrites(self)
         self.reads = RemoteReads(self)
         self.prefetcher = Prefetcher(self, config.prefetch)
+        # told of every run of pages arriving on or leaving the device or host tier (KV events)
+        self.on_residency: Callable[[TreeNode, int, bool], None] | None = None
+
+    def residency_changed(self, node: TreeNode, tier: int, stored: bool) -> None:
+        """`node`'s pages arrived on (`stored`) or left `tier`: tell the listener, if any."""
+        if self.on_residency is not None:
+            self.on_residency(node, tier, stored)
 
     @property
     def page_size(self) -> int:
@@ -244,6 +251,7 @@ class HiRadixCache:
             else:
                 self._take_request_pages(given)
                 node.device = given
+                self.residency_changed(node, DEVICE, True)
                 node.parent.device_children += 1
                 adopted.append(node)
                 if node.lock_ref:
@@ -255,6 +263,7 @@ class HiRadixCache:
             self._take_request_pages(given)
             node = self.tree.add_child(node, tokens[pos:])
             node.device = given
+            self.residency_changed(node, DEVICE, True)
             node.parent.device_children += 1
             node.last_access = self.clock
             adopted.append(node)
@@ -340,16 +349,7 @@ class HiRadixCache:
         Remote entries stay in the store (other processes may use them); the tree forgets them.
         """
         self.wait_idle()
-        before = self.tree.num_nodes
-        stack = [self.tree.root]
-        while stack:
-            node = stack.pop()
-            for child in list(node.children.values()):
-                if child.lock_ref == 0 and child.io_ref == 0:
-                    self.drop(child)
-                else:
-                    stack.append(child)
-        return before - self.tree.num_nodes
+        return self.evictor.drop_unheld()
 
     @property
     def io_pending(self) -> bool:

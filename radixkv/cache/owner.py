@@ -71,6 +71,9 @@ class PageOwner(Protocol):
 
     def page_keys(self, node: TreeNode) -> list[bytes]: ...
 
+    def residency_changed(self, node: TreeNode, tier: int, stored: bool) -> None:
+        """A node's pages arrived on or left a tier (for the KV-event listener)."""
+
     def wait_one(self, timeout_s: float | None = None) -> None: ...
 
     def check_integrity(self) -> dict: ...

@@ -66,6 +66,7 @@ def load_host_part(
     pos = 0
     for n in todo:
         n.device, pos = pages[pos : pos + len(n.host)], pos + len(n.host)
+        cache.residency_changed(n, DEVICE, True)
         n.parent.device_children += 1
         cache.locked_device_pages += len(n.device)  # the caller's lock covers every node here
         cache.refresh(n)

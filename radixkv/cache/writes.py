@@ -63,6 +63,7 @@ class TierWrites:
         host = self.cache.host_pool.allocator.alloc(len(node.device))
         self.cache.controller.device_to_host(node.device, host)
         node.host = host
+        self.cache.residency_changed(node, HOST, True)
         self.cache.refresh(node)
         return True
 

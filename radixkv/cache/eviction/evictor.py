@@ -103,6 +103,7 @@ class Evictor:
         if node.prefetch_mark:
             self.cache.prefetcher.on_leave(node, DEVICE)
         pages, node.device = node.device, None
+        self.cache.residency_changed(node, DEVICE, False)
         self.cache.device_pool.allocator.free(pages)
         node.parent.device_children -= 1
         self.cache.counters.evicted_pages[DEVICE] += len(pages)
@@ -125,6 +126,7 @@ class Evictor:
         if node.prefetch_mark:
             self.cache.prefetcher.on_leave(node, HOST)
         pages, node.host = node.host, None
+        self.cache.residency_changed(node, HOST, False)
         self.cache.host_pool.allocator.free(pages)
         self.cache.counters.evicted_pages[HOST] += len(pages)
         self.drop_or_refresh(node)
@@ -149,12 +151,27 @@ class Evictor:
                 cache.device_pool.allocator.free(n.device)
                 n.parent.device_children -= 1
                 n.device = None
+                cache.residency_changed(n, DEVICE, False)
             if n.host is not None:
                 cache.host_pool.allocator.free(n.host)
                 n.host = None
+                cache.residency_changed(n, HOST, False)
             if n.remote:
                 cache.set_remote(n, False)
             self.discard(n)
             parent = n.parent
             cache.tree.remove_leaf(n)
             cache.refresh(parent)
+
+    def drop_unheld(self) -> int:
+        """Drop every node no request or copy holds, with its subtree; returns nodes dropped."""
+        tree = self.cache.tree
+        before, stack = tree.num_nodes, [tree.root]
+        while stack:
+            node = stack.pop()
+            for child in list(node.children.values()):
+                if child.lock_ref == 0 and child.io_ref == 0:
+                    self.cache.drop(child)
+                else:
+                    stack.append(child)
+        return before - tree.num_nodes

@@ -191,6 +191,7 @@ class RemoteReads:
                     x = self.cache.tree.split(x, good * ps)
                 if good:
                     x.host = part[:good]
+                    self.cache.residency_changed(x, HOST, True)
                     ticket.fetched_tokens += good * ps
                     if ticket.mark_kind is not None:
                         self.cache.prefetcher.mark(x, HOST, ticket.mark_kind)
