@@ -150,6 +150,8 @@ class EngineLoop:
             if not core.has_work:
                 core.prefix_cache.poll()  # finished remote writes unpin their pages when idle
                 core.scheduler.prefetch()  # sessions due back while every client thinks
+                if core.kv_events is not None:
+                    core.kv_events.flush()  # what those moved, and replay requests
                 continue
             try:
                 progressed = core.iterate()

@@ -147,3 +147,51 @@ def test_a_subscriber_rebuilds_the_device_and_host_tiers_from_the_events(tmp_pat
     sub.close(linger=0)
     late.close(linger=0)
     context.term()
+
+
+def test_a_serving_engine_answers_replay_requests_while_idle(tmp_path):
+    """Under the server's engine thread the replay socket is served between steps and while
+    nothing runs (no test thread flushes here)."""
+    from tests.live_server import live_server
+
+    path = tmp_path / "model"
+    path.mkdir()
+    save_tiny_llama(path)
+    replay = f"tcp://127.0.0.1:{free_port()}"
+    with (
+        Engine(
+            str(path),
+            device="cpu",
+            kv_memory_gb=gb(24),
+            host_memory_gb=0,
+            remote_url=None,
+            kv_events_endpoint=f"tcp://127.0.0.1:{free_port()}",
+            kv_events_replay_endpoint=replay,
+        ) as eng,
+        live_server(eng) as (url, loop),
+    ):
+        import httpx
+
+        r = httpx.post(url + "/generate", json={"input_ids": list(range(1, 40))}, timeout=60)
+        assert r.status_code == 200
+        time.sleep(0.5)  # idle now
+        context = zmq.Context()
+        late = context.socket(zmq.DEALER)
+        late.connect(replay)
+        late.send_multipart([b"", (0).to_bytes(8, "big", signed=True)])
+        decoder = msgspec.msgpack.Decoder(type=KVEventBatch)
+        stored = set()
+        while True:
+            assert late.poll(5000), "the idle engine did not answer the replay request"
+            _, seq, payload = late.recv_multipart()
+            if int.from_bytes(seq, "big", signed=True) == -1:
+                break
+            for event in decoder.decode(payload).events:
+                if isinstance(event, BlockStored):
+                    stored.update(event.block_hashes)
+        import asyncio
+
+        on_device = asyncio.run(loop.call(lambda: resident(eng.cache, "GPU")))
+        assert stored == on_device and len(stored) >= 2  # the prompt's full pages at least
+        late.close(linger=0)
+        context.term()
