@@ -301,10 +301,6 @@ class EngineConfig:
             **{name: getattr(self, name) for name in ENGINE_SETTINGS},
         )
 
-    @property
-    def remote_enabled(self) -> bool:
-        return self.remote_url is not None and self.remote_url.lower() != "none"
-
     def replace(self, **overrides: Any) -> EngineConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **overrides)

@@ -224,22 +224,17 @@ class Tokenizer:
         those characters, never as the control token, so no message can forge another turn.
         Content without any special token's text encodes exactly as the whole rendered prompt
         does; content with some is encoded apart from the template's own text."""
-        rendered = self.apply_chat_template(messages, add_generation_prompt, tools)
         contents = [m.get("content") for m in messages if isinstance(m, dict)]
         if (
             not literal_content
             or self._specials is None
             or not any(isinstance(c, str) and self._specials.search(c) for c in contents)
         ):
-            return self.encode(rendered)
+            return self.encode(self.apply_chat_template(messages, add_generation_prompt, tools))
         ids: list[int] = []
         for text, literal in self._segments(messages, add_generation_prompt, tools):
             if text:
-                ids += (
-                    (self._literal if literal else self._tok)
-                    .encode(text, add_special_tokens=False)
-                    .ids
-                )
+                ids += _encode(self._literal if literal else self._tok, text)
         return ids
 
     def _segments(
@@ -251,7 +246,7 @@ class Tokenizer:
         nonce = secrets.token_hex(8)
         marked, cores = [], []
         for i, m in enumerate(messages):
-            c = m.get("content")
+            c = m.get("content") if isinstance(m, dict) else None
             if isinstance(c, str) and c.strip():
                 core = c.strip()
                 lead, trail = c[: len(c) - len(c.lstrip())], c[len(c.rstrip()) :]

@@ -82,33 +82,34 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def read_key(path: str | None, env: str, fallback: str | None = None) -> str | None:
-    """A key from a file (its text, stripped), else the environment, else `fallback`."""
-    if path is not None:
-        try:
-            key = Path(path).read_text().strip()
-        except OSError as err:
-            raise ValueError(f"cannot read key file {path}: {err.strerror}") from err
-        if not key:
-            raise ValueError(f"key file {path} is empty")
-        return key
-    return os.environ.get(env) or fallback
+def read_key(path: str | None, otherwise: str | None) -> str | None:
+    """A key from a file (its text, stripped), else `otherwise` (a flag or the environment)."""
+    if path is None:
+        return otherwise or None
+    try:
+        key = Path(path).read_text().strip()
+    except OSError as err:
+        raise ValueError(f"cannot read key file {path}: {err.strerror}") from err
+    if not key:
+        raise ValueError(f"key file {path} is empty")
+    return key
 
 
 def build(args: argparse.Namespace):
     """(app, engine) from parsed arguments; raises ValueError for bad settings."""
     if args.port < 0 or args.port > 65535:
         raise ValueError(f"--port must be in 0..65535, got {args.port}")
-    for flag, value, low in (
-        ("--max-body-mb", args.max_body_mb, 0),
-        ("--max-connections", args.max_connections, 0),
-        ("--header-timeout-s", args.header_timeout_s, 0),
-        ("--shutdown-timeout-s", args.shutdown_timeout_s, -1e-9),
+    for flag, value in (
+        ("--max-body-mb", args.max_body_mb),
+        ("--max-connections", args.max_connections),
+        ("--header-timeout-s", args.header_timeout_s),
     ):
-        if not value > low:
-            raise ValueError(f"{flag} must be > {max(low, 0):g}, got {value}")
-    api_key = read_key(args.api_key_file, "RADIXKV_API_KEY", args.api_key)
-    admin_key = read_key(args.admin_api_key_file, "RADIXKV_ADMIN_API_KEY")
+        if not value > 0:
+            raise ValueError(f"{flag} must be > 0, got {value}")
+    if not args.shutdown_timeout_s >= 0:
+        raise ValueError(f"--shutdown-timeout-s must be >= 0, got {args.shutdown_timeout_s}")
+    api_key = read_key(args.api_key_file, args.api_key)  # the flag defaults to $RADIXKV_API_KEY
+    admin_key = read_key(args.admin_api_key_file, os.environ.get("RADIXKV_ADMIN_API_KEY"))
     args.api_key = api_key  # what main() checks before binding a public address
     config = config_from_args(args)
     engine = Engine(config)

@@ -44,12 +44,12 @@ class FileStore(RemoteStore):
             raise ValueError(f"low_watermark must be in (0, 1], got {low_watermark}")
         self.root = Path(root)
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if stat.S_IMODE(self.root.stat().st_mode) & 0o077:
+        if (mode := stat.S_IMODE(self.root.stat().st_mode)) & 0o077:
             log.warning(
                 "the file tier %s is open to other users (mode %o): they can read its pages "
                 "(prompts' KV); chmod 700 it unless it is shared on purpose",
                 self.root,
-                stat.S_IMODE(self.root.stat().st_mode),
+                mode,
             )
         self.capacity_bytes = capacity_bytes
         self.low_watermark = low_watermark

@@ -25,6 +25,8 @@ ERROR_CODES = {
     401: "invalid_api_key",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
+    413: "request_too_large",
     499: "client_closed_request",
     500: "internal_error",
     503: "engine_unavailable",

@@ -17,13 +17,13 @@ most once per interval (`storage.log_limits`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
 import time
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from engine.http.common import error_response
 from storage.log_limits import limit_repeats
 
 log = logging.getLogger(__name__)
@@ -90,20 +90,14 @@ class BodyLimit:
 
 
 async def _error(send, status: int, message: str) -> None:
-    code = {408: "request_timeout", 413: "request_too_large"}[status]
-    body = json.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": None,
-                "code": code,
-            }
-        }
-    ).encode()
-    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    """The server's usual error body; the connection closes after it (its body is unread)."""
+    response = error_response(status, message, "invalid_request_error")
+    response.headers["connection"] = "close"
+    await response({"type": "http"}, _no_receive, send)
+
+
+async def _no_receive() -> dict:
+    return {"type": "http.disconnect"}
 
 
 limit_repeats(log, "connection cap", 10.0)
