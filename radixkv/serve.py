@@ -46,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
     server.add_argument("--api-key-file", help="a file holding the API key")
     server.add_argument(
         "--admin-api-key-file",
-        help="a file holding the key of the admin routes (/cache/flush, /cache/stats); env "
+        help="a file holding the key of the admin routes (/cache/flush, /cache/stats, /flush_cache); env "
         "RADIXKV_ADMIN_API_KEY. With an API key but no admin key, they are refused",
     )
     server.add_argument(

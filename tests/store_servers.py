@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from radixkv.bench.fleet import redis_binary, redis_command
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -34,10 +36,6 @@ def _wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) -> No
             return
         time.sleep(0.05)
     raise TimeoutError(f"{proc.args[0]} did not listen on {port}")
-
-
-def redis_binary() -> str | None:
-    return shutil.which("redis-server") or shutil.which("valkey-server")
 
 
 def mooncake_master_binary() -> str | None:
@@ -103,25 +101,7 @@ class RedisServer(_ChildServer):
         if binary is None:
             pytest.skip("redis-server is not installed (apt-get install redis-server)")
         self.proc = _start(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--maxmemory",
-                f"{self.maxmemory_mb}mb",
-                "--maxmemory-policy",
-                "allkeys-lru",
-                "--protected-mode",
-                "yes",
-                *self.extra,
-            ],
-            self.port,
+            redis_command(binary, self.port, self.maxmemory_mb, *self.extra), self.port
         )
         return self
 

@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 
+from engine.http.common import ADMIN_PATHS
+
 
 class _Open(BaseModel):
     model_config = ConfigDict(extra="allow")  # documents the fields a client can rely on
@@ -213,7 +215,7 @@ def _statuses(method: str, path: str, api_key: bool) -> list[int]:
         out.append(503)
     elif api_key:
         out.append(401)
-        if path in ("/cache/flush", "/cache/stats"):
+        if path in ADMIN_PATHS:
             out.append(403)
     return sorted(out)
 

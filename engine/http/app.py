@@ -22,15 +22,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from engine.engine_loop import EngineLoop
 from engine.http.admin_routes import admin_router
 from engine.http.api_schema import install_openapi
-from engine.http.common import APIError, ServingContext, error_response, validation_message
+from engine.http.common import (
+    ADMIN_PATHS,
+    APIError,
+    ServingContext,
+    error_response,
+    validation_message,
+)
 from engine.http.limits import BodyLimit
 from engine.http.native_routes import native_router
 from engine.http.openai_routes import openai_router
+from engine.http.worker_routes import worker_router
 
 log = logging.getLogger(__name__)
 
 _OPEN_PATHS = ("/health",)  # answered without an API key (load balancers probe it)
-ADMIN_PATHS = ("/cache/flush", "/cache/stats")  # need the admin key, never the inference key
 MAX_BODY_BYTES = 16 << 20
 
 
@@ -113,7 +119,7 @@ def build_app(
             return await call_next(request)
 
     ctx = ServingContext(loop, model_name)
-    for router in (openai_router(ctx), native_router(ctx), admin_router(ctx)):
+    for router in (openai_router(ctx), native_router(ctx), admin_router(ctx), worker_router(ctx)):
         app.include_router(router)
     install_openapi(
         app,

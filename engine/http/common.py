@@ -19,6 +19,9 @@ from fastapi.responses import JSONResponse
 from engine.engine_loop import EngineLoop, RequestOutput
 from engine.text_stream import TextStream
 
+# routes that need the admin key, never the inference key
+ADMIN_PATHS = ("/cache/flush", "/cache/stats", "/flush_cache")
+
 # the error `code` OpenAI clients read (a string, as OpenAI sends it), by status
 ERROR_CODES = {
     400: "invalid_request",

@@ -24,14 +24,22 @@ from engine.http.openai_protocol import ChatCompletionRequest, CompletionRequest
 from engine.http.tool_calling import ToolCalling
 
 
+SESSION_HEADERS = ("x-session-id", "x-smg-routing-key")  # ours, then the SMG gateway's
+
+
 def session_of(http: Request, body) -> str | None:
-    """The conversation a request continues: the X-Session-ID header, else the `user` field."""
-    header = http.headers.get("x-session-id")
-    if header is not None and not 0 < len(header) <= 256:
-        raise APIError(
-            400, "X-Session-ID must be 1 to 256 characters", "invalid_request_error", "session"
-        )
-    return header or body.user or None  # an empty `user` names nothing
+    """The conversation a request continues: the X-Session-ID header, else the routing key a
+    gateway pins it by (SMG's X-SMG-Routing-Key), else the `user` field."""
+    for name in SESSION_HEADERS:
+        header = http.headers.get(name)
+        if header is None:
+            continue
+        if not 0 < len(header) <= 256:
+            raise APIError(
+                400, f"{name} must be 1 to 256 characters", "invalid_request_error", "session"
+            )
+        return header
+    return body.user or None  # an empty `user` names nothing
 
 
 def openai_router(ctx: ServingContext) -> APIRouter:

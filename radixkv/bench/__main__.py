@@ -1,5 +1,7 @@
 """`python -m radixkv.bench trace --trace FILE ...`: trace replay through the real cache.
-`python -m radixkv.bench multiturn [--url URL] ...`: multi-turn conversations against a server."""
+`python -m radixkv.bench multiturn [--url URL] ...`: multi-turn conversations against a server.
+`python -m radixkv.bench fleet [--engines N] ...`: N engines behind the SMG gateway, routing
+configurations compared in one run."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import sys
 from pathlib import Path
 
 from engine.config_flags import add_config_flags, config_from_args, config_to_flags
+from radixkv.bench.multi_engine import add_fleet_command, fleet_command
+from radixkv.bench.multiturn_spec import add_workload_flags
 
 
 def _trace_command(args: argparse.Namespace) -> int:
@@ -153,24 +157,13 @@ def _trace_command(args: argparse.Namespace) -> int:
 def _multiturn_command(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
-    import math
 
     from radixkv.bench.local_server import local_server
-    from radixkv.bench.multiturn import MultiturnSpec, run_multiturn
+    from radixkv.bench.multiturn import run_multiturn
+    from radixkv.bench.multiturn_spec import spec_from_args
     from radixkv.bench.report import format_report, plot_report
 
-    spec = MultiturnSpec(
-        clients=args.clients,
-        rounds=args.rounds,
-        system_tokens=args.system_tokens,
-        question_tokens=args.question_tokens,
-        output_tokens=args.output_tokens,
-        rate=math.inf if args.rate is None else args.rate,
-        arrival=args.arrival,
-        max_concurrency=args.max_concurrency,
-        seed=args.seed,
-        ignore_eos=not args.no_ignore_eos,
-    )
+    spec = spec_from_args(args)
     engine_flags = config_to_flags(config_from_args(args))  # for the local server
     remote_url = getattr(args, "remote_url", None)
     with contextlib.ExitStack() as stack:
@@ -231,18 +224,7 @@ def _add_multiturn(sub) -> None:
     m.add_argument("--url", help="server base URL (default: start python -m radixkv.serve)")
     m.add_argument("--model", help="model name to send (default: the server's first model)")
     m.add_argument("--api-key", default="none")
-    m.add_argument("--clients", type=int, default=4)
-    m.add_argument("--rounds", type=int, default=4)
-    m.add_argument("--system-tokens", type=int, default=1000, help="shared system prompt length")
-    m.add_argument("--question-tokens", type=int, default=64, help="new user text per round")
-    m.add_argument("--output-tokens", type=int, default=32, help="answer length (max_tokens)")
-    m.add_argument("--rate", type=float, default=None, help="requests/s (default: no pacing)")
-    m.add_argument("--arrival", choices=["poisson", "fixed"], default="poisson")
-    m.add_argument("--max-concurrency", type=int, default=None, help="default: --clients")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument(
-        "--no-ignore-eos", action="store_true", help="let answers end early at EOS (lengths vary)"
-    )
+    add_workload_flags(m)
     m.add_argument(
         "--serve-args",
         default="",
@@ -316,11 +298,14 @@ def main(argv: list[str] | None = None) -> int:
         title="cache options (EngineConfig)",
     )
     _add_multiturn(sub)
+    add_fleet_command(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "multiturn":
             return _multiturn_command(args)
+        if args.command == "fleet":
+            return fleet_command(args)
         if not args.trace.is_file():
             parser.error(f"--trace {args.trace}: no such file")
         return _trace_command(args)

@@ -1,4 +1,5 @@
-"""Start `python -m radixkv.serve` in a child process for a benchmark that was given no --url.
+"""Start `python -m radixkv.serve` in a child process, for a benchmark that was given no --url
+and for the multi-engine fleet (`radixkv.bench.fleet`).
 
 Unless told another remote tier, the child gets a fresh remote-tier directory, so runs never see
 each other's cached pages. It is stopped (then killed if it must be) when the benchmark ends.
@@ -7,6 +8,7 @@ each other's cached pages. It is stopped (then killed if it must be) when the be
 from __future__ import annotations
 
 import contextlib
+import os
 import shlex
 import socket
 import subprocess
@@ -17,10 +19,66 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class ServerProcess:
+    """One `python -m radixkv.serve` child on a loopback port, its output in `log_path`."""
+
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        cmd = [sys.executable, "-m", "radixkv.serve", "--port", str(self.port)]
+        self.cmd = cmd + ["--log-level", "warning", *args]
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                self.cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=None if env is None else {**os.environ, **env},
+            )
+
+    def wait_ready(self, timeout_s: float = 900.0) -> ServerProcess:
+        """Block until /health answers 200; raises with the log's tail if the child exits."""
+        import httpx
+
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                tail = self.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the server exited with code {self.proc.returncode}:\n{tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return self
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server did not answer /health in {timeout_s:.0f} s")
+            time.sleep(0.3)
+
+    def kill(self) -> None:
+        """End it at once (SIGKILL): a crash, as a gateway sees one."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (running requests finish), then SIGKILL after `timeout_s`."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
 
 
 @contextlib.contextmanager
@@ -29,46 +87,17 @@ def local_server(
 ) -> Iterator[str]:
     """Yields the server's base URL (http://127.0.0.1:PORT) once /health answers. Its remote
     tier is `remote_url`, else one given in `serve_args`, else a fresh directory."""
-    import httpx
-
-    port = _free_port()
     with tempfile.TemporaryDirectory(prefix="radixkv-bench-") as tmp:
-        log_path = Path(tmp) / "server.log"
         args = shlex.split(serve_args)
-        cmd = [sys.executable, "-m", "radixkv.serve", "--port", str(port), "--log-level", "warning"]
         if remote_url is not None:
             if "--remote-url" in args:
                 raise ValueError("the remote tier is given twice (remote_url and serve_args)")
-            cmd += ["--remote-url", remote_url]
+            args = ["--remote-url", remote_url, *args]
         elif "--remote-url" not in args:
-            cmd += ["--remote-url", (Path(tmp) / "remote-tier").as_uri()]
-        cmd += args
-        print(f"starting a local server: {shlex.join(cmd)}", file=sys.stderr)
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        url = f"http://127.0.0.1:{port}"
+            args = ["--remote-url", (Path(tmp) / "remote-tier").as_uri(), *args]
+        server = ServerProcess(args, Path(tmp) / "server.log")
+        print(f"starting a local server: {shlex.join(server.cmd)}", file=sys.stderr)
         try:
-            deadline = time.monotonic() + startup_timeout_s
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"the local server exited with code {proc.returncode}:\n{log_path.read_text()[-3000:]}"
-                    )
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"the local server did not answer /health in {startup_timeout_s:.0f} s"
-                    )
-                time.sleep(0.5)
-            yield url
+            yield server.wait_ready(startup_timeout_s).url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            server.stop()

@@ -220,13 +220,18 @@ def _words(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(n))
 
 
+# the conversation's key, sent with each of its requests: a gateway's sticky routing reads
+# it (SMG's consistent_hashing), and radixkv takes it as the request's session
+ROUTING_KEY_HEADER = "X-SMG-Routing-Key"
+
+
 async def _one_request(client, model: str, messages: list[dict], spec: MultiturnSpec, rec):
     """Send one streaming chat request; fills `rec`; returns the answer text."""
     extra = {"ignore_eos": True} if spec.ignore_eos else None
     t0 = time.perf_counter()
     last = None
     parts: list[str] = []
-    stream = await client.chat.completions.create(
+    raw = await client.chat.completions.with_raw_response.create(
         model=model,
         messages=messages,
         max_tokens=spec.output_tokens,
@@ -234,7 +239,10 @@ async def _one_request(client, model: str, messages: list[dict], spec: Multiturn
         stream=True,
         stream_options={"include_usage": True},
         extra_body=extra,
+        extra_headers={ROUTING_KEY_HEADER: f"conversation-{rec.client}"},
     )
+    rec.worker = raw.headers.get("x-smg-routed-worker-id")
+    stream = raw.parse()  # the legacy raw response parses synchronously
     async for chunk in stream:
         now = time.perf_counter()
         for choice in chunk.choices:
@@ -251,6 +259,8 @@ async def _one_request(client, model: str, messages: list[dict], spec: Multiturn
             rec.prompt_tokens, rec.completion_tokens = u.prompt_tokens, u.completion_tokens
             details = getattr(u, "prompt_tokens_details", None)
             rec.cached_tokens = getattr(details, "cached_tokens", None) if details else None
+            tiers = (getattr(details, "model_extra", None) or {}).get("cached_tokens_by_tier")
+            rec.cached_by_tier = tiers if isinstance(tiers, dict) else None
     rec.e2e_s = time.perf_counter() - t0
     rec.ok = True
     return "".join(parts)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field
 
@@ -49,3 +50,43 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     cached_tokens: int | None = None
+    cached_by_tier: dict[str, int] | None = None  # radixkv's split of cached_tokens
+    worker: str | None = None  # the engine a gateway routed it to (SMG's x-smg-routed-worker-id)
+
+
+def add_workload_flags(p: argparse.ArgumentParser, **defaults) -> None:
+    """The multi-turn workload's flags (`defaults` overrides MultiturnSpec's by field name)."""
+    d = {**{f: getattr(MultiturnSpec, f) for f in MultiturnSpec.__dataclass_fields__}, **defaults}
+    p.add_argument("--clients", type=int, default=d["clients"], help="conversations at once")
+    p.add_argument("--rounds", type=int, default=d["rounds"], help="turns per conversation")
+    p.add_argument(
+        "--system-tokens", type=int, default=d["system_tokens"], help="shared system prompt"
+    )
+    p.add_argument(
+        "--question-tokens", type=int, default=d["question_tokens"], help="new text per turn"
+    )
+    p.add_argument(
+        "--output-tokens", type=int, default=d["output_tokens"], help="answer length (max_tokens)"
+    )
+    p.add_argument("--rate", type=float, default=None, help="requests/s (default: no pacing)")
+    p.add_argument("--arrival", choices=["poisson", "fixed"], default=d["arrival"])
+    p.add_argument("--max-concurrency", type=int, default=None, help="default: --clients")
+    p.add_argument("--seed", type=int, default=d["seed"])
+    p.add_argument(
+        "--no-ignore-eos", action="store_true", help="let answers end early at EOS (lengths vary)"
+    )
+
+
+def spec_from_args(args: argparse.Namespace) -> MultiturnSpec:
+    return MultiturnSpec(
+        clients=args.clients,
+        rounds=args.rounds,
+        system_tokens=args.system_tokens,
+        question_tokens=args.question_tokens,
+        output_tokens=args.output_tokens,
+        rate=math.inf if args.rate is None else args.rate,
+        arrival=args.arrival,
+        max_concurrency=args.max_concurrency,
+        seed=args.seed,
+        ignore_eos=not args.no_ignore_eos,
+    )
