@@ -23,7 +23,6 @@ from engine.http.logprobs import chat_logprobs, completion_logprobs
 from engine.http.openai_protocol import ChatCompletionRequest, CompletionRequest
 from engine.http.tool_calling import ToolCalling
 
-
 SESSION_HEADERS = ("x-session-id", "x-smg-routing-key")  # ours, then the SMG gateway's
 
 
