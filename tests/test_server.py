@@ -423,6 +423,8 @@ def test_the_admin_key_guards_the_admin_routes_apart_from_inference(served):
     assert http.post("/cache/flush", headers=inference).status_code == 401
     assert http.get("/cache/stats", headers=inference).status_code == 401
     assert http.post("/cache/flush", headers=admin).status_code == 200
+    assert http.post("/flush_cache", headers=inference).status_code == 401  # SGLang's spelling
+    assert http.post("/flush_cache", headers=admin).status_code == 200
     assert http.get("/cache/stats", headers=admin).status_code == 200
     assert http.get("/v1/models", headers=admin).status_code == 401  # and no inference
     assert http.get("/v1/models", headers=inference).status_code == 200
@@ -799,3 +801,31 @@ def test_a_session_id_reaches_the_prefetcher_and_its_metrics_show(served, client
         "radixkv_prefetch_coverage",
     ):
         assert family in text, family
+
+
+def test_a_gateway_discovers_the_worker_and_reads_its_load(served, client):
+    """What SMG and the SGLang router probe, in SGLang's shapes (tests/test_gateway.py runs the
+    real SMG against them)."""
+    url = served[0]
+    info = httpx.get(url + "/server_info").json()
+    assert info["served_model_name"] == MODEL and info["engine"] == "radixkv"
+    assert info["page_size"] > 0 and info["max_total_num_tokens"] > 0
+    assert httpx.get(url + "/get_server_info").json() == info
+    model = httpx.get(url + "/model_info").json()
+    assert model["is_generation"] and model["architectures"] == ["LlamaForCausalLM"]
+    for _ in range(2):  # the second finds the first's pages
+        client.completions.create(model=MODEL, prompt="Load me " * 20, max_tokens=2)
+    (load,) = httpx.get(url + "/v1/loads").json()["loads"]
+    assert load["num_running_reqs"] == 0 and load["num_waiting_reqs"] == 0
+    assert 0 <= load["token_usage"] <= 1 and 0 < load["cache_hit_rate"] <= 1
+    assert load["max_total_num_tokens"] == info["max_total_num_tokens"]
+    assert httpx.get(url + "/get_load").json()[0]["num_reqs"] == 0
+    assert httpx.post(url + "/flush_cache", timeout=60).status_code == 200
+    assert _quiesced(url)["pages"]["device"]["free"] > 0
+    # a gateway's routing key names the conversation when no X-Session-ID does
+    empty = httpx.post(
+        url + "/v1/completions",
+        json={"model": MODEL, "prompt": "x", "max_tokens": 1},
+        headers={"X-SMG-Routing-Key": ""},
+    )
+    assert empty.status_code == 400 and "X-SMG-Routing-Key" in empty.json()["error"]["message"]

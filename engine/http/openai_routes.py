@@ -23,7 +23,7 @@ from engine.http.logprobs import chat_logprobs, completion_logprobs
 from engine.http.openai_protocol import ChatCompletionRequest, CompletionRequest
 from engine.http.tool_calling import ToolCalling
 
-SESSION_HEADERS = ("x-session-id", "x-smg-routing-key")  # ours, then the SMG gateway's
+SESSION_HEADERS = ("X-Session-ID", "X-SMG-Routing-Key")  # ours, then the SMG gateway's
 
 
 def session_of(http: Request, body) -> str | None:

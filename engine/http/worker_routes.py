@@ -13,7 +13,6 @@ import time
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import APIRouter
-from fastapi.responses import PlainTextResponse
 
 from engine.http.common import ServingContext
 from engine.model_config import SUPPORTED_ARCHITECTURES
@@ -107,9 +106,9 @@ def worker_router(ctx: ServingContext) -> APIRouter:
         ]
 
     @router.post("/flush_cache")
-    async def flush_cache() -> PlainTextResponse:
+    async def flush_cache() -> dict:  # SGLang answers text; a gateway reads the status only
         nodes = await ctx.loop.call(core.cache.flush)
-        return PlainTextResponse(f"Cache flushed: {nodes} nodes dropped.\n")
+        return {"message": "Cache flushed.", "flushed_nodes": nodes}
 
     return router
 
