@@ -1,7 +1,7 @@
 """`open_store(url)`: a remote store by URL; `open_remote_tier(url)`: the same with the engine's
 names ("none", "default") and a file tier's disk cap. Apart from `storage.remote` (the interface) so that
 the concrete stores import the interface and this factory imports them, with no cycle. Redis
-and Mooncake clients load only when their scheme is asked for."""
+Mooncake and S3 clients load only when their scheme is asked for."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from storage.remote import RemoteStore
 
 def open_store(url: str, **options) -> RemoteStore:
     """A remote store from a URL: `file:///abs/path`, `redis://[:password@]host:port/db` (or
-    `rediss://`), `mooncake://master-host:port`."""
+    `rediss://`), `mooncake://master-host:port`, `s3://bucket/prefix?endpoint=URL`."""
     if not isinstance(url, str) or "://" not in url:
         raise ValueError(f"remote store URL must look like scheme://..., got {url!r}")
     scheme, rest = url.split("://", 1)
@@ -31,8 +31,13 @@ def open_store(url: str, **options) -> RemoteStore:
         from storage.mooncake_store import MooncakeStore
 
         return MooncakeStore(url, **options)
+    if scheme == "s3":
+        from storage.s3_store import S3Store
+
+        return S3Store(url, **options)
     raise ValueError(
-        f"unsupported remote store scheme {scheme!r} in {url!r} (supported: file, redis, rediss, mooncake)"
+        f"unsupported remote store scheme {scheme!r} in {url!r} (supported: file, redis, rediss, "
+        "mooncake, s3)"
     )
 
 

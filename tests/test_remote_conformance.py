@@ -1,5 +1,5 @@
-"""One conformance suite for every remote tier: the file store, Redis, a three-master Redis Cluster
-and Mooncake Store, each a real server on loopback. Batched put / get / exists / delete, overwrite, verification of what
+"""One conformance suite for every remote tier: the file store, Redis, a three-master Redis Cluster,
+Mooncake Store and S3 (SeaweedFS), each a real server on loopback. Batched put / get / exists / delete, overwrite, verification of what
 comes back (corrupt, truncated and foreign pages are misses, removed, never served), and two
 caches sharing pages through the store."""
 
@@ -18,7 +18,7 @@ from tests.conftest import TINY, assert_pages_hold, write_pages
 NS = CacheNamespace("model-a", TINY)
 
 
-@pytest.fixture(params=["file", "redis", "redis-cluster", "mooncake"])
+@pytest.fixture(params=["file", "redis", "redis-cluster", "mooncake", "s3"])
 def store_url(request, tmp_path):
     if request.param == "file":
         return (tmp_path / "remote").as_uri()
@@ -30,6 +30,9 @@ def store_url(request, tmp_path):
         return (
             request.getfixturevalue("redis_cluster").url + f"&prefix=t{random.getrandbits(48):x}:"
         )
+    if request.param == "s3":  # every test its own prefix in the one bucket
+        server = request.getfixturevalue("s3_server")
+        return f"s3://{server.bucket}/t{random.getrandbits(48):x}?endpoint={server.endpoint}"
     return request.getfixturevalue("mooncake_master").url
 
 

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from radixkv import Engine  # noqa: E402
 from tests.paged_runner import hf_greedy  # noqa: E402
-from tests.store_servers import RedisServer  # noqa: E402
+from tests.store_servers import RedisServer, start_s3  # noqa: E402
 from tests.tiny_model import gb, save_tiny_llama  # noqa: E402
 
 
@@ -69,14 +69,16 @@ def _run(eng: Engine, prompts, on_request=None) -> list:
     return out
 
 
-def test_redis_killed_mid_run_costs_no_request_and_no_token(tiny_dir):
+@pytest.mark.parametrize("tier", ["redis", "s3"])
+def test_the_store_killed_mid_run_costs_no_request_and_no_token(tiny_dir, tmp_path, tier):
     path, _ = tiny_dir
     prompts = _prompts(200)
     with Engine(
         str(path), device="cpu", kv_memory_gb=gb(32), host_memory_gb=gb(48), remote_url=None
     ) as ref:
         want = [r.token_ids for r in _run(ref, prompts)]
-    server = RedisServer().start()
+    # redis comes back empty; SeaweedFS on its data directory, with what it held
+    server = RedisServer().start() if tier == "redis" else start_s3(tmp_path / "seaweedfs")
     seen = {"degraded": False, "recovered": False}
     try:
         with Engine(str(path), remote_url=server.url, **FAULT_ENGINE) as eng:
@@ -88,7 +90,7 @@ def test_redis_killed_mid_run_costs_no_request_and_no_token(tiny_dir):
                 if 60 < start <= 130 and status()["degraded"]:
                     seen["degraded"] = True
                 if start == 130:
-                    server.start()  # same port, empty
+                    server.start()  # same port
                     time.sleep(1.2)  # past the breaker's first back-off
 
             got = _run(eng, prompts, fault)
@@ -124,13 +126,15 @@ _PROCESS_A = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("tier", ["file", "redis", "mooncake"])
+@pytest.mark.parametrize("tier", ["file", "redis", "mooncake", "s3"])
 def test_a_prefix_computed_by_one_process_is_a_remote_hit_in_another(
     tiny_dir, tmp_path, request, tier
 ):
     path, hf = tiny_dir
     if tier == "file":
         url = (tmp_path / "remote").as_uri()
+    elif tier == "s3":
+        url = request.getfixturevalue("s3_server").url.replace("/pages?", f"/{tmp_path.name}?")
     else:
         url = request.getfixturevalue(
             f"{tier}_master" if tier == "mooncake" else "redis_server"
