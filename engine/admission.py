@@ -41,10 +41,12 @@ class Admission(SchedulerState):
         if free_slots <= 0:
             return
         now = time.monotonic()
+        handoffs = self.handoffs
         ready = [  # a remote fetch is waited for only while recomputing would take longer
             r
             for r in self._window()
-            if r.prefetch is None or r.prefetch.done or now >= r.prefetch.wait_until
+            if (handoffs is None or handoffs.ready(r, now))  # a decode engine's handoff: over
+            and (r.prefetch is None or r.prefetch.done or now >= r.prefetch.wait_until)
         ]
         if not ready:
             return
@@ -173,7 +175,8 @@ class Admission(SchedulerState):
         remote fetch brought (and not counted yet) count as remote."""
         remote = 0
         if req.prefetch is not None:
-            remote = min(max(0, req.prefetch.fetched_tokens - req.prefetch_counted), host)
+            fetched = req.prefetch.fetched_tokens + req.handoff_fetched
+            remote = min(max(0, fetched - req.prefetch_counted), host)
             req.prefetch_counted += remote
         for tier, n in (("device", device), ("host", host - remote), ("remote", remote)):
             req.cached_by_tier[tier] += n

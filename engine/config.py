@@ -29,6 +29,7 @@ from storage.open_store import DEFAULT_REMOTE
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 ATTENTION = ("auto", "torch", "flashinfer")
 TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
+ROLES = ("both", "prefill", "decode")
 SWITCH = ("auto", "on", "off")  # auto: on where it helps (each field says where)
 
 
@@ -75,7 +76,8 @@ class EngineConfig:
     remote_url: str | None = _opt(
         DEFAULT_REMOTE,
         "remote tier shared across processes: file:///dir, redis://[:password@]host:port/db, "
-        "rediss://..., mooncake://master-host:port, 'default' (a file tier under "
+        "rediss://..., mooncake://master-host:port, s3://bucket/prefix?endpoint=URL, 'default' "
+        "(a file tier under "
         "$RADIXKV_CACHE or ~/.cache/radixkv) or 'none'; options as query parameters",
     )
     remote_max_gb: float | None = _opt(
@@ -119,6 +121,17 @@ class EngineConfig:
     )
     kv_events_replay_endpoint: str | None = _opt(
         None, "ZMQ ROUTER endpoint answering replay requests of recent KV-event batches"
+    )
+    role: str = _opt(
+        "both",
+        "prefill: run prompts, write their pages through to the shared tier, answer without "
+        "decoding (one token); decode: take a prompt's pages from the shared tier, waiting up to "
+        "--handoff-timeout-ms for a prefill engine to write them; both: do everything here",
+    )
+    handoff_timeout_ms: float = _opt(
+        5000.0,
+        "a decode engine waits this long for a prompt's pages to reach the shared tier, then "
+        "computes them itself",
     )
     remote_secret_file: str | None = _opt(
         None,
@@ -273,6 +286,16 @@ class EngineConfig:
             raise bad("remote_secret_file", "must be a path (or None)")
         if self.remote_url is not None and not isinstance(self.remote_url, str):
             raise bad("remote_url", "must be a URL, 'default' or 'none'")
+        if self.role not in ROLES:
+            raise bad("role", f"must be one of {', '.join(ROLES)}")
+        if self.role != "both" and (self.remote_url is None or self.remote_url.lower() == "none"):
+            raise bad(
+                "role", f"{self.role} hands pages over through the shared tier: give --remote-url"
+            )
+        if self.role != "both" and not self.prefix_caching:
+            raise bad("role", f"{self.role} needs prefix caching (the handoff is a cached prefix)")
+        if not (isinstance(self.handoff_timeout_ms, (int, float)) and self.handoff_timeout_ms >= 0):
+            raise bad("handoff_timeout_ms", "must be >= 0")
         check_engine_settings("EngineConfig", {n: getattr(self, n) for n in ENGINE_SETTINGS})
         if self.generation_config not in ("auto", "none"):
             try:

@@ -11,6 +11,7 @@ the engine through `iterate()`. The core is single-threaded: one thread at a tim
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import threading
@@ -184,6 +185,8 @@ class EngineCore:
             eos_token_ids=self._eos_ids(),
             detokenize=self.tokenizer.decode if self.tokenizer else None,
             check_integrity=config.check_integrity,
+            # a decode engine waits for a prompt's pages to reach the shared tier
+            handoff_timeout_s=config.handoff_timeout_ms / 1000 if config.role == "decode" else None,
         )
         # overlap scheduling: plain greedy decode steps are continued on the device's tokens
         # (Scheduler.continue_decode); on a CPU a step runs when launched, so nothing overlaps
@@ -251,6 +254,8 @@ class EngineCore:
                 for k, v in sampling.items()
             }
         )
+        if self.config.role == "prefill":  # the prompt's pages are the answer; one token ends it
+            params = dataclasses.replace(params, max_tokens=1, min_tokens=0)
         # a prompt too long is refused before its ids are checked one by one (a multi-megabyte
         # prompt's check would hold the GIL for a tenth of a second)
         if isinstance(prompt, (list, tuple)):

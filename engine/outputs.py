@@ -101,6 +101,8 @@ class Outputs(PageTables):
         req.state, req.finish_reason = State.FINISHED, reason
         self._waited.pop(req.rid, None)
         self.cache.release_prefetch(req.prefetch)
+        if self.handoffs is not None:
+            self.handoffs.end(req)  # aborted while it waited for its pages
         self._drop_expectation(req)
         if self.detokenize is not None and not req.text:
             req.text = self.detokenize(req.output_ids)

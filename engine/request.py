@@ -40,6 +40,8 @@ class Request:
         None  # its remote prefix's fetch to host (radixkv.cache.prefetch.remote_reads)
     )
     expectation: object | None = None  # its host prefix's load to device while it waits
+    handoff: object | None = None  # engine.handoff.HandoffWait: its pages from a prefill engine
+    handoff_fetched: int = 0  # tokens its handoff's earlier looks fetched (remote hits too)
     arrival: float = field(default_factory=time.perf_counter)
     first_token_at: float | None = None
     generator: torch.Generator | None = None

@@ -33,6 +33,8 @@ declares: `engine.admission` (step 2, and the holds that yield to it), `engine.p
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -40,6 +42,7 @@ import numpy as np
 import torch
 
 from engine.forward_batch import ForwardBatch, to_device
+from engine.handoff import Handoffs
 from engine.outputs import Outputs
 from engine.request import Request, State
 from engine.scheduler_state import RATIO_INIT, ScheduledBatch
@@ -62,6 +65,7 @@ class Scheduler(Outputs):
         starvation_steps: int = 32,
         check_integrity: bool = False,
         prefetch_pages: int = 0,
+        handoff_timeout_s: float | None = None,
     ) -> None:
         if max_batch_tokens < 1 or max_running < 1:
             raise ValueError("max_batch_tokens and max_running must be >= 1")
@@ -72,6 +76,8 @@ class Scheduler(Outputs):
         self.starvation_steps = starvation_steps
         self.check_integrity = check_integrity
         self.prefetch_pages = prefetch_pages  # the prefetcher's budget between two steps (0: off)
+        # a decode engine's waits for prompts' pages from the shared tier (None: not one)
+        self.handoffs = None if handoff_timeout_s is None else Handoffs(cache, handoff_timeout_s)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.steps = 0
@@ -97,6 +103,8 @@ class Scheduler(Outputs):
         req.prefetch = self.cache.prefetch(req.prompt_ids[:-1])
         if self.prefetch_pages:  # host -> device while it waits (between steps, budgeted)
             req.expectation = self.cache.expect(req.prompt_ids[:-1])
+        if self.handoffs is not None:  # a prefill engine is writing its pages to the shared tier
+            self.handoffs.start(req, time.monotonic())
         self.waiting.append(req)
         self._waited[req.rid] = self.steps
 
@@ -116,10 +124,13 @@ class Scheduler(Outputs):
         return bool(self.waiting or self.running)
 
     def next_prefetch_deadline(self) -> float | None:
-        """(time.monotonic) when the first waiting request stops waiting for its remote fetch."""
+        """(time.monotonic) when the first waiting request stops waiting for its remote fetch, or
+        a handoff asks the shared tier again."""
         times = [
             r.prefetch.wait_until for r in self._window() if r.prefetch and not r.prefetch.done
         ]
+        if self.handoffs is not None:
+            times.append(self.handoffs.next_poll(self._window()) or math.inf)
         return min(times, default=None)
 
     # ---- one step ----------------------------------------------------------------------------

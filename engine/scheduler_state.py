@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from engine.forward_batch import ForwardBatch
+from engine.handoff import Handoffs
 from engine.request import Request
 from radixkv.cache.prefix_cache import PrefixCache
 
@@ -41,6 +42,7 @@ class SchedulerState:
     starvation_steps: int
     check_integrity: bool
     prefetch_pages: int  # the prefetcher's budget between two steps (0: off)
+    handoffs: Handoffs | None  # a decode engine's waits for prompts' pages (None: not one)
     waiting: deque[Request]
     running: list[Request]
     steps: int

@@ -111,3 +111,28 @@ def test_two_engines_behind_smg_share_one_redis_tier(tmp_path):
                 remote_hits += by_tier.get("remote", 0)
         assert remote_hits > 0  # what moved came back from the shared Redis tier
         assert gw.discovery_warnings() == []
+
+
+def test_smg_prefill_decode_mode_drives_a_prefill_and_a_decode_engine(tmp_path):
+    """SMG's --pd-disaggregation sends each request to the prefill and the decode engine at
+    once (with its bootstrap fields, which radixkv ignores); the decode engine takes the
+    prompt's pages from the shared tier, and its answer is what the client gets."""
+    with Fleet(tmp_path, 2, "round_robin", SERVE, shared_tier=True, prefill=1) as fleet:
+        gw = fleet.gateway
+        assert gw.discovery_warnings() == []
+        assert not [line for line in gw.log().splitlines() if "Bootstrap port" in line]
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key="none", max_retries=0)
+        conv = Conversation("pd", QUESTIONS[1])
+        for t in range(3):
+            _worker, prompt, cached, by_tier = conv.turn(client, t)
+            aligned = (prompt - 1) // PAGE * PAGE
+            # every full page of the prompt came from the prefill engine or D's own cache
+            assert cached == aligned, (t, cached, aligned)
+            if t == 0:
+                assert by_tier["remote"] == aligned, by_tier  # the handoff itself
+        decode = fleet.servers[1].url
+        import httpx
+
+        sched = httpx.get(decode + "/cache/stats", timeout=30).json()["scheduler"]
+        assert sched["role"] == "decode" and sched["handoffs"]["timed_out"] == 0
+        assert sched["handoffs"]["completed"] == 3

@@ -57,5 +57,7 @@ def cache_report(loop: EngineLoop, integrity: bool) -> dict:
         "running": len(sched.running),
         "waiting": len(sched.waiting),
         "preemptions": sched.preemptions,
+        "role": loop.core.config.role,
+        "handoffs": None if sched.handoffs is None else sched.handoffs.report(),
     }
     return report

@@ -55,7 +55,7 @@ def worker_router(ctx: ServingContext) -> APIRouter:
             "max_total_num_tokens": cache.device_pool.num_pages * page,
             "max_running_requests": config.max_running,
             "page_size": page,
-            "disaggregation_mode": "null",
+            "disaggregation_mode": "null" if config.role == "both" else config.role,
             "kv_events_config": events,
             # the tiers behind the device's (tokens); the store's address stays private
             "cache_tiers": {

@@ -68,10 +68,17 @@ def wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) -> Non
 
 class Gateway:
     """`smg launch` in front of `worker_urls` with a routing `policy`; health checked every
-    second so a dead worker leaves the rotation within a few seconds."""
+    second so a dead worker leaves the rotation within a few seconds. With `prefill_urls`, SMG's
+    prefill/decode mode: each request goes to a prefill worker and to a decode worker (one of
+    `worker_urls`), and the decode worker's answer comes back."""
 
     def __init__(
-        self, worker_urls: list[str], policy: str, log_path: Path, extra: tuple[str, ...] = ()
+        self,
+        worker_urls: list[str],
+        policy: str,
+        log_path: Path,
+        extra: tuple[str, ...] = (),
+        prefill_urls: list[str] = (),
     ) -> None:
         binary = smg_binary()
         if binary is None:
@@ -79,10 +86,20 @@ class Gateway:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self.worker_urls = list(worker_urls)
+        self.worker_urls = [*prefill_urls, *worker_urls]
         cmd = [binary, "launch", "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(free_port())]
-        cmd += ["--worker-urls", *worker_urls, "--policy", policy]
+        if prefill_urls:
+            # the prefill worker's "bootstrap port" is its own HTTP port: SMG probes that it
+            # accepts connections; radixkv needs no rendezvous beyond the shared tier
+            cmd += ["--pd-disaggregation"]
+            for url in prefill_urls:
+                cmd += ["--prefill", url, url.rsplit(":", 1)[1]]
+            for url in worker_urls:
+                cmd += ["--decode", url]
+        else:
+            cmd += ["--worker-urls", *worker_urls]
+        cmd += ["--policy", policy]
         cmd += ["--health-check-interval-secs", "1", "--health-failure-threshold", "1"]
         cmd += ["--load-monitor-interval", "1", *extra]
         self.cmd = cmd
@@ -133,7 +150,9 @@ class Gateway:
 class Fleet:
     """`engines` radixkv servers (each with `serve_args`), a Redis tier they share when
     `shared_tier`, and SMG in front with `policy`. A context manager: everything is stopped at
-    exit. Without a shared tier every engine has no remote tier at all."""
+    exit. Without a shared tier every engine has no remote tier at all. With `prefill` engines
+    (a shared tier needed), the first `prefill` run `--role prefill`, the others `--role decode`,
+    and SMG runs in its prefill/decode mode."""
 
     def __init__(
         self,
@@ -143,12 +162,16 @@ class Fleet:
         serve_args: list[str],
         *,
         shared_tier: bool,
+        prefill: int = 0,
         redis_mb: int = 1024,
         secret: str = "fleet-shared-secret",
     ) -> None:
         self.workdir, self.engines, self.policy = workdir, engines, policy
         self.serve_args, self.shared_tier = list(serve_args), shared_tier
         self.redis_mb, self.secret = redis_mb, secret
+        if prefill and (not shared_tier or prefill >= engines):
+            raise ValueError("prefill/decode needs a shared tier and at least one decode engine")
+        self.prefill = prefill
         self.redis: subprocess.Popen | None = None
         self.servers: list[ServerProcess] = []
         self.gateway: Gateway | None = None
@@ -188,11 +211,19 @@ class Fleet:
         env = {"OMP_NUM_THREADS": threads}  # torch sizes its pool from it
         for i in range(self.engines):
             log = self.workdir / f"engine-{i}.log"
-            self.servers.append(ServerProcess([*tier, *self.serve_args], log, env=env))
+            role = (
+                [] if not self.prefill else ["--role", "prefill" if i < self.prefill else "decode"]
+            )
+            self.servers.append(ServerProcess([*tier, *role, *self.serve_args], log, env=env))
         for server in self.servers:
             server.wait_ready()
         urls = [s.url for s in self.servers]
-        self.gateway = Gateway(urls, self.policy, self.workdir / "smg.log")
+        self.gateway = Gateway(
+            urls[self.prefill :],
+            self.policy,
+            self.workdir / "smg.log",
+            prefill_urls=urls[: self.prefill],
+        )
         self.gateway.wait_until(set(urls))
 
     def close(self) -> None:
