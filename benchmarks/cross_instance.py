@@ -6,7 +6,7 @@ prompt of the same length and writes its pages through to the store. Process B g
 prompt: a remote hit, prefetched into host while it waits, loaded instead of recomputed. One run
 per store, loopback; figures are time to first token (a 1-token request through `/generate`).
 
-python benchmarks/cross_instance.py [--stores file,redis,mooncake] [--tokens 4096] \
+python benchmarks/cross_instance.py [--stores file,redis,mooncake,s3] [--tokens 4096] \
     [--serve-args "--kv-memory-gb 1 --host-memory-gb 2"] [--json out.json]
 Redis and the Mooncake master are started on loopback ports and stopped afterwards.
 """
@@ -68,7 +68,7 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--stores", default="file,redis,mooncake")
+    p.add_argument("--stores", default="file,redis,mooncake,s3")
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--serve-args", default="--kv-memory-gb 1 --host-memory-gb 2")
     p.add_argument("--seed", type=int, default=0)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import time
@@ -97,6 +98,18 @@ def measure_floors(dev: torch.device) -> dict:
     return floors
 
 
+def fit_gb(want_gb: float, *, weights_gb: float, margin_gb: float = 10.0) -> float:
+    """A KV tier of at most `want_gb` that fits beside `weights_gb` of weights in what this
+    card has free now (an H100's 80 GB or an H200's 141 GB), `margin_gb` left for activations
+    and graphs; never below 2 GB. Collects first: earlier sections' tensors are freed."""
+    gc.collect()
+    torch.cuda.empty_cache()
+    free_gb = torch.cuda.mem_get_info()[0] / 2**30
+    got = max(2.0, min(want_gb, free_gb - weights_gb - margin_gb))
+    print(f"GPU memory: {free_gb:.1f} GiB free; a KV tier of {got:.1f} GiB", flush=True)
+    return got
+
+
 def weight_bytes(model) -> int:
     """Bytes a decode step reads: every weight but the embedding table (one row each)."""
     embed = model.model.embed_tokens.weight
@@ -135,7 +148,9 @@ def main() -> int:
     cfg = model.config
     hf = None if args.skip_hf else hf_twin(model, dev)  # shares the unfused weight tensors
     layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, PS, torch.bfloat16)
-    pool = DevicePool(layout, 72 * 1024 * 2 // PS, dev)  # 147k tokens
+    # up to 147k tokens of KV (18 GiB), less where the card has less room
+    pool_gb = fit_gb(18.0, weights_gb=0.0, margin_gb=24.0)
+    pool = DevicePool(layout, int(pool_gb * 2**30) // layout.page_bytes, dev)
     alloc = PageAllocator(pool.num_pages)
     fi = FlashInferPagedAttention(pool, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
     ref = TorchPagedAttention(pool, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
@@ -362,7 +377,7 @@ def _ttft(results: dict, tokens, hbm: float, profile: bool = False) -> None:
     eng = Engine(
         "llama-3-8b",
         device="cuda",
-        kv_memory_gb=12,
+        kv_memory_gb=fit_gb(12.0, weights_gb=16.1),
         host_memory_gb=8,
         remote_url=None,
         max_batch_tokens=8192,
@@ -477,7 +492,7 @@ def _engine_decode(
         eng = Engine(
             "llama-3-8b",
             device="cuda",
-            kv_memory_gb=16,
+            kv_memory_gb=fit_gb(16.0, weights_gb=16.1),
             host_memory_gb=0,
             remote_url=None,
             max_running=64,

@@ -5,7 +5,7 @@
    request for a 4,096-token prefix another cache wrote through; the time from its arrival to
    the whole prefix being verified on its host tier (discovery by key, fetch, checks, copy in).
 
-python benchmarks/store_throughput.py [--stores file,redis,mooncake] [--pages 400] [--batch 32]
+python benchmarks/store_throughput.py [--stores file,redis,mooncake,s3] [--pages 400] [--batch 32]
 Redis and the Mooncake master are started on loopback ports and stopped afterwards. With
 `--url URL` (repeatable) it measures stores you run instead (it writes and deletes its own keys).
 """
@@ -95,7 +95,7 @@ def main() -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--stores", default="file,redis,mooncake")
+    p.add_argument("--stores", default="file,redis,mooncake,s3")
     p.add_argument("--pages", type=int, default=400)
     p.add_argument("--size", type=int, default=256 * 1024)
     p.add_argument("--batch", type=int, default=32)

@@ -57,6 +57,7 @@ def cache_report(loop: EngineLoop, integrity: bool) -> dict:
         "running": len(sched.running),
         "waiting": len(sched.waiting),
         "preemptions": sched.preemptions,
+        "finished_requests": sum(loop.stats.finished.values()),
         "role": loop.core.config.role,
         "handoffs": None if sched.handoffs is None else sched.handoffs.report(),
     }

@@ -28,6 +28,7 @@ class RoutingConfig:
     name: str
     policy: str  # SMG's --policy
     shared_tier: bool
+    prefill: int = 0  # engines that only prefill (SMG's prefill/decode mode); 0: none
 
 
 CONFIGS = {
@@ -38,9 +39,11 @@ CONFIGS = {
         RoutingConfig("cache_aware", "cache_aware", False),
         RoutingConfig("cache_aware+shared", "cache_aware", True),
         RoutingConfig("sticky+shared", "consistent_hashing", True),
+        # one prefill engine, the others decode, the prompts' pages handed over through Redis
+        RoutingConfig("prefill_decode+shared", "round_robin", True, prefill=1),
     )
 }
-DEFAULT_CONFIGS = ",".join(CONFIGS)
+DEFAULT_CONFIGS = ",".join(n for n, c in CONFIGS.items() if not c.prefill)
 
 
 def parse_configs(text: str) -> list[RoutingConfig]:
@@ -63,7 +66,12 @@ def run_config(
     import httpx
 
     with Fleet(
-        workdir / config.name, engines, config.policy, serve_args, shared_tier=config.shared_tier
+        workdir / config.name,
+        engines,
+        config.policy,
+        serve_args,
+        shared_tier=config.shared_tier,
+        prefill=config.prefill,
     ) as fleet:
         url = fleet.gateway.url + "/v1"
         report = asyncio.run(run_multiturn(url, spec, progress=progress))
@@ -74,10 +82,15 @@ def run_config(
                 {
                     "engine": i,
                     "url": server.url,
-                    "requests": sum(r["worker"] == server.url for r in report["records"]),
+                    "requests": stats["scheduler"]["finished_requests"],
                     "token_hit_rate": stats["token_hit_rate"],
                     "hit_rate_by_tier": stats["hit_rate_by_tier"],
                     "tokens_queried": stats["counters"]["tokens_queried"],
+                    "role": stats["scheduler"].get("role", "both"),
+                    "handoffs": stats["scheduler"].get("handoffs"),
+                    "remote_bytes_read": (stats["remote"] or {})
+                    .get("traffic", {})
+                    .get("bytes_read", 0),
                 }
             )
         warnings = fleet.gateway.discovery_warnings()
@@ -98,6 +111,7 @@ def run_config(
         "hit_rate_by_tier": by_tier,
         "ttft_p50_s": o["ttft_s"]["p50"],
         "ttft_p90_s": o["ttft_s"]["p90"],
+        "tpot_p50_s": o["itl_s"]["p50"],
         "requests_per_s": o.get("requests_per_s"),
         "engines": per_engine,
         "gateway_discovery_warnings": warnings,
@@ -107,18 +121,32 @@ def run_config(
 
 def format_table(results: list[dict]) -> str:
     lines = [
-        f"{'configuration':<20}{'hit':>7}{'device':>8}{'host':>7}{'remote':>8}"
-        f"{'TTFT p50':>10}{'p90':>8}{'req/s':>7}{'fail':>6}  requests per engine"
+        f"{'configuration':<22}{'hit':>7}{'device':>8}{'host':>7}{'remote':>8}"
+        f"{'TTFT p50':>10}{'p90':>8}{'TPOT':>6}{'req/s':>7}{'fail':>6}  requests per engine"
     ]
     for r in results:
         t = r["hit_rate_by_tier"]
         balance = " / ".join(str(e["requests"]) for e in r["engines"])
         lines.append(
-            f"{r['config']:<20}{r['hit_rate']:>7.1%}{t['device']:>8.1%}{t['host']:>7.1%}"
+            f"{r['config']:<22}{r['hit_rate']:>7.1%}{t['device']:>8.1%}{t['host']:>7.1%}"
             f"{t['remote']:>8.1%}{_ms(r['ttft_p50_s']):>10}{_ms(r['ttft_p90_s']):>8}"
-            f"{r['requests_per_s'] or 0:>7.2f}{r['failed']:>6}  {balance}"
+            f"{_ms(r['tpot_p50_s']):>6}{r['requests_per_s'] or 0:>7.2f}{r['failed']:>6}  {balance}"
         )
-    lines.append("hit: cached share of prompt tokens (by the tier that held them); TTFT in ms")
+    lines.append(
+        "hit: cached share of prompt tokens (by the tier that held them); TTFT and TPOT (time "
+        "per output token, p50) in ms; a prefill engine's requests are its one-token answers"
+    )
+    for r in results:
+        for e in r["engines"]:
+            h = e["handoffs"]
+            if h is not None:
+                lines.append(
+                    f"{r['config']}: decode engine {e['engine']} took {h['tokens']:,} prompt "
+                    f"tokens from the shared tier ({e['remote_bytes_read'] / 1e6:,.1f} MB read) "
+                    f"in {h['completed']} handoffs, {h['timed_out']} timed out, waiting "
+                    f"{h['wait_s'] / max(h['completed'] + h['timed_out'], 1) * 1000:,.0f} ms each "
+                    "on average"
+                )
     lines.append("\neach engine's own token hit rate (device / host / remote):")
     for r in results:
         engines = "   ".join(
@@ -127,7 +155,7 @@ def format_table(results: list[dict]) -> str:
             + f" of {e['tokens_queried']:,} tok"
             for e in r["engines"]
         )
-        lines.append(f"{r['config']:<20}{engines}")
+        lines.append(f"{r['config']:<22}{engines}")
     for r in results:
         for w in r["gateway_discovery_warnings"]:
             lines.append(f"gateway warning ({r['config']}): {w}")
