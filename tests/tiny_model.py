@@ -9,7 +9,7 @@ import torch
 PAGE_BYTES = 2 * 2 * 16 * 2 * 16 * 4  # layers x K/V x page 16 x kv heads x head dim x fp32
 
 
-def save_tiny_llama(path: Path):
+def save_tiny_llama(path: Path, max_positions: int = 512):
     """Writes the model to `path`; returns the transformers model (the reference)."""
     import transformers
 
@@ -22,7 +22,7 @@ def save_tiny_llama(path: Path):
         num_attention_heads=4,
         num_key_value_heads=2,
         initializer_range=0.15,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
     )
     hf = transformers.LlamaForCausalLM(cfg).float().eval()
     hf.save_pretrained(path)
@@ -47,7 +47,7 @@ def save_tiny_llama_for_the_default_tokenizer(path: Path) -> Path:
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=1,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
     )
     transformers.LlamaForCausalLM(cfg).save_pretrained(path)
     return path

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from engine.config_flags import add_config_flags, config_from_args, config_to_flags
+from radixkv.bench.engine_replay import add_engine_flags
 from radixkv.bench.multi_engine import add_fleet_command, fleet_command
 from radixkv.bench.multiturn_spec import add_workload_flags
 
@@ -23,6 +24,14 @@ def _trace_command(args: argparse.Namespace) -> int:
 
     requests = load_trace(args.trace, limit=args.limit)
     unique = unique_tokens(requests)
+    if args.engine:
+        from radixkv.bench.engine_replay import engine_trace_command
+
+        rows = engine_trace_command(args, requests, unique)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(rows, indent=2))
+        return 0
     dev, host, remote = capacities(
         unique, args.page_size, args.device_frac, args.host_frac, args.remote_frac
     )
@@ -292,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     t.add_argument("--json", type=Path, default=None, help="write results here")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_engine_flags(t)
     add_config_flags(
         t,
         only=("page_size", "write_policy", "remote_admission"),

@@ -1,0 +1,261 @@
+"""Replay a Mooncake trace through the real engine (scheduler, model, tiers), beside the cache
+simulator (`radixkv.bench.trace_replay`) at the same capacities, policy and page size.
+
+Each hash id becomes a fixed 512-token block of token ids (equal ids, equal tokens; the last
+block cut to the request's length); each request asks for its traced output length
+(`ignore_eos`), capped by `max_output`. Requests go in one at a time (`sequential`: what the
+simulator models, so their hit rates must agree), all at once (`asap`), or at the trace's
+timestamps times `rate_scale` (`timed`).
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from radixkv.bench.report import percentile
+from radixkv.bench.trace_replay import ReplaySpec, replay
+from radixkv.bench.tracefile import BLOCK, TraceRequest
+
+MODES = ("sequential", "asap", "timed")
+TIERS = ("device", "host", "remote")
+
+
+class BlockTokens:
+    """Token ids for a trace's hash ids: block h is 512 ids drawn from a generator seeded by h
+    (kept once made), in [low, vocab)."""
+
+    def __init__(self, vocab: int, low: int = 1) -> None:
+        self.vocab, self.low = vocab, low
+        self._blocks: dict[int, list[int]] = {}
+
+    def prompt(self, req: TraceRequest) -> list[int]:
+        out: list[int] = []
+        for i, h in enumerate(req.hash_ids):
+            block = self._blocks.get(h)
+            if block is None:
+                rng = random.Random(h)
+                block = [rng.randrange(self.low, self.vocab) for _ in range(BLOCK)]
+                self._blocks[h] = block
+            out += block[: min(BLOCK, req.input_length - i * BLOCK)]
+        return out
+
+
+@dataclass(frozen=True)
+class EngineReplaySpec:
+    mode: str = "sequential"
+    rate_scale: float = 1.0  # timed: seconds between requests = the trace's x this
+    max_output: int = 64  # output tokens per request at most (the trace's length otherwise)
+    ttft_bound_ms: float = 2000.0  # the report's share of requests within this TTFT
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.rate_scale > 0 or self.max_output < 1 or not self.ttft_bound_ms > 0:
+            raise ValueError("--rate-scale and --ttft-bound-ms must be > 0, --max-output >= 1")
+
+
+def engine_replay(
+    requests: list[TraceRequest],
+    cache: ReplaySpec,
+    run: EngineReplaySpec,
+    *,
+    page_bytes: int,
+    progress: bool = True,
+    **engine_options,
+) -> dict:
+    """Run the trace through an `Engine` with exactly `cache`'s pages per tier (a fresh file
+    store as the remote tier); returns hit rates by tier, TTFT and TPOT percentiles, req/s."""
+    from tqdm import tqdm
+
+    from radixkv import Engine
+
+    def gib(pages: int) -> float:  # the engine rounds GiB down to pages: half a page over
+        return (pages * page_bytes + page_bytes // 2) / 2**30
+
+    with tempfile.TemporaryDirectory(prefix="radixkv-engine-replay-") as tmp:
+        remote = Path(tmp, "remote").as_uri() if cache.remote_pages else "none"
+        eng = Engine(
+            page_size=cache.page_size,
+            kv_memory_gb=gib(cache.device_pages),
+            host_memory_gb=gib(cache.host_pages),
+            remote_url=remote,
+            remote_max_gb=gib(cache.remote_pages) * 1.1 if cache.remote_pages else None,
+            remote_pages=max(1, cache.remote_pages),  # what the tree tracks, as the simulator
+            policy=cache.policy,
+            write_policy=cache.write_policy,
+            remote_admission=cache.remote_admission,
+            **engine_options,
+        )
+        try:
+            tiers = eng.cache.config
+            assert (tiers.device_pages, tiers.host_pages) == (cache.device_pages, cache.host_pages)
+            blocks = BlockTokens(eng.core.model.config.vocab_size)
+            prompts = [blocks.prompt(r) for r in requests]
+            return _drive(eng, requests, prompts, run, progress, tqdm)
+        finally:
+            eng.close()
+
+
+def _drive(eng, requests, prompts, run: EngineReplaySpec, progress: bool, tqdm) -> dict:
+    t0_ms = requests[0].timestamp_ms if requests else 0
+    due = [
+        (r.timestamp_ms - t0_ms) / 1e3 * run.rate_scale if run.mode == "timed" else 0.0
+        for r in requests
+    ]
+    outputs = [max(1, min(r.output_length, run.max_output)) for r in requests]
+    live: list = []  # submitted, unfinished
+    done: list[tuple] = []  # (request, finished at)
+    bar = tqdm(total=len(requests), desc=f"engine {run.mode}", unit="req", disable=not progress)
+    start = time.perf_counter()
+    nxt = 0
+    while nxt < len(requests) or live:
+        now = time.perf_counter() - start
+        while nxt < len(requests) and (
+            (run.mode == "sequential" and not live)
+            or (run.mode != "sequential" and due[nxt] <= now)
+        ):
+            live.append(eng.submit(prompts[nxt], max_tokens=outputs[nxt], ignore_eos=True))
+            nxt += 1
+        if not live:
+            time.sleep(max(0.0, min(due[nxt] - now, 0.05)))
+            continue
+        eng.step()
+        t = time.perf_counter()
+        still = []
+        for r in live:
+            if r.finish_reason is None:
+                still.append(r)
+            else:
+                done.append((r, t))
+                bar.update(1)
+        live = still
+    duration = time.perf_counter() - start
+    bar.close()
+    return _summary(done, duration, run)
+
+
+def _summary(done: list[tuple], duration: float, run: EngineReplaySpec) -> dict:
+    prompt = sum(len(r.prompt_ids) for r, _ in done)
+    by_tier = {t: sum(r.cached_by_tier[t] for r, _ in done) / max(prompt, 1) for t in TIERS}
+    ttft = [r.first_token_at - r.arrival for r, _ in done if r.first_token_at is not None]
+    tpot = [
+        (end - r.first_token_at) / (len(r.output_ids) - 1)
+        for r, end in done
+        if r.first_token_at is not None and len(r.output_ids) > 1
+    ]
+    failed = sum(r.finish_reason not in ("length", "stop") for r, _ in done)
+    return {
+        "mode": run.mode,
+        "requests": len(done),
+        "failed": failed,
+        "input_tokens": prompt,
+        "token_hit_rate": sum(by_tier.values()),
+        "hit_rate_by_tier": by_tier,
+        "ttft_ms": {f"p{q}": (percentile(ttft, q) or 0) * 1e3 for q in (50, 90, 99)},
+        "tpot_ms": {f"p{q}": (percentile(tpot, q) or 0) * 1e3 for q in (50, 90)},
+        "requests_per_s": len(done) / duration,
+        "within_ttft_bound": sum(t * 1e3 <= run.ttft_bound_ms for t in ttft) / max(len(ttft), 1),
+        "seconds": duration,
+    }
+
+
+def simulate(requests: list[TraceRequest], cache: ReplaySpec) -> dict:
+    """The simulator at the same capacities (its hit rates only)."""
+    r = replay(requests, cache, progress=False)
+    return {"token_hit_rate": r["token_hit_rate"], "hit_rate_by_tier": r["hit_rate_by_tier"]}
+
+
+def fitting(
+    requests: list[TraceRequest], device_tokens: int, context: int, max_output: int
+) -> list[TraceRequest]:
+    """The requests one engine can run: prompt plus output within the model's context and the
+    device tier (the engine refuses the rest; the simulator would serve them uncached)."""
+    limit = min(device_tokens, context)
+    return [
+        r for r in requests if r.input_length + max(1, min(r.output_length, max_output)) <= limit
+    ]
+
+
+def add_engine_flags(t) -> None:
+    """`trace --engine`'s flags (the trace subcommand's own give the trace and the tiers)."""
+    g = t.add_argument_group(
+        "through the engine (--engine): the trace's requests run by a real Engine, device only, "
+        "device+host and device+host+remote, each beside the simulator at the same capacities"
+    )
+    g.add_argument("--engine", action="store_true", help="replay through the engine")
+    g.add_argument("--model", default="default", help="the engine's model (e.g. llama-3-8b)")
+    g.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    g.add_argument("--mode", choices=MODES, default="sequential")
+    g.add_argument("--rate-scale", type=float, default=1.0, help="timed: x the trace's gaps")
+    g.add_argument("--max-output", type=int, default=64, help="output tokens per request at most")
+    g.add_argument("--ttft-bound-ms", type=float, default=2000.0)
+    g.add_argument(
+        "--remote-load-margin",
+        type=float,
+        default=None,
+        help="the engine's load-or-recompute margin (0: always load remote hits, as the "
+        "simulator does; default: the engine's own estimate)",
+    )
+
+
+def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dict:
+    """Run the three configurations through the engine and the simulator; print the table."""
+    from radixkv import Engine
+    from radixkv.bench.trace_replay import capacities
+
+    run = EngineReplaySpec(args.mode, args.rate_scale, args.max_output, args.ttft_bound_ms)
+    options = {"model": args.model, "device": args.device}
+    if args.remote_load_margin is not None:
+        options["remote_load_margin"] = args.remote_load_margin
+    probe = Engine(kv_memory_gb=0.01, host_memory_gb=0, remote_url="none", **options)
+    page_bytes, context = probe.cache.layout.page_bytes, probe.core.context_length
+    page_bytes = page_bytes * args.page_size // probe.cache.page_size
+    probe.close()
+    remote_frac = args.remote_frac or 1.0
+    configs = (("device", 0.0, 0.0), ("device+host", args.host_frac or 0.2, 0.0))
+    configs += (("device+host+remote", args.host_frac or 0.2, remote_frac),)
+    rows = {}
+    for name, host_frac, rf in configs:
+        dev, host, remote = capacities(unique, args.page_size, args.device_frac, host_frac, rf)
+        runnable = fitting(requests, dev * args.page_size, context, args.max_output)
+        spec = ReplaySpec(args.page_size, dev, host, remote, args.policy.split(",")[0])
+        eng = engine_replay(runnable, spec, run, page_bytes=page_bytes, **options)
+        sim = simulate(runnable, spec)
+        rows[name] = {
+            "tokens": {
+                t: n * args.page_size for t, n in zip(TIERS, (dev, host, remote), strict=True)
+            },
+            "skipped_too_long": len(requests) - len(runnable),
+            "engine": eng,
+            "simulator": sim,
+        }
+    print(format_engine_table(rows, run))
+    return rows
+
+
+def format_engine_table(rows: dict, run: EngineReplaySpec) -> str:
+    lines = [
+        f"\n{'configuration':<20}{'tiers (tokens)':>24}{'engine hit':>11}{'sim hit':>9}"
+        f"{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'TPOT':>7}{'req/s':>8}{'in bound':>9}"
+    ]
+    for name, r in rows.items():
+        e, s, t = r["engine"], r["simulator"], r["tokens"]
+        tiers = "/".join(f"{t[x]:,}" for x in TIERS)
+        q = e["ttft_ms"]
+        lines.append(
+            f"{name:<20}{tiers:>24}{e['token_hit_rate']:>11.2%}{s['token_hit_rate']:>9.2%}"
+            f"{q['p50']:>10,.0f}{q['p90']:>8,.0f}{q['p99']:>8,.0f}{e['tpot_ms']['p50']:>7.1f}"
+            f"{e['requests_per_s']:>8.2f}{e['within_ttft_bound']:>9.0%}"
+        )
+        by = " ".join(
+            f"{x} {e['hit_rate_by_tier'][x]:.2%}/{s['hit_rate_by_tier'][x]:.2%}" for x in TIERS
+        )
+        lines.append(f"{'':<20}engine/simulator by tier: {by}; {r['skipped_too_long']} too long")
+    lines.append(
+        f"mode {run.mode}; TTFT/TPOT in ms; 'in bound': TTFT within {run.ttft_bound_ms:,.0f} ms"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,87 @@
+"""The cache simulator agrees with the engine: a trace replayed one request at a time through a
+real Engine (tiny model, CPU) and through the simulator at the same capacities, policy and page
+size gives the same token hit rate, with device, host and remote tiers all in play."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from radixkv.bench.engine_replay import (  # noqa: E402
+    BlockTokens,
+    EngineReplaySpec,
+    engine_replay,
+    simulate,
+)
+from radixkv.bench.trace_replay import ReplaySpec  # noqa: E402
+from radixkv.bench.tracefile import BLOCK, TraceRequest  # noqa: E402
+from tests.tiny_model import PAGE_BYTES, save_tiny_llama  # noqa: E402
+
+
+def conversations(n: int, seed: int = 0) -> list[TraceRequest]:
+    """Multi-turn traffic in the trace's shape: sessions sharing a system block, each turn
+    resending the session's blocks and adding one or two, interleaved at random."""
+    rng = random.Random(seed)
+    next_id, sessions, out = 1, [], []
+    for t in range(n):
+        if not sessions or rng.random() < 0.3:
+            sessions.append([0])  # block 0: the shared system prompt
+        blocks = rng.choice(sessions)
+        for _ in range(rng.choice((1, 2))):
+            blocks.append(next_id)
+            next_id += 1
+        if len(blocks) >= 5:  # a long session ends; a new one starts next time
+            sessions.remove(blocks)
+        length = (len(blocks) - 1) * BLOCK + rng.randrange(100, BLOCK + 1)
+        out.append(TraceRequest(t * 100, length, 4, tuple(blocks)))
+    return out
+
+
+def test_block_tokens_are_equal_for_equal_ids_and_cut_to_length():
+    tokens = BlockTokens(vocab=101)
+    a = tokens.prompt(TraceRequest(0, BLOCK + 10, 1, (7, 8)))
+    b = tokens.prompt(TraceRequest(0, 2 * BLOCK, 1, (7, 9)))
+    assert len(a) == BLOCK + 10 and a[:BLOCK] == b[:BLOCK] and a[BLOCK:] != b[BLOCK : BLOCK + 10]
+    assert all(0 < t < 101 for t in a + b)
+
+
+def _both(tmp_path, spec: ReplaySpec) -> tuple[dict, dict]:
+    save_tiny_llama(tmp_path, max_positions=4096)
+    requests = conversations(40)
+    engine = engine_replay(
+        requests,
+        spec,
+        EngineReplaySpec(mode="sequential", max_output=1),
+        page_bytes=PAGE_BYTES,
+        progress=False,
+        model=str(tmp_path),
+        device="cpu",
+        remote_load_margin=0.0,  # the simulator always loads a remote hit
+        check_integrity=True,
+    )
+    assert engine["failed"] == 0 and engine["requests"] == 40
+    return engine, simulate(requests, spec)
+
+
+@pytest.mark.parametrize(
+    "policy, host", [("lru", 0), ("adaptive", 0), ("lru", 480), ("adaptive", 480)]
+)
+def test_engine_and_simulator_hit_rates_agree_on_device_and_host(tmp_path, policy, host):
+    engine, sim = _both(tmp_path, ReplaySpec(16, 240, host, 0, policy))
+    assert abs(engine["token_hit_rate"] - sim["token_hit_rate"]) <= 0.01, (engine, sim)
+    for tier in ("device", "host"):
+        assert abs(engine["hit_rate_by_tier"][tier] - sim["hit_rate_by_tier"][tier]) <= 0.01
+    assert host == 0 or sim["hit_rate_by_tier"]["host"] > 0  # the host tier was in play
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by this check, not fixed: with a remote tier the engine loses the host hits "
+    "the simulator has (52.3% against 57.7% here; docs/benchmarks.md)",
+)
+def test_engine_and_simulator_hit_rates_agree_with_a_remote_tier(tmp_path):
+    engine, sim = _both(tmp_path, ReplaySpec(16, 240, 480, 20000, "lru"))
+    assert abs(engine["token_hit_rate"] - sim["token_hit_rate"]) <= 0.01, (engine, sim)
