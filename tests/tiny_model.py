@@ -47,7 +47,7 @@ def save_tiny_llama_for_the_default_tokenizer(path: Path) -> Path:
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=1,
-        max_position_embeddings=max_positions,
+        max_position_embeddings=512,
     )
     transformers.LlamaForCausalLM(cfg).save_pretrained(path)
     return path
