@@ -79,8 +79,9 @@ def test_engine_and_simulator_hit_rates_agree_on_device_and_host(tmp_path, polic
 
 @pytest.mark.xfail(
     strict=True,
-    reason="found by this check, not fixed: with a remote tier the engine loses the host hits "
-    "the simulator has (52.3% against 57.7% here; docs/benchmarks.md)",
+    reason="found by this check, not fixed: host pages pinned by remote writes in flight leave "
+    "device evictions no room on host, so the engine loses the host hits the simulator (whose "
+    "remote calls are inline) has: 52.3% against 57.7% here (docs/benchmarks.md)",
 )
 def test_engine_and_simulator_hit_rates_agree_with_a_remote_tier(tmp_path):
     engine, sim = _both(tmp_path, ReplaySpec(16, 240, 480, 20000, "lru"))
