@@ -15,6 +15,7 @@ from functools import lru_cache
 
 import torch
 
+from engine.json_schema import for_generation
 from engine.sampling import GRAMMAR_KINDS
 
 log = logging.getLogger(__name__)
@@ -85,9 +86,12 @@ class Grammars:
                 schema = json.loads(spec)
             except ValueError as err:
                 raise ValueError(f"invalid json schema: not JSON text ({err})") from None
-            grammar = M.grammar_from_json_schema(schema)
+            grammar = M.grammar_from_json_schema(for_generation(schema))
         elif kind == "json_object":
-            grammar = M.grammar_from_json_schema({"type": "object"})
+            # any object: its keys are the model's to choose (still compact)
+            grammar = M.grammar_from_json_schema(
+                for_generation({"type": "object", "additionalProperties": True})
+            )
         elif kind == "regex":
             grammar = M.grammar_from_regex(spec)
         elif kind == "lark":

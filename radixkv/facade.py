@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from engine.config import EngineConfig
 from engine.engine_core import EngineCore
 from engine.engine_loop import EngineLoop
+from engine.http.chat_turn import ChatTurn
 from engine.text_stream import TextStream
 from radixkv.cache.hicache import HiRadixCache
 
@@ -27,6 +30,10 @@ class GenerationResult:
     finish_reason: str | None = None
     ttft_s: float | None = None
     latency_s: float | None = None
+    # a chat's tool calls (OpenAI's shape: id, type, function {name, arguments}) and its
+    # structured output parsed (a response_format's JSON), where it asked for them
+    tool_calls: list[dict] = field(default_factory=list)
+    parsed: Any = None
 
 
 @dataclass
@@ -48,10 +55,17 @@ class Session:
         self.engine = engine
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
 
-    def chat(self, content: str, **sampling) -> GenerationResult:
-        self.messages.append({"role": "user", "content": content})
+    def chat(self, content: str | None, **sampling) -> GenerationResult:
+        """The next turn: `content` as the user's message (None: go on from what was added to
+        `messages`, say tool results `{"role": "tool", "tool_call_id", "content"}`); takes
+        `Engine.chat`'s options (tools, tool_choice, response_format, sampling)."""
+        if content is not None:
+            self.messages.append({"role": "user", "content": content})
         result = self.engine.chat(self.messages, **sampling)
-        self.messages.append({"role": "assistant", "content": result.text})
+        reply: dict = {"role": "assistant", "content": result.text}
+        if result.tool_calls:
+            reply["tool_calls"] = result.tool_calls
+        self.messages.append(reply)
         self._keep_warm()
         return result
 
@@ -187,12 +201,107 @@ class Engine:
 
         await asyncio.gather(*(one(r) for r in reqs))
 
-    def chat(self, messages: list[dict], **sampling) -> GenerationResult:
-        if self.tokenizer is None or not self.tokenizer.chat_template:
-            raise ValueError("this model has no chat template")
-        literal = not self.core.config.special_tokens_in_content
-        ids = self.tokenizer.encode_chat(messages, literal_content=literal)
-        return self.generate([ids], **sampling)[0]
+    def chat(
+        self,
+        messages: list[dict],
+        *,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+        response_format: dict | None = None,
+        parallel_tool_calls: bool | None = None,
+        **sampling,
+    ) -> GenerationResult:
+        """One chat turn, as the server's /v1/chat/completions runs it (the same code): OpenAI's
+        `messages`, `tools`, `tool_choice` (none, auto, required or {"type": "function",
+        "function": {"name": ...}}) and `response_format` ({"type": "json_schema",
+        "json_schema": {"name", "schema"}}, json_object, ...). The result's `text` is the reply's
+        content, `tool_calls` its calls and `parsed` its structured output."""
+        t0 = time.perf_counter()
+        turn, req = self._chat_request(
+            messages, tools, tool_choice, response_format, parallel_tool_calls, sampling
+        )
+        if self._threaded():
+            asyncio.run(self._through_loop([req]))
+        else:
+            self.core.scheduler.add(req)
+            while req.finish_reason is None:
+                self.core.iterate()
+        return self._chat_result(turn, req, t0)
+
+    async def achat(
+        self,
+        messages: list[dict],
+        *,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+        response_format: dict | None = None,
+        parallel_tool_calls: bool | None = None,
+        **sampling,
+    ) -> GenerationResult:
+        """`chat` on the engine thread, awaited: no thread per call; cancelling the awaiting
+        task aborts the request and frees its pages."""
+        t0 = time.perf_counter()
+        turn, req = await asyncio.to_thread(
+            self._chat_request,
+            messages,
+            tools,
+            tool_choice,
+            response_format,
+            parallel_tool_calls,
+            sampling,
+        )  # templating and grammars off the event loop
+        await self._await_request(req)
+        return self._chat_result(turn, req, t0)
+
+    async def agenerate(self, prompts, **sampling) -> list[GenerationResult]:
+        """`generate` on the engine thread, awaited (see `achat`)."""
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            raise ValueError("agenerate() takes a list of prompts")
+        t0 = time.perf_counter()
+        reqs = [self.core.make_request(p, **sampling) for p in prompts]
+        await asyncio.gather(*(self._await_request(r) for r in reqs))
+        return [self._result(r, t0) for r in reqs]
+
+    def astream(self, prompt, **sampling) -> AsyncIterator[StreamChunk]:
+        """`async for chunk in engine.astream(prompt)`: the same as `stream`."""
+        return self.stream(prompt, **sampling)
+
+    async def _await_request(self, req) -> None:
+        if not self.loop.alive:
+            self.loop.start()
+        async for out in self.loop.generate(req):  # cancelled: the request is aborted
+            if out.finish_reason == "error":
+                raise RuntimeError(out.error)
+
+    def _chat_request(self, messages, tools, tool_choice, response_format, parallel, sampling):
+        """The turn (shared with the server) and its request; library sampling options win."""
+        body = {"model": self.model_name, "messages": messages}
+        for key, value in (
+            ("tools", tools),
+            ("tool_choice", tool_choice),
+            ("response_format", response_format),
+            ("parallel_tool_calls", parallel),
+            ("max_tokens", sampling.get("max_tokens")),
+        ):
+            if value is not None:
+                body[key] = value
+        turn = ChatTurn.from_openai(body, self.core)
+        defaults = self.core.generation_defaults
+        options = {
+            k: defaults[k] if v is None and k in defaults else v
+            for k, v in turn.sampling.items()
+            if v is not None or k in defaults
+        }
+        if "grammar" in sampling and turn.sampling.get("grammar") is not None:
+            raise ValueError("give a grammar or a response_format / forced tool call, not both")
+        options.update(sampling)
+        return turn, self.core.make_request(turn.ids, **options)
+
+    def _chat_result(self, turn: ChatTurn, req, t0: float) -> GenerationResult:
+        result = self._result(req, t0)
+        content, calls, parsed = turn.reply(req.text)
+        result.text, result.tool_calls, result.parsed = content or "", calls, parsed
+        return result
 
     @staticmethod
     def _result(r, t0: float) -> GenerationResult:

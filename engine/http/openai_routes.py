@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from engine.http import tools
+from engine.http.chat_turn import ChatTurn
 from engine.http.common import (
     APIError,
     ServingContext,
@@ -120,29 +120,16 @@ def openai_router(ctx: ServingContext) -> APIRouter:
         session = session_of(http, body)
 
         def prepare() -> tuple[ToolCalling, list]:  # templating, grammars: off the event loop
-            calling = ToolCalling.of(body, tok, ctx.core.config.tool_call_parser)
-            literal = not ctx.core.config.special_tokens_in_content
             try:
-                ids = tools.render_ids(
-                    tok, body.chat_messages(), calling.offered, literal_content=literal
-                )
+                turn = ChatTurn.prepare(body, ctx.core)  # what the library's chat runs too
             except ValueError as err:
-                raise APIError(400, str(err), "invalid_request_error", "messages") from err
-            sampling = body.sampling(ctx.max_tokens_for(len(ids), body.requested_max_tokens))
-            if calling.grammar is not None:
-                if sampling["grammar"] is not None:
-                    raise APIError(
-                        400,
-                        "tool_choice required or named cannot be combined with response_format",
-                        "invalid_request_error",
-                        "tool_choice",
-                    )
-                sampling["grammar"] = calling.grammar
+                param = "tool_choice" if "tool_choice" in str(err) else "messages"
+                raise APIError(400, str(err), "invalid_request_error", param) from err
             reqs = [
-                ctx.make_request(ids, body.choice_sampling(sampling, c), session)
+                ctx.make_request(turn.ids, body.choice_sampling(turn.sampling, c), session)
                 for c in range(body.n)
             ]
-            return calling, reqs
+            return turn.calling, reqs
 
         calling, reqs = await asyncio.to_thread(prepare)
         rid, now = f"chatcmpl-{uuid.uuid4().hex}", _now()
