@@ -41,6 +41,9 @@ class StreamChunk:
     token_ids: list[int]
     text: str  # the new text since the previous chunk
     finish_reason: str | None = None
+    tool_calls: list[dict] = field(default_factory=list)  # a chat's calls, on its last chunk
+    prompt_tokens: int = 0  # on a chat's last chunk: its prompt, and the part of it cached
+    cached_tokens: int = 0
 
 
 class Session:
@@ -266,6 +269,45 @@ class Engine:
         """`async for chunk in engine.astream(prompt)`: the same as `stream`."""
         return self.stream(prompt, **sampling)
 
+    async def astream_chat(
+        self,
+        messages: list[dict],
+        *,
+        tools: list[dict] | None = None,
+        tool_choice: str | dict | None = None,
+        response_format: dict | None = None,
+        parallel_tool_calls: bool | None = None,
+        **sampling,
+    ) -> AsyncIterator[StreamChunk]:
+        """A chat turn streamed: `StreamChunk`s of its text as it is generated (with tools, the
+        tool-call markup is left out of the text; the last chunk's `tool_calls` has the calls).
+        Closing the iterator early, or cancelling its task, aborts the request."""
+        turn, req = await asyncio.to_thread(
+            self._chat_request,
+            messages,
+            tools,
+            tool_choice,
+            response_format,
+            parallel_tool_calls,
+            sampling,
+        )
+        if not self.loop.alive:
+            self.loop.start()
+        text, ids, full = TextStream(self.tokenizer.decode, req.params.stop), [], ""
+        calls = turn.calling.stream()  # holds a tool call's markup back (None: no tools)
+        async for out in self.loop.generate(req):
+            if out.finish_reason == "error":
+                raise RuntimeError(out.error)
+            ids.extend(out.new_token_ids)
+            delta = text.delta(ids, out)
+            full += delta
+            chunk = StreamChunk(out.new_token_ids, calls.delta(full) if calls else delta)
+            if out.finish_reason is not None:
+                chunk.finish_reason = out.finish_reason
+                chunk.tool_calls = turn.reply(req.text)[1]
+                chunk.prompt_tokens, chunk.cached_tokens = len(req.prompt_ids), req.cached_tokens
+            yield chunk
+
     async def _await_request(self, req) -> None:
         if not self.loop.alive:
             self.loop.start()
@@ -285,6 +327,7 @@ class Engine:
         ):
             if value is not None:
                 body[key] = value
+        session = sampling.pop("session", None)
         turn = ChatTurn.from_openai(body, self.core)
         defaults = self.core.generation_defaults
         options = {
@@ -295,7 +338,7 @@ class Engine:
         if "grammar" in sampling and turn.sampling.get("grammar") is not None:
             raise ValueError("give a grammar or a response_format / forced tool call, not both")
         options.update(sampling)
-        return turn, self.core.make_request(turn.ids, **options)
+        return turn, self.core.make_request(turn.ids, session=session, **options)
 
     def _chat_result(self, turn: ChatTurn, req, t0: float) -> GenerationResult:
         result = self._result(req, t0)

@@ -22,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 
 from engine.config import TOOL_CALL_PARSERS as PARSERS
+from engine.json_schema import close_objects, for_generation
 
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _PYTHON_TAG = "<|python_tag|>"
@@ -197,14 +198,16 @@ def required_grammar(tools: list[dict], parser: str, parallel: bool = False) -> 
             "type": "object",
             "properties": {
                 "name": {"const": t["function"]["name"]},
-                "arguments": t["function"].get("parameters") or {"type": "object"},
+                # closed like every generated object (engine/json_schema.py): a function with
+                # no parameters gets {} and a small model invents no extra arguments
+                "arguments": close_objects(t["function"].get("parameters") or {"type": "object"}),
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,
         }
         for t in tools
     ]
-    call = "call: %json " + json.dumps({"anyOf": options})
+    call = "call: %json " + json.dumps(for_generation({"anyOf": options}))  # compact
     if parser == "llama3_json":
         return f"start: call{'+' if parallel else ''}\n{call}"
     many = "+" if parallel else ""

@@ -1,0 +1,1 @@
+"""Adapters that embed radixkv in agent frameworks, each an optional extra."""
