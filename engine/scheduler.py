@@ -33,7 +33,6 @@ declares: `engine.admission` (step 2, and the holds that yield to it), `engine.p
 
 from __future__ import annotations
 
-import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -129,8 +128,9 @@ class Scheduler(Outputs):
         times = [
             r.prefetch.wait_until for r in self._window() if r.prefetch and not r.prefetch.done
         ]
-        if self.handoffs is not None:
-            times.append(self.handoffs.next_poll(self._window()) or math.inf)
+        poll = None if self.handoffs is None else self.handoffs.next_poll(self._window())
+        if poll is not None:
+            times.append(poll)
         return min(times, default=None)
 
     # ---- one step ----------------------------------------------------------------------------
