@@ -200,8 +200,10 @@ def test_serve_flags_choose_and_tune_the_remote_tier(tiny_dir, redis_server, cap
         engine.close()
     assert main(common + ["--remote-load-margin", "-1"]) == 2
     assert "remote_load_margin must be a finite number >= 0" in capsys.readouterr().err
-    assert main(common + ["--remote-url", "s3://bucket"]) == 2
-    assert "unsupported remote store scheme 's3'" in capsys.readouterr().err
+    assert main(common + ["--remote-url", "ftp://bucket"]) == 2
+    assert "unsupported remote store scheme 'ftp'" in capsys.readouterr().err
+    assert main(common + ["--remote-url", "s3://bucket?endpoint=http://x&speed=9"]) == 2
+    assert "unknown s3 URL options ['speed']" in capsys.readouterr().err
 
 
 def test_generate_waits_for_a_slow_prefetch_without_spinning(tiny_dir, tmp_path):
