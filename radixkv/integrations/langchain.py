@@ -44,6 +44,8 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import ConfigDict, Field
 
+from radixkv.integrations import call_arguments
+
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"}
 
 
@@ -77,16 +79,15 @@ def to_openai(message: BaseMessage) -> dict:
 
 
 def _tool_calls(calls: list[dict]) -> list[dict]:
-    out = []
-    for c in calls:
-        try:
-            args = json.loads(c["function"]["arguments"] or "{}")
-        except ValueError:
-            args = {}
-        out.append(
-            {"name": c["function"]["name"], "args": args, "id": c["id"], "type": "tool_call"}
-        )
-    return out
+    return [
+        {
+            "name": c["function"]["name"],
+            "args": call_arguments(c),
+            "id": c["id"],
+            "type": "tool_call",
+        }
+        for c in calls
+    ]
 
 
 def _usage(result) -> dict:

@@ -15,7 +15,6 @@ completion is a one-message chat.
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +33,8 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from pydantic import Field
+
+from radixkv.integrations import call_arguments
 
 
 def to_openai(message: ChatMessage) -> dict:
@@ -186,17 +187,11 @@ class RadixKVLLM(FunctionCallingLLM):
         calls = response.message.additional_kwargs.get("tool_calls") or []
         if not calls and error_on_no_tool_call:
             raise ValueError(f"expected a tool call, got: {response.message.content!r}")
-        out = []
-        for c in calls:
-            try:
-                args = json.loads(c["function"]["arguments"] or "{}")
-            except ValueError:
-                args = {}
-            out.append(
-                ToolSelection(
-                    tool_id=c.get("id") or f"call_{uuid.uuid4().hex[:24]}",
-                    tool_name=c["function"]["name"],
-                    tool_kwargs=args if isinstance(args, dict) else {},
-                )
+        return [
+            ToolSelection(
+                tool_id=c.get("id") or f"call_{uuid.uuid4().hex[:24]}",
+                tool_name=c["function"]["name"],
+                tool_kwargs=call_arguments(c),
             )
-        return out
+            for c in calls
+        ]
