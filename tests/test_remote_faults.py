@@ -47,9 +47,10 @@ FAULT_ENGINE = dict(
 )
 
 
-def _traffic_until_recovered(eng: Engine, prompts, deadline_s: float = 60.0) -> list:
-    """Traffic after a pause, again and again, until the breaker's probe has closed it (its
-    back-off doubles up to 30 s, longer on a loaded machine) or the deadline; the last results."""
+def _traffic_until_recovered(eng: Engine, prompts, deadline_s: float = 100.0) -> list:
+    """Traffic after a pause, again and again, until the breaker's probe has closed it or the
+    deadline; the last results. Its back-off doubles 1, 2, 4, 8, 16, 30 s: the deadline lets
+    two 30 s probes come after the 31 s of the first five, on a loaded machine too."""
     deadline = time.monotonic() + deadline_s
     while True:
         time.sleep(1.0)

@@ -71,7 +71,9 @@ class SeaweedS3:
         return self
 
     def _wait_bucket(self, timeout_s: float) -> None:
-        """Until the S3 gateway answers and the bucket exists (created on the first start)."""
+        """Until the S3 gateway answers, the bucket exists (created on the first start) and takes
+        a write: after a restart the gateway answers seconds before a volume is writable again
+        (a put meanwhile blocks ~5 s), and a caller of `start()` expects a working server."""
         import boto3
         import botocore.exceptions
 
@@ -89,6 +91,7 @@ class SeaweedS3:
             with contextlib.suppress(botocore.exceptions.BotoCoreError, OSError):
                 try:
                     s3.head_bucket(Bucket=self.bucket)
+                    s3.put_object(Bucket=self.bucket, Key="radixkv-ready", Body=b"ready")
                     return
                 except botocore.exceptions.ClientError:
                     with contextlib.suppress(botocore.exceptions.ClientError):
