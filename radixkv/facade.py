@@ -8,16 +8,18 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from engine.config import EngineConfig
 from engine.engine_core import EngineCore
 from engine.engine_loop import EngineLoop
-from engine.http.chat_turn import ChatTurn
 from engine.text_stream import TextStream
 from radixkv.cache.hicache import HiRadixCache
+
+if TYPE_CHECKING:  # chat needs the server's request types (pydantic): loaded on first chat
+    from engine.http.chat_turn import ChatTurn
 
 
 @dataclass
@@ -328,6 +330,8 @@ class Engine:
             if value is not None:
                 body[key] = value
         session = sampling.pop("session", None)
+        from engine.http.chat_turn import ChatTurn  # pydantic: generate works without it
+
         turn = ChatTurn.from_openai(body, self.core)
         defaults = self.core.generation_defaults
         options = {
