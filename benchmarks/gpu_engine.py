@@ -286,15 +286,23 @@ def main() -> int:
     results["decode"] = decode
     graphs = other = eager = graphed = graphed_other = None
 
-    # host <-> device transfer of 255 scattered pages (a 4,080-token prefix): kernel vs portable
+    # host <-> device transfer of 255 scattered pages (a 4,080-token prefix): the UVA kernel, the
+    # staged copy (copy engine + one scatter; device->host is the kernel's for both), portable
     from storage import HostPool, copy_device_to_host, copy_host_to_device
+    from storage.transfer import fastest_host_to_device
 
     pinned, plain = HostPool(layout, 512), HostPool(layout, 512, pin_memory=False)
     hp, dp = torch.randperm(512)[:255].tolist(), torch.randperm(pool.num_pages)[:255].tolist()
     nbytes = 255 * layout.page_bytes
-    for name, host in (("uva kernel", pinned), ("portable", plain)):
+    for name, host, method in (
+        ("uva kernel", pinned, "uva"),
+        ("staged copy", pinned, "staged"),
+        ("portable", plain, "uva"),
+    ):
         h2d = cuda_time(
-            lambda host=host: copy_host_to_device(host, hp, pool, dp), iters=5, warmup=1
+            lambda host=host, m=method: copy_host_to_device(host, hp, pool, dp, m),
+            iters=5,
+            warmup=1,
         )
         d2h = cuda_time(
             lambda host=host: copy_device_to_host(pool, dp, host, hp), iters=5, warmup=1
@@ -305,9 +313,13 @@ def main() -> int:
         }
         print(
             f"transfer 255 pages ({nbytes / 2**20:.0f} MiB) {name}: host->device "
-            f"{nbytes / h2d / 1e9:.1f} GB/s, device->host {nbytes / d2h / 1e9:.1f} GB/s",
+            f"{nbytes / h2d / 1e9:.1f} GB/s, device->host {nbytes / d2h / 1e9:.1f} GB/s "
+            f"(pinned copy floor {results['floors']['h2d_pinned_gbps']:.1f} GB/s)",
             flush=True,
         )
+    pick, timed = fastest_host_to_device(pool, pinned)  # what an engine picks at start-up
+    results["engine_h2d_pick"] = {"method": pick, "gbps": timed}
+    print(f"the engine's start-up pick: {pick} ({timed})", flush=True)
     pinned = plain = pool = fi = ref = model = None
     torch.cuda.empty_cache()
 

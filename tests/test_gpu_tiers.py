@@ -100,3 +100,32 @@ def test_uva_kernel_equals_the_portable_path_both_ways(monkeypatch):
     torch.cuda.synchronize()
     assert torch.equal(device.data[:, back], expected)
     assert calls == [False, True], "the pinned pool must take the kernel path, the plain one not"
+
+
+def test_both_host_to_device_methods_move_the_same_pages_on_cuda():
+    from storage.transfer import (
+        H2D_METHODS,
+        copy_host_to_device_by_layer,
+        fastest_host_to_device,
+    )
+
+    layout = KVLayout(4, 2, 64, 16, torch.bfloat16)
+    device, host = DevicePool(layout, 256), HostPool(layout, 256)
+    method, gbps = fastest_host_to_device(device, host)
+    assert method in H2D_METHODS and set(gbps) == set(H2D_METHODS) and min(gbps.values()) > 0
+    host.data.copy_(torch.randn_like(host.data, dtype=torch.float32).to(torch.bfloat16))
+    src = list(range(40, 90)) + torch.randperm(40)[:30].tolist()  # a run and scattered pages
+    dst = torch.randperm(256)[:80].tolist()
+    want = host.data[src].transpose(0, 1).cuda()
+    stream = torch.cuda.Stream()
+    for m in H2D_METHODS:
+        device.data.zero_()
+        copy_host_to_device(host, src, device, dst, m)
+        torch.cuda.synchronize()
+        assert torch.equal(device.data[:, dst], want), m
+        device.data.zero_()
+        events = copy_host_to_device_by_layer(host, src, device, dst, stream, m)
+        assert len(events) == layout.num_layers
+        torch.cuda.current_stream().wait_event(events[-1])
+        torch.cuda.synchronize()
+        assert torch.equal(device.data[:, dst], want), m

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import logging
 import queue
 import threading
 import time
@@ -36,7 +37,9 @@ from storage import (
 from storage.breaker import CircuitBreaker, StoreUnavailable
 from storage.page_auth import PageAuth
 from storage.remote import read_pages
-from storage.transfer import copy_host_to_device_by_layer, host_ready
+from storage.transfer import copy_host_to_device_by_layer, fastest_host_to_device, host_ready
+
+log = logging.getLogger(__name__)
 
 Callback = Callable[[concurrent.futures.Future], None]
 _WAKE = (None, None)  # put on the completion queue by `wake()`: no operation finished
@@ -81,6 +84,17 @@ class DataPlane:
         self.read_observer: Callable[[int, float], None] | None = None
         cuda = device_pool.device.type == "cuda"
         self._side_stream = torch.cuda.Stream(device_pool.device) if cuda else None
+        # host -> device: the faster of the UVA kernel and a staged copy on this card, timed now
+        # while the pools hold nothing (storage.transfer.fastest_host_to_device)
+        self.h2d_method, self.h2d_gbps = (
+            fastest_host_to_device(device_pool, host_pool) if cuda else ("uva", {})
+        )
+        if self.h2d_gbps:
+            log.info(
+                "host-to-device page loads: %s (measured at start-up: %s)",
+                "the copy engine, staged" if self.h2d_method == "staged" else "the UVA kernel",
+                ", ".join(f"{m} {g:.1f} GB/s" for m, g in self.h2d_gbps.items()),
+            )
         self._deferred_event = None  # the latest prefetch load's, until joined
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -115,7 +129,12 @@ class DataPlane:
         self.moved["host_to_device"] += len(device_pages)
         if self._side_stream is not None:
             events = copy_host_to_device_by_layer(
-                self.host_pool, host_pages, self.device_pool, device_pages, self._side_stream
+                self.host_pool,
+                host_pages,
+                self.device_pool,
+                device_pages,
+                self._side_stream,
+                self.h2d_method,
             )
             if events is not None:
                 if overlap:
@@ -125,7 +144,9 @@ class DataPlane:
                 else:
                     torch.cuda.current_stream(self.device_pool.device).wait_event(events[-1])
                 return
-        copy_host_to_device(self.host_pool, host_pages, self.device_pool, device_pages)
+        copy_host_to_device(
+            self.host_pool, host_pages, self.device_pool, device_pages, self.h2d_method
+        )
 
     def join_deferred(self) -> None:
         """The current stream waits for prefetch loads (`defer`) issued so far (a stream wait,
