@@ -187,7 +187,9 @@ def add_engine_flags(t) -> None:
         "device+host and device+host+remote, each beside the simulator at the same capacities"
     )
     g.add_argument("--engine", action="store_true", help="replay through the engine")
-    g.add_argument("--model", default="default", help="the engine's model (e.g. llama-3-8b)")
+    g.add_argument(
+        "--model", default=None, help="the engine's model (default: the default model; llama-3-8b)"
+    )
     g.add_argument("--device", default="auto", help="cpu, cuda or auto")
     g.add_argument("--mode", choices=MODES, default="sequential")
     g.add_argument("--rate-scale", type=float, default=1.0, help="timed: x the trace's gaps")
@@ -222,6 +224,12 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
     for name, host_frac, rf in configs:
         dev, host, remote = capacities(unique, args.page_size, args.device_frac, host_frac, rf)
         runnable = fitting(requests, dev * args.page_size, context, args.max_output)
+        if not runnable:
+            raise ValueError(
+                f"no request fits the model's context ({context:,} tokens) and the device tier "
+                f"({dev * args.page_size:,} tokens): raise --device-frac or --limit, or use a "
+                "longer-context model"
+            )
         spec = ReplaySpec(args.page_size, dev, host, remote, args.policy.split(",")[0])
         eng = engine_replay(runnable, spec, run, page_bytes=page_bytes, **options)
         sim = simulate(runnable, spec)
