@@ -145,7 +145,9 @@ class Admission(SchedulerState):
         if not req.output_ids:  # account the prompt's cache hit once, at first admission
             req.cached_by_tier = {"device": 0, "host": 0, "remote": 0}
             req.prefetch_counted = 0
-            self._count_hit(req, m.device_tokens, m.host_tokens)
+            e = req.expectation  # what it promoted while queued was on host when it came
+            promoted = e.device_pages * self.page_size if e is not None and not e.released else 0
+            self._count_hit(req, m.device_tokens, m.host_tokens, promoted)
         # a fetch still in flight (admitted rather than wait longer) is kept: what lands while
         # the request prefills is adopted between its chunks (`_adopt_cached`)
         self._release_done_fetch(req)
@@ -170,9 +172,12 @@ class Admission(SchedulerState):
         req.tree_pages = len(req.page_table)
         req.num_computed = req.tree_pages * self.page_size
 
-    def _count_hit(self, req: Request, device: int, host: int) -> None:
-        """Add a prefix hit to the request's cached tokens by tier: of the host tokens, those its
+    def _count_hit(self, req: Request, device: int, host: int, promoted: int = 0) -> None:
+        """Add a prefix hit to the request's cached tokens by tier: of the device tokens, those
+        promoted for it from host while it queued count as host; of the host tokens, those its
         remote fetch brought (and not counted yet) count as remote."""
+        promoted = min(promoted, device)
+        device, host = device - promoted, host + promoted
         remote = 0
         if req.prefetch is not None:
             fetched = req.prefetch.fetched_tokens + req.handoff_fetched

@@ -3,9 +3,10 @@ simulator (`radixkv.bench.trace_replay`) at the same capacities, policy and page
 
 Each hash id becomes a fixed 512-token block of token ids (equal ids, equal tokens; the last
 block cut to the request's length); each request asks for its traced output length
-(`ignore_eos`), capped by `max_output`. Requests go in one at a time (`sequential`: what the
-simulator models, so their hit rates must agree), all at once (`asap`), or at the trace's
-timestamps times `rate_scale` (`timed`).
+(`ignore_eos`), capped by `max_output`. Requests go in one at a time, each once the last one's
+writes to the tiers are done (`sequential`: what the simulator models, so their hit rates must
+agree), all at once (`asap`), or at the trace's timestamps times `rate_scale` (`timed`); in
+the last two a store slower than the model sheds writes, as it would in service.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ def _drive(eng, requests, prompts, run: EngineReplaySpec, progress: bool, tqdm) 
             (run.mode == "sequential" and not live)
             or (run.mode != "sequential" and due[nxt] <= now)
         ):
+            if run.mode == "sequential":  # the last request's writes to the tiers are done, as
+                eng.cache.wait_idle(timeout_s=600)  # the simulator models them (inline)
             live.append(eng.submit(prompts[nxt], max_tokens=outputs[nxt], ignore_eos=True))
             nxt += 1
         if not live:
