@@ -16,7 +16,7 @@ from torch import nn
 from engine.attention.kv_write import store_kv
 from engine.cpu_linear import use_onednn
 from engine.forward_batch import ForwardBatch
-from engine.int4_linear import Int4Linear
+from engine.int4_linear import Int4Linear, keep_dense_copies
 from engine.model_config import ModelConfig
 from engine.rope import Rotary, apply_rotary, cos_sin_table
 
@@ -261,6 +261,8 @@ class CausalLM(nn.Module):
             layer.mlp.fuse(q4.get((i, "mlp")) if int4 else None)
         self.q4_blocks = {}
         weight = self.lm_head.weight
+        if int4:  # a prefill's many rows multiply densely (engine/int4_linear.py)
+            keep_dense_copies(self, weight.dtype)
         use_onednn(self)  # float32 on a CPU: the dense products through oneDNN
         # flashinfer's kernels take half-precision activations (and RoPE these head sizes)
         kernels = weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)

@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from engine.int4_linear import Int4Linear, int4_available, q4_1_blocks
+from engine.int4_linear import (
+    DENSE_ROWS,
+    Int4Linear,
+    int4_available,
+    keep_dense_copies,
+    q4_1_blocks,
+)
 from tests.conftest import cpu_engine
 
 pytestmark = pytest.mark.skipif(not int4_available(), reason="no int4 CPU kernel in this torch")
@@ -57,12 +63,33 @@ def test_int4_matmul_matches_the_dense_product(q4_tensors):
         assert ((got - want).norm() / want.norm()) < 1e-2  # scales in bf16, output in bf16
 
 
+def test_many_rows_multiply_by_the_exact_dequantized_weights(q4_tensors):
+    """From DENSE_ROWS rows on, the layer multiplies densely by the GGUF's own values (what
+    gguf's dequantizer gives, to the bit), dequantized per product or kept once."""
+    from gguf.quants import dequantize
+
+    t = q4_tensors[0]
+    w = torch.from_numpy(np.array(dequantize(t.data, t.tensor_type), dtype=np.float32))
+    layer = Int4Linear(*q4_1_blocks(t.data, *w.shape))
+    assert torch.equal(layer.dense_weight(torch.float32), w)
+    x = torch.randn(DENSE_ROWS + 5, w.shape[1], generator=torch.Generator().manual_seed(1))
+    want = x @ w.t()
+    per_product = layer(x)
+    torch.testing.assert_close(per_product, want, rtol=1e-4, atol=1e-4)  # summation order
+    assert keep_dense_copies(layer, torch.float32) == w.numel() * 4
+    assert torch.equal(layer.dense, w) and torch.equal(layer(x), per_product)
+    few = layer(x[: DENSE_ROWS - 1])  # the 4-bit kernel: bfloat16 scales and output
+    assert ((few - want[: DENSE_ROWS - 1]).norm() / want.norm()) < 1e-2
+    assert keep_dense_copies(Int4Linear(*q4_1_blocks(t.data, *w.shape)), torch.float32, 0) == 0
+
+
 def test_the_default_model_in_bfloat16_runs_4_bit_and_answers_right():
 
     with cpu_engine(dtype="bfloat16", kv_memory_gb=0.1) as eng:
         mlp = eng.model.model.layers[0].mlp
         assert isinstance(mlp.gate_up_proj, Int4Linear) and isinstance(mlp.down_proj, Int4Linear)
-        r = eng.chat([{"role": "user", "content": "What is the capital of France?"}], max_tokens=12)
+        question = [{"role": "user", "content": "What is the capital of France?"}]
+        r = eng.chat(question, max_tokens=12, temperature=0)  # greedy: no sampled miss
         assert "Paris" in r.text
     with cpu_engine(
         dtype="bfloat16",
