@@ -8,7 +8,7 @@ first token's time), end to end a generate of `--tokens` (32) new tokens; transf
 Each figure is the best of `--repeats` runs, the two sides alternating, so a noisy machine
 slows both alike. Beside them: the prefill's floor, its matmul FLOPs (2 x weights x tokens)
 over this machine's float32 matmul peak, measured in the same run (a 1,048 x 3,072 x 576
-product, the default model's widest).
+product, the default model's widest, best of 20).
 
     python benchmarks/cpu_prefill.py [--threads N] [--tokens 32] [--repeats 3] [--json PATH]
 """
@@ -26,10 +26,10 @@ PROMPT = 131
 
 
 def matmul_gflops() -> float:
-    """float32 matmul peak: the default model's widest product at a prefill's rows, best of 5."""
+    """float32 matmul peak: the default model's widest product at a prefill's rows, best of 20."""
     x, w = torch.randn(1048, 576), torch.randn(3072, 576)
     torch.nn.functional.linear(x, w)
-    best = min(_timed(lambda: torch.nn.functional.linear(x, w)) for _ in range(5))
+    best = min(_timed(lambda: torch.nn.functional.linear(x, w)) for _ in range(20))
     return 2 * 1048 * 3072 * 576 / best / 1e9
 
 
