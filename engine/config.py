@@ -27,6 +27,7 @@ from storage.layout import KVLayout
 from storage.open_store import DEFAULT_REMOTE
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
+KV_DTYPES = ("auto", "bfloat16", "float16", "float32", "fp8_e4m3")
 ATTENTION = ("auto", "torch", "flashinfer")
 TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
 ROLES = ("both", "prefill", "decode")
@@ -62,6 +63,12 @@ class EngineConfig:
         "auto",
         "weights and KV dtype: auto (bf16 on GPU; on a CPU with native bf16, bf16 unless the "
         "checkpoint is fp32; else fp32), " + ", ".join(DTYPES[1:]),
+    )
+    kv_cache_dtype: str = _opt(
+        "auto",
+        "KV page dtype: auto (the model's dtype), " + ", ".join(KV_DTYPES[1:]) + "; fp8_e4m3 "
+        "holds twice bf16's tokens in every tier, values saturated at +-448 and unscaled (see "
+        "docs/architecture.md); a CPU-only option for now",
     )
     attention: str = _opt(
         "auto", "attention backend: auto (flashinfer on GPU if installed), torch, flashinfer"
@@ -261,6 +268,8 @@ class EngineConfig:
             raise bad("remote_write_backlog_gb", "must be a finite number > 0 (or None: automatic)")
         if self.dtype not in DTYPES:
             raise bad("dtype", f"must be one of {', '.join(DTYPES)}")
+        if self.kv_cache_dtype not in KV_DTYPES:
+            raise bad("kv_cache_dtype", f"must be one of {', '.join(KV_DTYPES)}")
         if self.attention not in ATTENTION:
             raise bad("attention", f"must be one of {', '.join(ATTENTION)}")
         if not isinstance(self.device, str) or not self.device:

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from engine.attention.flashinfer_backend import SHORT_EXTEND_TOKENS
+from engine.attention.kv_write import kv_cache_dtype, kv_scheme
 from engine.config import EngineConfig
 from engine.generation_defaults import generation_defaults
 from engine.hub import resolve_model
@@ -111,7 +112,10 @@ class EngineCore:
         """The KV layout, the remote tier, the hierarchical cache and the engine's view of it;
         with a shared tier, the hot prefixes other processes read most are warmed now."""
         config, cfg = self.config, self.model.config
-        layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, config.page_size, dtype)
+        kv_dtype = kv_cache_dtype(config.kv_cache_dtype, dtype, self.device)
+        layout = KVLayout(
+            cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, config.page_size, kv_dtype
+        )
         store = open_remote_tier(config.remote_url, max_gb=config.remote_max_gb)
         secret = read_secret(config.remote_secret_file)
         auth = PageAuth(secret, config.tenant) if secret is not None else None
@@ -123,7 +127,9 @@ class EngineCore:
                 store.describe(),
                 SECRET_ENV,
             )
-        namespace = CacheNamespace(self.model_identity, layout, config.tenant, auth=auth)
+        namespace = CacheNamespace(
+            self.model_identity, layout, config.tenant, kv_scheme=kv_scheme(kv_dtype), auth=auth
+        )
         self.cache = HiRadixCache(
             layout,
             config.cache_config(layout, has_store=store is not None),

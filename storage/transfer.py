@@ -24,6 +24,13 @@ def _index(pages: Sequence[int], device: torch.device) -> torch.Tensor:
     return torch.as_tensor(pages, dtype=torch.long, device=device)
 
 
+def _raw(data: torch.Tensor) -> torch.Tensor:
+    """A pool's data for moving bytes: float8 as uint8 (torch's CPU index_copy_ has no float8)."""
+    return (
+        data.view(torch.uint8) if data.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else data
+    )
+
+
 def copy_device_to_host(
     device_pool: DevicePool,
     device_pages: Sequence[int],
@@ -38,11 +45,11 @@ def copy_device_to_host(
     if uva_copy.usable(device_pool.data, host_pool.data):
         uva_copy.copy(device_pool.data, host_pool.data, device_pages, host_pages, to_device=False)
         return
-    src = device_pool.data.index_select(
+    src = _raw(device_pool.data).index_select(
         1, _index(device_pages, device_pool.device)
     )  # [L, n, 2, ps, H, D]
     src = src.transpose(0, 1).to(host_pool.device)  # [n, L, 2, ps, H, D]; syncs on GPU
-    host_pool.data.index_copy_(0, _index(host_pages, host_pool.device), src)
+    _raw(host_pool.data).index_copy_(0, _index(host_pages, host_pool.device), src)
 
 
 H2D_METHODS = ("uva", "staged")
@@ -70,11 +77,11 @@ def copy_host_to_device(
     if uva_copy.usable(device_pool.data, host_pool.data):
         uva_copy.copy(device_pool.data, host_pool.data, host_pages, device_pages, to_device=True)
         return
-    src = host_pool.data.index_select(
+    src = _raw(host_pool.data).index_select(
         0, _index(host_pages, host_pool.device)
     )  # [n, L, 2, ps, H, D]
     src = src.to(device_pool.device, non_blocking=True).transpose(0, 1)  # [L, n, ...]
-    device_pool.data.index_copy_(1, _index(device_pages, device_pool.device), src)
+    _raw(device_pool.data).index_copy_(1, _index(device_pages, device_pool.device), src)
 
 
 def _runs(pages: Sequence[int]) -> list[tuple[int, int]]:
@@ -99,7 +106,7 @@ def copy_host_to_device_staged(
     page-major layout [k, L, 2, ps, H, D], then one scatter into the device's [L, pages, ...]."""
     if len(device_pages) != len(host_pages):
         raise ValueError(f"{len(host_pages)} host pages vs {len(device_pages)} device pages")
-    dev, src = device_pool.device, host_pool.data
+    dev, src = device_pool.device, _raw(host_pool.data)
     for lo in range(0, len(host_pages), STAGE_PAGES):
         chunk = host_pages[lo : lo + STAGE_PAGES]
         stage = torch.empty((len(chunk), *src.shape[1:]), dtype=src.dtype, device=dev)
@@ -108,7 +115,7 @@ def copy_host_to_device_staged(
             stage[at : at + count].copy_(src[first : first + count], non_blocking=True)
             at += count
         dst = _index(device_pages[lo : lo + STAGE_PAGES], dev)
-        device_pool.data.index_copy_(1, dst, stage.transpose(0, 1))
+        _raw(device_pool.data).index_copy_(1, dst, stage.transpose(0, 1))
 
 
 def fastest_host_to_device(

@@ -4,11 +4,51 @@ A layer's pool view is [pages, 2 (K/V), page_size, kv_heads, head_dim]; token i 
 (out_pages[i], :, out_offsets[i]). When k and v are adjacent views of one buffer (the fused QKV
 projection's output: [q | k | v] per token, RoPE applied in place), one index_put writes both;
 otherwise K and V are written apart.
+
+FP8 pages (`--kv-cache-dtype fp8_e4m3`): K and V are stored as float8 e4m3 unscaled (scale 1,
+the scheme vLLM uses when no scales are calibrated), saturated at +-448 (a plain cast would
+make larger values NaN); attention upcasts on read. The scheme is part of the cache namespace
+(`kv_scheme`), so an engine with other pages never reads these.
 """
 
 from __future__ import annotations
 
 import torch
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # the largest finite float8 e4m3fn value
+KV_DTYPE_NAMES = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "fp8_e4m3": FP8,
+}
+
+
+def kv_cache_dtype(setting: str, model_dtype: torch.dtype, device: torch.device) -> torch.dtype:
+    """The KV pages' dtype for `--kv-cache-dtype` (`auto`: the model's)."""
+    if setting == "auto":
+        return model_dtype
+    if setting not in KV_DTYPE_NAMES:
+        raise ValueError(f"kv_cache_dtype must be auto or one of {', '.join(KV_DTYPE_NAMES)}")
+    dtype = KV_DTYPE_NAMES[setting]
+    if dtype == FP8 and device.type != "cpu":
+        raise ValueError(
+            "kv_cache_dtype fp8_e4m3 runs on a CPU only for now (the GPU kernels take bf16 pages)"
+        )
+    return dtype
+
+
+def kv_scheme(dtype: torch.dtype) -> str:
+    """How values are scaled in a page of `dtype` (part of the cache namespace)."""
+    return "fp8-e4m3-unscaled-saturated" if dtype == FP8 else "plain"
+
+
+def to_kv(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """x in the pool's dtype (float8: saturated at +-448 first)."""
+    if dtype == FP8:
+        return x.clamp(-FP8_MAX, FP8_MAX).to(dtype)
+    return x.to(dtype)
 
 
 def kv_pair_view(k: torch.Tensor, v: torch.Tensor) -> torch.Tensor | None:
@@ -38,5 +78,5 @@ def store_kv(
     if pair is not None and pair.dtype == kv.dtype:
         kv[out_pages, :, out_offsets] = pair  # advanced indices first: [T, 2, H, D]
         return
-    kv[out_pages, 0, out_offsets] = k.to(kv.dtype)
-    kv[out_pages, 1, out_offsets] = v.to(kv.dtype)
+    kv[out_pages, 0, out_offsets] = to_kv(k, kv.dtype)
+    kv[out_pages, 1, out_offsets] = to_kv(v, kv.dtype)
