@@ -61,7 +61,7 @@ class EngineConfig:
     device: str = _opt("auto", "cuda, cuda:N, cpu, or auto (the GPU if there is one)")
     dtype: str = _opt(
         "auto",
-        "weights and KV dtype: auto (bf16 on GPU; on a CPU with native bf16, bf16 unless the "
+        "weights and KV dtype (KV: unless --kv-cache-dtype): auto (bf16 on GPU; on a CPU with native bf16, bf16 unless the "
         "checkpoint is fp32; else fp32), " + ", ".join(DTYPES[1:]),
     )
     kv_cache_dtype: str = _opt(
