@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.attention.kv_write import KV_DTYPE_NAMES
 from engine.generation_defaults import parse_overrides
 from radixkv.cache.config import (
     ENGINE_SETTINGS,
@@ -27,7 +28,7 @@ from storage.layout import KVLayout
 from storage.open_store import DEFAULT_REMOTE
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-KV_DTYPES = ("auto", "bfloat16", "float16", "float32", "fp8_e4m3")
+KV_DTYPES = ("auto", *KV_DTYPE_NAMES)
 ATTENTION = ("auto", "torch", "flashinfer")
 TOOL_CALL_PARSERS = ("auto", "hermes", "llama3_json")
 ROLES = ("both", "prefill", "decode")
@@ -61,8 +62,8 @@ class EngineConfig:
     device: str = _opt("auto", "cuda, cuda:N, cpu, or auto (the GPU if there is one)")
     dtype: str = _opt(
         "auto",
-        "weights and KV dtype (KV: unless --kv-cache-dtype): auto (bf16 on GPU; on a CPU with native bf16, bf16 unless the "
-        "checkpoint is fp32; else fp32), " + ", ".join(DTYPES[1:]),
+        "weights and KV dtype (KV: unless --kv-cache-dtype): auto (bf16 on GPU; on a CPU with "
+        "native bf16, bf16 unless the checkpoint is fp32; else fp32), " + ", ".join(DTYPES[1:]),
     )
     kv_cache_dtype: str = _opt(
         "auto",

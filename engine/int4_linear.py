@@ -103,7 +103,7 @@ def keep_dense_copies(model: nn.Module, dtype: torch.dtype, budget_bytes: int | 
     kept = 0
     for module in model.modules():
         if isinstance(module, Int4Linear):
-            size = module.out_features * module.in_features * torch.finfo(dtype).bits // 8
+            size = module.out_features * module.in_features * dtype.itemsize
             if kept + size > budget_bytes:
                 break
             module.dense = module.dense_weight(dtype)
