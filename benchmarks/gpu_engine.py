@@ -30,21 +30,10 @@ from engine.forward_batch import ForwardBatch
 from engine.model_runner import ModelRunner, sample_rows
 from engine.sampling import RowSampling, SamplingParams
 from engine.weights import dummy_model
+from radixkv.bench.floors import cuda_time, measure_floors, weight_bytes
 from storage import DevicePool, KVLayout, PageAllocator
 
 PS = 16
-
-
-def cuda_time(fn, iters: int = 5, warmup: int = 2) -> float:
-    """Seconds per call, CUDA-synchronised (the sync is the point of a benchmark)."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / iters
 
 
 def _profile_kernels(fn, label: str, iters: int = 10) -> None:
@@ -69,35 +58,6 @@ def _profile_kernels(fn, label: str, iters: int = 10) -> None:
         print(f"  {t / iters / 1e3:7.3f} ms  x{n // iters:<4} {name}", flush=True)
 
 
-def measure_floors(dev: torch.device) -> dict:
-    """What this GPU can do, measured now: the figures every floor below divides by."""
-    n = 1 << 30  # 1 GiB
-    a = torch.empty(n // 2, dtype=torch.bfloat16, device=dev).normal_()
-    b = torch.empty_like(a)
-    copy = cuda_time(lambda: b.copy_(a), iters=10, warmup=2)
-    read = cuda_time(lambda: a.sum(dtype=torch.float32), iters=10, warmup=2)
-    x = torch.randn(8192, 8192, dtype=torch.bfloat16, device=dev)
-    mm = cuda_time(lambda: x @ x, iters=10, warmup=3)
-    host = torch.empty(n, dtype=torch.uint8, pin_memory=True)
-    dst = torch.empty(n, dtype=torch.uint8, device=dev)
-    h2d = cuda_time(lambda: dst.copy_(host, non_blocking=True), iters=5, warmup=1)
-    floors = {
-        "hbm_copy_gbps": 2 * n / copy / 1e9,  # read + write
-        "hbm_read_gbps": n / read / 1e9,
-        "matmul_tflops": 2 * 8192**3 / mm / 1e12,
-        "h2d_pinned_gbps": n / h2d / 1e9,
-    }
-    floors["hbm_gbps"] = max(floors["hbm_copy_gbps"], floors["hbm_read_gbps"])
-    print(
-        "floors: HBM {hbm_read_gbps:,.0f} GB/s read, {hbm_copy_gbps:,.0f} GB/s copy; bf16 matmul "
-        "{matmul_tflops:,.0f} TFLOP/s; pinned host->device {h2d_pinned_gbps:,.1f} GB/s".format(
-            **floors
-        ),
-        flush=True,
-    )
-    return floors
-
-
 def fit_gb(want_gb: float, *, weights_gb: float, margin_gb: float = 10.0) -> float:
     """A KV tier of at most `want_gb` that fits beside `weights_gb` of weights in what this
     card has free now (an H100's 80 GB or an H200's 141 GB), `margin_gb` left for activations
@@ -108,14 +68,6 @@ def fit_gb(want_gb: float, *, weights_gb: float, margin_gb: float = 10.0) -> flo
     got = max(2.0, min(want_gb, free_gb - weights_gb - margin_gb))
     print(f"GPU memory: {free_gb:.1f} GiB free; a KV tier of {got:.1f} GiB", flush=True)
     return got
-
-
-def weight_bytes(model) -> int:
-    """Bytes a decode step reads: every weight but the embedding table (one row each)."""
-    embed = model.model.embed_tokens.weight
-    total = sum(p.numel() * p.element_size() for p in model.parameters())
-    tied = model.lm_head.weight is embed
-    return total if tied else total - embed.numel() * embed.element_size()
 
 
 def main() -> int:

@@ -38,8 +38,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_engine import measure_floors, weight_bytes  # noqa: E402
+from radixkv.bench.floors import Work, measure_floors, weight_bytes, work_floor
 
 CONFIGS = {
     "off": dict(prefix_caching=False, host_memory_gb=0, remote_url=None),
@@ -172,22 +171,12 @@ class StepTimes:
 
 
 def run_floor(records, eng, floors: dict, w_bytes: int, layout, args) -> dict:
-    """The least time this run's work takes on this GPU, in seconds, by part:
-    - prefill: the computed prompt tokens' FLOPs (2 x parameters per token, plus causal
-      attention over their context) at the measured bf16 matmul peak;
-    - decode weights: decode steps x weight bytes / HBM read bandwidth. Steps are at least
-      rounds x output tokens (a client's tokens come one after another) and at least the
-      output tokens / the most requests the device tier holds at once (a decoding request's
-      whole context is on the device);
-    - decode KV: each output token reads its context's KV once (bytes / HBM);
-    - loads: host and remote hits' KV at the measured pinned host-to-device bandwidth."""
+    """The least time this run's work takes on this GPU, in seconds, by part (prefill, decode
+    weights, decode KV, loads: `radixkv.bench.floors`). Decode steps are at least rounds x
+    output tokens (a client's tokens come one after another) and at least the output tokens /
+    the most requests the device tier holds at once (a decoding request's whole context is on
+    the device)."""
     cfg = eng.model.config
-    kv_token = layout.page_bytes / layout.page_size
-    attn_dim = cfg.num_heads * cfg.head_dim
-    flops = 0.0
-    for r in records:
-        p, c = r["prompt_tokens"], sum(r["cached"].values())
-        flops += 2 * (w_bytes / 2) * (p - c) + 4 * cfg.num_layers * attn_dim * (p * p - c * c) / 2
     outputs = sum(r["output_tokens"] for r in records)
     context = statistics.mean(r["prompt_tokens"] + r["output_tokens"] for r in records)
     pc = eng.core.prefix_cache
@@ -197,18 +186,24 @@ def run_floor(records, eng, floors: dict, w_bytes: int, layout, args) -> dict:
             args.max_running, args.clients, int(pc.device_capacity_pages * pc.page_size // context)
         ),
     )
-    steps = max(args.rounds * args.output_tokens, math.ceil(outputs / at_once))
-    kv_read = sum(
-        r["output_tokens"] * (r["prompt_tokens"] + r["output_tokens"] / 2) * kv_token
+    work = [
+        Work(
+            r["prompt_tokens"],
+            sum(r["cached"].values()),
+            r["cached"].get("host", 0) + r["cached"].get("remote", 0),
+            r["output_tokens"],
+        )
         for r in records
+    ]
+    return work_floor(
+        work,
+        num_layers=cfg.num_layers,
+        attn_dim=cfg.num_heads * cfg.head_dim,
+        w_bytes=w_bytes,
+        kv_bytes_per_token=layout.page_bytes / layout.page_size,
+        floors=floors,
+        decode_steps=max(args.rounds * args.output_tokens, math.ceil(outputs / at_once)),
     )
-    loaded = sum(r["cached"].get("host", 0) + r["cached"].get("remote", 0) for r in records)
-    return {
-        "prefill": flops / (floors["matmul_tflops"] * 1e12),
-        "decode_weights": steps * w_bytes / (floors["hbm_gbps"] * 1e9),
-        "decode_kv": kv_read / (floors["hbm_gbps"] * 1e9),
-        "loads": loaded * kv_token / (floors["h2d_pinned_gbps"] * 1e9),
-    }
 
 
 def pct(values: list[float], q: float) -> float:

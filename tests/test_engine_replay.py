@@ -20,6 +20,9 @@ from radixkv.bench.trace_replay import ReplaySpec  # noqa: E402
 from radixkv.bench.tracefile import BLOCK, TraceRequest  # noqa: E402
 from tests.tiny_model import PAGE_BYTES, save_tiny_llama  # noqa: E402
 
+# a made-up GPU's measured figures (radixkv.bench.floors.measure_floors' keys)
+GPU = {"hbm_gbps": 3000.0, "matmul_tflops": 800.0, "h2d_pinned_gbps": 50.0}
+
 
 def conversations(n: int, seed: int = 0) -> list[TraceRequest]:
     """Multi-turn traffic in the trace's shape: sessions sharing a system block, each turn
@@ -61,8 +64,14 @@ def _both(tmp_path, spec: ReplaySpec) -> tuple[dict, dict]:
         device="cpu",
         remote_load_margin=0.0,  # the simulator always loads a remote hit
         check_integrity=True,
+        floors=GPU,
     )
     assert engine["failed"] == 0 and engine["requests"] == 40
+    parts = engine["floor_parts_s"]  # the run's work priced at GPU's figures
+    assert engine["floor_s"] == pytest.approx(sum(parts.values())) and parts["prefill"] > 0
+    loaded = engine["hit_rate_by_tier"]["host"] + engine["hit_rate_by_tier"]["remote"]
+    assert (parts["loads"] > 0) == (loaded > 0)
+    assert engine["ratio_to_floor"] == pytest.approx(engine["seconds"] / engine["floor_s"])
     return engine, simulate(requests, spec)
 
 

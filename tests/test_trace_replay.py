@@ -9,7 +9,15 @@ import pytest
 
 from radixkv.bench.__main__ import main
 from radixkv.bench.trace_replay import ReplaySpec, capacities, replay
-from radixkv.bench.tracefile import NextUseOracle, ceiling_hit_tokens, load_trace, unique_tokens
+from radixkv.bench.tracefile import (
+    BLOCK,
+    NextUseOracle,
+    TraceRequest,
+    ceiling_hit_tokens,
+    load_trace,
+    sample_conversations,
+    unique_tokens,
+)
 
 
 def write_trace(path, n=80, seed=0):
@@ -148,3 +156,21 @@ def test_malformed_traces_name_the_line(tmp_path):
     bad.write_text('{"timestamp": 0, "input_length": 2000, "hash_ids": [1]}\n')
     with pytest.raises(ValueError, match="do not cover"):
         load_trace(bad)
+
+
+def test_sampled_conversations_keep_whole_conversations_and_their_reuse():
+    # 60 conversations behind one shared system block (id 0): turns resend the conversation's
+    # blocks and add one; sampling 1 in 4 keeps every turn of the conversations it keeps
+    reqs, convs = [], {}
+    for t in range(600):
+        c = t % 60
+        convs.setdefault(c, [0, 1000 + c])
+        convs[c].append(10_000 + t)
+        reqs.append(TraceRequest(t, len(convs[c]) * BLOCK, 1, tuple(convs[c])))
+    kept = sample_conversations(reqs, 4)
+    names = {r.hash_ids[1] for r in kept}
+    assert 0 < len(names) < 60
+    assert kept == [r for r in reqs if r.hash_ids[1] in names]  # whole conversations, in order
+    assert sample_conversations(reqs, 1) is reqs
+    with pytest.raises(ValueError, match="sample-conversations"):
+        sample_conversations(reqs, 0)

@@ -20,9 +20,19 @@ from radixkv.bench.multiturn_spec import add_workload_flags
 
 def _trace_command(args: argparse.Namespace) -> int:
     from radixkv.bench.trace_replay import ReplaySpec, capacities, replay
-    from radixkv.bench.tracefile import NextUseOracle, ceiling_hit_tokens, load_trace, unique_tokens
+    from radixkv.bench.tracefile import (
+        NextUseOracle,
+        ceiling_hit_tokens,
+        load_trace,
+        sample_conversations,
+        unique_tokens,
+    )
 
-    requests = load_trace(args.trace, limit=args.limit)
+    if args.sample_conversations > 1:  # sampled from the whole trace, then cut to --limit
+        requests = sample_conversations(load_trace(args.trace), args.sample_conversations)
+        requests = requests[: args.limit]
+    else:
+        requests = load_trace(args.trace, limit=args.limit)
     unique = unique_tokens(requests)
     if args.engine:
         from radixkv.bench.engine_replay import engine_trace_command
@@ -273,6 +283,14 @@ def main(argv: list[str] | None = None) -> int:
         help="eviction policies, comma-separated (the first fills the top-level JSON fields)",
     )
     t.add_argument("--limit", type=int, default=None, help="replay only the first N requests")
+    t.add_argument(
+        "--sample-conversations",
+        type=int,
+        default=1,
+        metavar="K",
+        help="keep one conversation in K (what one of K engines behind a session-sticky router "
+        "sees): the trace's reuse at 1/K of its load",
+    )
     t.add_argument(
         "--check-every", type=int, default=0, help="run check_integrity() every N requests"
     )

@@ -11,7 +11,10 @@ the last two a store slower than the model sheds writes, as it would in service.
 
 from __future__ import annotations
 
+import math
+import os
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -66,10 +69,12 @@ def engine_replay(
     *,
     page_bytes: int,
     progress: bool = True,
+    floors: dict | None = None,
     **engine_options,
 ) -> dict:
     """Run the trace through an `Engine` with exactly `cache`'s pages per tier (a fresh file
-    store as the remote tier); returns hit rates by tier, TTFT and TPOT percentiles, req/s."""
+    store as the remote tier); returns hit rates by tier, TTFT and TPOT percentiles, req/s and,
+    given the GPU's measured `floors`, the least time the run's work takes (`floor_s`)."""
     from tqdm import tqdm
 
     from radixkv import Engine
@@ -96,7 +101,11 @@ def engine_replay(
             assert (tiers.device_pages, tiers.host_pages) == (cache.device_pages, cache.host_pages)
             blocks = BlockTokens(eng.core.model.config.vocab_size)
             prompts = [blocks.prompt(r) for r in requests]
-            return _drive(eng, requests, prompts, run, progress, tqdm)
+            done, duration = _drive(eng, requests, prompts, run, progress, tqdm)
+            out = _summary(done, duration, run)
+            if floors is not None:
+                out.update(_floor(eng, done, run, floors, duration, requests))
+            return out
         finally:
             eng.close()
 
@@ -138,10 +147,52 @@ def _drive(eng, requests, prompts, run: EngineReplaySpec, progress: bool, tqdm) 
         live = still
     duration = time.perf_counter() - start
     bar.close()
-    return _summary(done, duration, run)
+    return done, duration
+
+
+def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration: float, requests):
+    """The least time this run's work takes on this GPU (`radixkv.bench.floors`): decode steps
+    are every output token one after another when requests run one at a time, else at least the
+    longest output and at least the output tokens / the most requests the device tier holds at
+    once. A timed run also takes at least its arrivals' span."""
+    from radixkv.bench.floors import Work, weight_bytes, work_floor
+
+    cfg, layout = eng.model.config, eng.cache.layout
+    work = [
+        Work(
+            len(r.prompt_ids),
+            sum(r.cached_by_tier.values()),
+            r.cached_by_tier["host"] + r.cached_by_tier["remote"],
+            len(r.output_ids),
+        )
+        for r, _ in done
+    ]
+    outputs = [w.output for w in work] or [0]
+    if run.mode == "sequential":
+        steps = sum(outputs)
+    else:
+        context = sum(w.prompt + w.output for w in work) / max(len(work), 1)
+        fits = eng.cache.config.device_pages * layout.page_size // max(context, 1)
+        at_once = max(1, min(eng.core.config.max_running, int(fits)))
+        steps = max(max(outputs), math.ceil(sum(outputs) / at_once))
+    parts = work_floor(
+        work,
+        num_layers=cfg.num_layers,
+        attn_dim=cfg.num_heads * cfg.head_dim,
+        w_bytes=weight_bytes(eng.model),
+        kv_bytes_per_token=layout.page_bytes / layout.page_size,
+        floors=floors,
+        decode_steps=steps,
+    )
+    floor = sum(parts.values())
+    if run.mode == "timed" and requests:
+        span = (requests[-1].timestamp_ms - requests[0].timestamp_ms) / 1e3 * run.rate_scale
+        floor = max(floor, span)
+    return {"floor_s": floor, "floor_parts_s": parts, "ratio_to_floor": duration / floor}
 
 
 def _summary(done: list[tuple], duration: float, run: EngineReplaySpec) -> dict:
+    """Hit rates by tier, TTFT and TPOT percentiles, req/s, share within the TTFT bound."""
     prompt = sum(len(r.prompt_ids) for r, _ in done)
     by_tier = {t: sum(r.cached_by_tier[t] for r, _ in done) / max(prompt, 1) for t in TIERS}
     ttft = [r.first_token_at - r.arrival for r, _ in done if r.first_token_at is not None]
@@ -207,6 +258,22 @@ def add_engine_flags(t) -> None:
     )
 
 
+def machine_limits(probe, page_bytes: int, margin_gib: float = 12.0) -> dict[str, int]:
+    """The most pages each tier can have on this machine: the GPU's free memory beside the
+    model's weights (`margin_gib` left for activations and CUDA graphs), half the host's
+    available memory (pinned) and 80% of the temporary directory's free disk."""
+    import torch
+
+    limits = {}
+    if probe.device.type == "cuda":
+        free = torch.cuda.mem_get_info(probe.device)[0]
+        limits["device"] = max(1, int(free - margin_gib * 2**30) // page_bytes)
+    avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    limits["host"] = avail // 2 // page_bytes
+    limits["remote"] = int(shutil.disk_usage(tempfile.gettempdir()).free * 0.8) // page_bytes
+    return limits
+
+
 def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dict:
     """Run the three configurations through the engine and the simulator; print the table."""
     from radixkv import Engine
@@ -219,13 +286,30 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
     probe = Engine(kv_memory_gb=0.01, host_memory_gb=0, remote_url="none", **options)
     page_bytes, context = probe.cache.layout.page_bytes, probe.core.context_length
     page_bytes = page_bytes * args.page_size // probe.cache.page_size
+    limits = machine_limits(probe, page_bytes)
+    floors = None
+    if probe.device.type == "cuda":  # measured once, beside the model's weights
+        from radixkv.bench.floors import measure_floors
+
+        floors = measure_floors(probe.device)
     probe.close()
     remote_frac = args.remote_frac or 1.0
     configs = (("device", 0.0, 0.0), ("device+host", args.host_frac or 0.2, 0.0))
     configs += (("device+host+remote", args.host_frac or 0.2, remote_frac),)
     rows = {}
     for name, host_frac, rf in configs:
-        dev, host, remote = capacities(unique, args.page_size, args.device_frac, host_frac, rf)
+        sizes = capacities(unique, args.page_size, args.device_frac, host_frac, rf)
+        pages = dict(zip(TIERS, sizes, strict=True))
+        for tier, most in limits.items():
+            if pages[tier] > most:
+                print(
+                    f"{name}: the {tier} tier is cut from {pages[tier] * args.page_size:,} to "
+                    f"{most * args.page_size:,} tokens, what this machine holds (the simulator "
+                    "gets the same)",
+                    flush=True,
+                )
+                pages[tier] = most
+        dev, host, remote = (pages[t] for t in TIERS)
         runnable = fitting(requests, dev * args.page_size, context, args.max_output)
         if not runnable:
             raise ValueError(
@@ -234,24 +318,24 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
                 "longer-context model"
             )
         spec = ReplaySpec(args.page_size, dev, host, remote, args.policy.split(",")[0])
-        eng = engine_replay(runnable, spec, run, page_bytes=page_bytes, **options)
+        eng = engine_replay(runnable, spec, run, page_bytes=page_bytes, floors=floors, **options)
         sim = simulate(runnable, spec)
         rows[name] = {
-            "tokens": {
-                t: n * args.page_size for t, n in zip(TIERS, (dev, host, remote), strict=True)
-            },
+            "tokens": {t: pages[t] * args.page_size for t in TIERS},
             "skipped_too_long": len(requests) - len(runnable),
             "engine": eng,
             "simulator": sim,
         }
+        print(format_engine_table({name: rows[name]}, run), flush=True)
     print(format_engine_table(rows, run))
-    return rows
+    return {"floors": floors, "configurations": rows}
 
 
 def format_engine_table(rows: dict, run: EngineReplaySpec) -> str:
     lines = [
         f"\n{'configuration':<20}{'tiers (tokens)':>24}{'engine hit':>11}{'sim hit':>9}"
         f"{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'TPOT':>7}{'req/s':>8}{'in bound':>9}"
+        f"{'wall s':>8}{'floor s':>8}{'x floor':>8}"
     ]
     for name, r in rows.items():
         e, s, t = r["engine"], r["simulator"], r["tokens"]
@@ -260,13 +344,20 @@ def format_engine_table(rows: dict, run: EngineReplaySpec) -> str:
         lines.append(
             f"{name:<20}{tiers:>24}{e['token_hit_rate']:>11.2%}{s['token_hit_rate']:>9.2%}"
             f"{q['p50']:>10,.0f}{q['p90']:>8,.0f}{q['p99']:>8,.0f}{e['tpot_ms']['p50']:>7.1f}"
-            f"{e['requests_per_s']:>8.2f}{e['within_ttft_bound']:>9.0%}"
+            f"{e['requests_per_s']:>8.2f}{e['within_ttft_bound']:>9.0%}{e['seconds']:>8.1f}"
+            + (
+                f"{e['floor_s']:>8.1f}{e['ratio_to_floor']:>8.2f}"
+                if "floor_s" in e
+                else f"{'-':>8}{'-':>8}"
+            )
         )
         by = " ".join(
             f"{x} {e['hit_rate_by_tier'][x]:.2%}/{s['hit_rate_by_tier'][x]:.2%}" for x in TIERS
         )
         lines.append(f"{'':<20}engine/simulator by tier: {by}; {r['skipped_too_long']} too long")
     lines.append(
-        f"mode {run.mode}; TTFT/TPOT in ms; 'in bound': TTFT within {run.ttft_bound_ms:,.0f} ms"
+        f"mode {run.mode}; TTFT/TPOT in ms; 'in bound': TTFT within {run.ttft_bound_ms:,.0f} ms; "
+        "floor: the run's work at the GPU's measured matmul peak, HBM and host->device bandwidth "
+        "(radixkv.bench.floors; none on CPU)"
     )
     return "\n".join(lines)

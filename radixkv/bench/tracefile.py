@@ -65,6 +65,31 @@ def load_trace(path: str | Path, limit: int | None = None) -> list[TraceRequest]
     return out
 
 
+def sample_conversations(requests: list[TraceRequest], one_in: int) -> list[TraceRequest]:
+    """The requests of one conversation in `one_in` (what one engine behind a session-sticky
+    router of `one_in` engines sees): a conversation is named by its first block that fewer
+    than half of the trace's requests share (blocks before it are a common system prompt), and
+    kept when that id's hash falls in the chosen share. Keeps the trace's reuse, cuts its load."""
+    if one_in < 1:
+        raise ValueError(f"--sample-conversations must be >= 1, got {one_in}")
+    if one_in == 1:
+        return requests
+    users: dict[int, int] = {}
+    for r in requests:
+        for h in set(r.hash_ids):
+            users[h] = users.get(h, 0) + 1
+    common = len(requests) / 2
+
+    def name(r: TraceRequest) -> int:
+        return next((h for h in r.hash_ids if users[h] < common), r.hash_ids[-1])
+
+    # Knuth's multiplicative hash spreads consecutive ids over the shares
+    kept = [r for r in requests if (name(r) * 2654435761) % 2**32 % one_in == 0]
+    if not kept:
+        raise ValueError(f"no conversation of {len(requests):,} requests is in 1 of {one_in}")
+    return kept
+
+
 def unique_tokens(requests: list[TraceRequest]) -> int:
     """Tokens a cache must hold to never evict: per block id, the most of it any request used."""
     longest: dict[int, int] = {}
