@@ -26,6 +26,7 @@ from radixkv.bench.tracefile import BLOCK, TraceRequest
 
 MODES = ("sequential", "asap", "timed")
 TIERS = ("device", "host", "remote")
+CONFIGS = ("device", "device+host", "device+host+remote")
 
 
 class BlockTokens:
@@ -217,10 +218,14 @@ def _summary(done: list[tuple], duration: float, run: EngineReplaySpec) -> dict:
     }
 
 
-def simulate(requests: list[TraceRequest], cache: ReplaySpec) -> dict:
-    """The simulator at the same capacities (its hit rates only)."""
-    r = replay(requests, cache, progress=False)
-    return {"token_hit_rate": r["token_hit_rate"], "hit_rate_by_tier": r["hit_rate_by_tier"]}
+def simulate(requests: list[TraceRequest], cache: ReplaySpec, cost=None) -> dict:
+    """The simulator at the same capacities: its hit rates and, given a `CostModel`, its
+    modelled TTFT percentiles (ms)."""
+    r = replay(requests, cache, progress=False, cost=cost)
+    out = {"token_hit_rate": r["token_hit_rate"], "hit_rate_by_tier": r["hit_rate_by_tier"]}
+    if cost is not None:
+        out["ttft_ms"] = r["timed"]["ttft_ms"]
+    return out
 
 
 def fitting(
@@ -249,6 +254,11 @@ def add_engine_flags(t) -> None:
     g.add_argument("--rate-scale", type=float, default=1.0, help="timed: x the trace's gaps")
     g.add_argument("--max-output", type=int, default=64, help="output tokens per request at most")
     g.add_argument("--ttft-bound-ms", type=float, default=2000.0)
+    g.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"which configurations to run, comma-separated (of {', '.join(CONFIGS)})",
+    )
     g.add_argument(
         "--remote-load-margin",
         type=float,
@@ -279,6 +289,9 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
     from radixkv import Engine
     from radixkv.bench.trace_replay import capacities
 
+    wanted = args.configs.split(",")
+    if not wanted or set(wanted) - set(CONFIGS):
+        raise ValueError(f"--configs takes some of {', '.join(CONFIGS)}, got {args.configs!r}")
     run = EngineReplaySpec(args.mode, args.rate_scale, args.max_output, args.ttft_bound_ms)
     options = {"model": args.model, "device": args.device}
     if args.remote_load_margin is not None:
@@ -293,9 +306,19 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
 
         floors = measure_floors(probe.device)
     probe.close()
-    remote_frac = args.remote_frac or 1.0
-    configs = (("device", 0.0, 0.0), ("device+host", args.host_frac or 0.2, 0.0))
-    configs += (("device+host+remote", args.host_frac or 0.2, remote_frac),)
+    cost = None
+    if run.mode == "timed":  # the simulator's clock beside the engine's: its own defaults (an
+        # H200's llama-3-8b figures), this model's KV size and this GPU's measured link
+        from radixkv.bench.timed import CostModel
+
+        h2d = {"h2d_gbps": floors["h2d_pinned_gbps"]} if floors else {}
+        per_token = page_bytes // args.page_size
+        cost = CostModel(kv_bytes_per_token=per_token, time_scale=run.rate_scale, **h2d)
+    host_frac, remote_frac = args.host_frac or 0.2, args.remote_frac or 1.0
+    fracs = dict(
+        zip(CONFIGS, ((0.0, 0.0), (host_frac, 0.0), (host_frac, remote_frac)), strict=True)
+    )
+    configs = [(name, *fracs[name]) for name in CONFIGS if name in wanted]
     rows = {}
     for name, host_frac, rf in configs:
         sizes = capacities(unique, args.page_size, args.device_frac, host_frac, rf)
@@ -319,7 +342,7 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
             )
         spec = ReplaySpec(args.page_size, dev, host, remote, args.policy.split(",")[0])
         eng = engine_replay(runnable, spec, run, page_bytes=page_bytes, floors=floors, **options)
-        sim = simulate(runnable, spec)
+        sim = simulate(runnable, spec, cost)
         rows[name] = {
             "tokens": {t: pages[t] * args.page_size for t in TIERS},
             "skipped_too_long": len(requests) - len(runnable),
@@ -355,6 +378,12 @@ def format_engine_table(rows: dict, run: EngineReplaySpec) -> str:
             f"{x} {e['hit_rate_by_tier'][x]:.2%}/{s['hit_rate_by_tier'][x]:.2%}" for x in TIERS
         )
         lines.append(f"{'':<20}engine/simulator by tier: {by}; {r['skipped_too_long']} too long")
+        if "ttft_ms" in s:
+            m = s["ttft_ms"]
+            lines.append(
+                f"{'':<20}simulator's modelled TTFT p50/p90/p99 {m['p50']:,.0f}/{m['p90']:,.0f}/"
+                f"{m['p99']:,.0f} ms (engine's p50 / model's: {q['p50'] / max(m['p50'], 1e-9):.2f}x)"
+            )
     lines.append(
         f"mode {run.mode}; TTFT/TPOT in ms; 'in bound': TTFT within {run.ttft_bound_ms:,.0f} ms; "
         "floor: the run's work at the GPU's measured matmul peak, HBM and host->device bandwidth "
