@@ -7,10 +7,10 @@
 # then run `bash benchmarks/gpu_check.sh` there, carrying .whl and .traces (and fi_cache.tgz.part*
 # from an earlier call, if any: untarred into ~/.cache, it skips flashinfer's kernel compile).
 # It writes under $OUT (at most 8 files come back): check.log (every step's output, in order),
-# gpu_engine.json, replay.json, and the flashinfer JIT cache split into fi_cache.tgz.part*
+# gpu_engine.json, gpu_kv_fp8.json, replay.json, and the flashinfer JIT cache split into fi_cache.tgz.part*
 # (under 16 MB each).
 # Steps, each skipped when its variable is 0: GPU_CHECK_TESTS (pytest -m gpu), GPU_CHECK_ENGINE
-# (benchmarks/gpu_engine.py --skip-hf), then the trace replay through the engine with
+# (benchmarks/gpu_engine.py --skip-hf), GPU_CHECK_FP8 (benchmarks/gpu_kv_fp8.py), then the trace replay through the engine with
 # GPU_CHECK_REPLAY's arguments (empty: none) in what is left of GPU_CHECK_SECONDS (default 560).
 set -u
 OUT=${OUT:-/tmp/gpu_check}
@@ -38,6 +38,11 @@ if [ "${GPU_CHECK_ENGINE:-1}" != 0 ]; then
   step "gpu_engine.py --skip-hf"
   timeout 220 python3 benchmarks/gpu_engine.py --skip-hf --json "$OUT/gpu_engine.json" >> "$LOG" 2>&1
   step "gpu_engine rc $?"
+fi
+if [ "${GPU_CHECK_FP8:-1}" != 0 ]; then
+  step "gpu_kv_fp8.py"
+  timeout 150 python3 benchmarks/gpu_kv_fp8.py --json "$OUT/gpu_kv_fp8.json" >> "$LOG" 2>&1
+  step "gpu_kv_fp8 rc $?"
 fi
 tar czf - -C ~/.cache flashinfer 2> /dev/null | split -b 15m - "$OUT/fi_cache.tgz.part"
 if [ -n "${GPU_CHECK_REPLAY:-}" ] && [ "$(left)" -gt 60 ]; then
