@@ -5,7 +5,10 @@ bfloat16, each against the model's own float32 KV, in one run.
 The default model (SmolLM2-135M-Instruct) in float32 on the CPU, the torch attention backend
 (which reads K and V back from the pool, so every position's attention sees the stored dtype),
 one prefill over the text. Printed per KV dtype: top-1 agreement with the reference, the mean
-and largest KL(reference || variant) in nats, and the pool's bytes per token.
+and largest KL(reference || variant) in nats, and the pool's bytes per token. Then whether
+scales would help: per layer, the relative error of the float32 run's K and V stored in fp8
+unscaled (saturated) against fp8 with a per-layer scale (amax / 448), and how much of each lies
+beyond 448 or below e4m3's smallest normal (2^-6), where only a scale changes the error.
 
     python benchmarks/kv_fp8_accuracy.py [--tokens 1024] [--json PATH]
 """
@@ -29,7 +32,8 @@ TEXT = (
 
 
 def next_token_logits(model, ids: list[int], kv_dtype: torch.dtype, page_size: int):
-    """Logits at every position of `ids` from one prefill with the KV pool in `kv_dtype`."""
+    """Logits at every position of `ids` from one prefill with the KV pool in `kv_dtype`, and
+    the pool's bytes per token; the pool is kept in `next_token_logits.pool`."""
     from engine.attention import TorchPagedAttention
     from engine.forward_batch import ForwardBatch
     from storage import DevicePool, KVLayout
@@ -40,8 +44,37 @@ def next_token_logits(model, ids: list[int], kv_dtype: torch.dtype, page_size: i
     pool = DevicePool(layout, pages, "cpu")
     backend = TorchPagedAttention(pool, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
     batch = ForwardBatch.build([(ids, 0, list(range(pages)))], page_size, "cpu")
+    next_token_logits.pool = pool
     with torch.inference_mode():
         return model(batch, backend, all_logits=True).float(), layout.page_bytes // page_size
+
+
+def scale_errors(pool) -> dict:
+    """Per layer and K / V: fp8 e4m3's relative error unscaled (saturated) and with the layer's
+    own scale (amax / 448), and the shares above 448 and below 2^-6."""
+    fp8, top = torch.float8_e4m3fn, 448.0
+
+    def err(x: torch.Tensor, scale: float) -> float:
+        y = (x / scale).clamp(-top, top).to(fp8).float() * scale
+        return ((y - x).norm() / x.norm()).item()
+
+    rows = []
+    for layer in range(pool.layout.num_layers):
+        for i, name in enumerate("KV"):
+            x = pool.layer(layer)[:, i].float()
+            a = x.abs()
+            rows.append(
+                {
+                    "layer": layer,
+                    "kv": name,
+                    "amax": a.max().item(),
+                    "above_448": (a > top).float().mean().item(),
+                    "below_2^-6": (a < 2**-6).float().mean().item(),
+                    "err_unscaled": err(x, 1.0),
+                    "err_scaled": err(x, a.max().item() / top),
+                }
+            )
+    return rows
 
 
 def main() -> int:
@@ -57,6 +90,7 @@ def main() -> int:
     ids = eng.tokenizer.encode(TEXT * (args.tokens // 100 + 1))[: args.tokens]
     model, page_size = eng.model, eng.cache.page_size
     ref, ref_bytes = next_token_logits(model, ids, torch.float32, page_size)
+    scales = scale_errors(next_token_logits.pool)
     ref_logp = torch.log_softmax(ref, -1)
     rows = {"float32": {"bytes_per_token": ref_bytes}}
     for name, dtype in (("bfloat16", torch.bfloat16), ("fp8_e4m3", torch.float8_e4m3fn)):
@@ -80,9 +114,24 @@ def main() -> int:
             f"| {name} | {r['top1_agreement']:.2%} | {r['kl_mean']:.2e} | {r['kl_max']:.2e} | "
             f"{r['bytes_per_token']:,} |"
         )
+    print("\nWould a per-layer scale help? fp8's relative error of the float32 run's K and V:")
+    print("| | amax (largest layer) | share > 448 | share < 2^-6 | error unscaled | error scaled |")
+    print("|---|---|---|---|---|---|")
+    for name in "KV":
+        sel = [r for r in scales if r["kv"] == name]
+        worst = max(sel, key=lambda r: r["amax"])
+
+        def span(key: str, sel=sel) -> str:
+            return f"{min(r[key] for r in sel):.4f}-{max(r[key] for r in sel):.4f}"
+
+        print(
+            f"| {name} | {worst['amax']:.1f} (layer {worst['layer']}) | "
+            f"{max(r['above_448'] for r in sel):.1%} | {span('below_2^-6')} | "
+            f"{span('err_unscaled')} | {span('err_scaled')} |"
+        )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+            json.dump({"dtypes": rows, "scales": scales}, f, indent=2)
     return 0
 
 
