@@ -11,7 +11,8 @@
 # (under 16 MB each).
 # Steps, each skipped when its variable is 0: GPU_CHECK_TESTS (pytest -m gpu), GPU_CHECK_ENGINE
 # (benchmarks/gpu_engine.py --skip-hf), GPU_CHECK_FP8 (benchmarks/gpu_kv_fp8.py), then the trace replay through the engine with
-# GPU_CHECK_REPLAY's arguments (empty: none) in what is left of GPU_CHECK_SECONDS (default 560).
+# GPU_CHECK_REPLAY's arguments (empty: none) in what is left of GPU_CHECK_SECONDS (default 560);
+# GPU_CHECK_TESTS_S, GPU_CHECK_ENGINE_S and GPU_CHECK_FP8_S bound the first three (150, 220, 150 s).
 set -u
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -30,18 +31,18 @@ nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv >> "$LOG" 2>&1
 free -g | head -2 >> "$LOG"; df -h /tmp | tail -1 >> "$LOG"
 if [ "${GPU_CHECK_TESTS:-1}" != 0 ]; then
   step "pytest -m gpu"
-  timeout 150 python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider tests/test_gpu_tiers.py \
+  timeout "${GPU_CHECK_TESTS_S:-150}" python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider tests/test_gpu_tiers.py \
     tests/test_gpu_attention.py tests/test_gpu_fast_path.py tests/test_engine.py >> "$LOG" 2>&1
   step "pytest rc $?"
 fi
 if [ "${GPU_CHECK_ENGINE:-1}" != 0 ]; then
   step "gpu_engine.py --skip-hf"
-  timeout 220 python3 benchmarks/gpu_engine.py --skip-hf --json "$OUT/gpu_engine.json" >> "$LOG" 2>&1
+  timeout "${GPU_CHECK_ENGINE_S:-220}" python3 benchmarks/gpu_engine.py --skip-hf --json "$OUT/gpu_engine.json" >> "$LOG" 2>&1
   step "gpu_engine rc $?"
 fi
 if [ "${GPU_CHECK_FP8:-1}" != 0 ]; then
   step "gpu_kv_fp8.py"
-  timeout 150 python3 benchmarks/gpu_kv_fp8.py --json "$OUT/gpu_kv_fp8.json" >> "$LOG" 2>&1
+  timeout "${GPU_CHECK_FP8_S:-150}" python3 benchmarks/gpu_kv_fp8.py --json "$OUT/gpu_kv_fp8.json" >> "$LOG" 2>&1
   step "gpu_kv_fp8 rc $?"
 fi
 tar czf - -C ~/.cache flashinfer 2> /dev/null | split -b 15m - "$OUT/fi_cache.tgz.part"
