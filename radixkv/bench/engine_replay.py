@@ -296,7 +296,8 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
     options = {"model": args.model, "device": args.device}
     if args.remote_load_margin is not None:
         options["remote_load_margin"] = args.remote_load_margin
-    probe = Engine(kv_memory_gb=0.01, host_memory_gb=0, remote_url="none", **options)
+    # a probe for the page size, the context and the GPU's floors (0.5 GB: room for its warm-up)
+    probe = Engine(kv_memory_gb=0.5, host_memory_gb=0, remote_url="none", **options)
     page_bytes, context = probe.cache.layout.page_bytes, probe.core.context_length
     page_bytes = page_bytes * args.page_size // probe.cache.page_size
     limits = machine_limits(probe, page_bytes)
