@@ -255,6 +255,18 @@ def add_engine_flags(t) -> None:
     g.add_argument("--max-output", type=int, default=64, help="output tokens per request at most")
     g.add_argument("--ttft-bound-ms", type=float, default=2000.0)
     g.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=None,
+        help="the engine's tokens per forward step (prefill chunk); default: the engine's own",
+    )
+    g.add_argument(
+        "--overlap-schedule",
+        choices=("auto", "on", "off"),
+        default=None,
+        help="the engine's overlap schedule (default: its own, on for CUDA)",
+    )
+    g.add_argument(
         "--configs",
         default=",".join(CONFIGS),
         help=f"which configurations to run, comma-separated (of {', '.join(CONFIGS)})",
@@ -294,8 +306,9 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
         raise ValueError(f"--configs takes some of {', '.join(CONFIGS)}, got {args.configs!r}")
     run = EngineReplaySpec(args.mode, args.rate_scale, args.max_output, args.ttft_bound_ms)
     options = {"model": args.model, "device": args.device}
-    if args.remote_load_margin is not None:
-        options["remote_load_margin"] = args.remote_load_margin
+    for name in ("remote_load_margin", "max_batch_tokens", "overlap_schedule"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
     # a probe for the page size, the context and the GPU's floors (0.5 GB: room for its warm-up)
     probe = Engine(kv_memory_gb=0.5, host_memory_gb=0, remote_url="none", **options)
     page_bytes, context = probe.cache.layout.page_bytes, probe.core.context_length
@@ -358,7 +371,7 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
 def format_engine_table(rows: dict, run: EngineReplaySpec) -> str:
     lines = [
         f"\n{'configuration':<20}{'tiers (tokens)':>24}{'engine hit':>11}{'sim hit':>9}"
-        f"{'TTFT p50':>10}{'p90':>8}{'p99':>8}{'TPOT':>7}{'req/s':>8}{'in bound':>9}"
+        f"{'TTFT p50':>10}{'p90':>9}{'p99':>9}{'TPOT':>8}{'req/s':>8}{'in bound':>9}"
         f"{'wall s':>8}{'floor s':>8}{'x floor':>8}"
     ]
     for name, r in rows.items():
@@ -367,7 +380,7 @@ def format_engine_table(rows: dict, run: EngineReplaySpec) -> str:
         q = e["ttft_ms"]
         lines.append(
             f"{name:<20}{tiers:>24}{e['token_hit_rate']:>11.2%}{s['token_hit_rate']:>9.2%}"
-            f"{q['p50']:>10,.0f}{q['p90']:>8,.0f}{q['p99']:>8,.0f}{e['tpot_ms']['p50']:>7.1f}"
+            f"{q['p50']:>10,.0f}{q['p90']:>9,.0f}{q['p99']:>9,.0f}{e['tpot_ms']['p50']:>8.1f}"
             f"{e['requests_per_s']:>8.2f}{e['within_ttft_bound']:>9.0%}{e['seconds']:>8.1f}"
             + (
                 f"{e['floor_s']:>8.1f}{e['ratio_to_floor']:>8.2f}"
