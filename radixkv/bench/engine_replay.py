@@ -189,7 +189,7 @@ def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration
     if run.mode == "timed" and requests:
         span = (requests[-1].timestamp_ms - requests[0].timestamp_ms) / 1e3 * run.rate_scale
         floor = max(floor, span)
-    return {"floor_s": floor, "floor_parts_s": parts, "ratio_to_floor": duration / floor}
+    return {"floor_s": floor, "floor_parts_s": parts, "ratio_to_floor": duration / max(floor, 1e-9)}
 
 
 def _summary(done: list[tuple], duration: float, run: EngineReplaySpec) -> dict:
