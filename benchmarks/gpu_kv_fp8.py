@@ -21,11 +21,10 @@ import sys
 
 import torch
 
+from engine.attention.kv_write import FP8, FP8_MAX, to_kv
 from radixkv.bench.floors import cuda_time, measure_floors
 
 HEADS, KV_HEADS, DIM, PS = 32, 8, 128, 16
-FP8 = torch.float8_e4m3fn
-FP8_MAX = 448.0
 
 
 def kv_values(pages: int, dev: torch.device, gen: torch.Generator) -> torch.Tensor:
@@ -38,12 +37,12 @@ def kv_values(pages: int, dev: torch.device, gen: torch.Generator) -> torch.Tens
 def quantize(kv: torch.Tensor, scaled: bool) -> tuple[torch.Tensor, float, float]:
     """fp8 pages and (k_scale, v_scale): amax / 448 per tensor, or 1 (saturated) unscaled."""
     if not scaled:
-        return kv.clamp(-FP8_MAX, FP8_MAX).to(FP8), 1.0, 1.0
+        return to_kv(kv, FP8), 1.0, 1.0  # the engine's own saturating store
     ks = kv[:, 0].abs().max().item() / FP8_MAX
     vs = kv[:, 1].abs().max().item() / FP8_MAX
     out = torch.empty_like(kv, dtype=FP8)
-    out[:, 0] = (kv[:, 0] / ks).to(FP8)
-    out[:, 1] = (kv[:, 1] / vs).to(FP8)
+    out[:, 0] = to_kv(kv[:, 0] / ks, FP8)
+    out[:, 1] = to_kv(kv[:, 1] / vs, FP8)
     return out, ks, vs
 
 

@@ -28,7 +28,7 @@ def _trace_command(args: argparse.Namespace) -> int:
         unique_tokens,
     )
 
-    if args.sample_conversations > 1:  # sampled from the whole trace, then cut to --limit
+    if args.sample_conversations != 1:  # sampled from the whole trace, then cut to --limit
         requests = sample_conversations(load_trace(args.trace), args.sample_conversations)
         requests = requests[: args.limit]
     else:
