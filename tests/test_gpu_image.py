@@ -24,7 +24,7 @@ def test_the_library_and_benchmarks_run_without_the_server_packages(tmp_path):
         "import importlib.util, sys\n"
         f"for name in {_ABSENT!r}: sys.modules[name] = None\n"
         "from radixkv import Engine\n"
-        "import radixkv.bench.__main__, radixkv.bench.engine_replay\n"
+        "import radixkv.bench.__main__, radixkv.bench.engine_replay_command\n"
         "for script in ('gpu_engine', 'gpu_multiturn', 'gpu_kv_fp8', 'gpu_small_kernels'):\n"
         "    spec = importlib.util.spec_from_file_location(script, f'benchmarks/{script}.py')\n"
         "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from engine.config_flags import add_config_flags, config_from_args, config_to_flags
-from radixkv.bench.engine_replay import add_engine_flags
+from radixkv.bench.engine_replay_command import add_engine_flags
 from radixkv.bench.multi_engine import add_fleet_command, fleet_command
 from radixkv.bench.multiturn_spec import add_workload_flags
 
@@ -35,7 +35,7 @@ def _trace_command(args: argparse.Namespace) -> int:
         requests = load_trace(args.trace, limit=args.limit)
     unique = unique_tokens(requests)
     if args.engine:
-        from radixkv.bench.engine_replay import engine_trace_command
+        from radixkv.bench.engine_replay_command import engine_trace_command
 
         rows = engine_trace_command(args, requests, unique)
         if args.json:
