@@ -12,19 +12,18 @@ a half of a dense float32 product (default model's shapes, 2-core AVX2 EPYC: 3,0
 1,048 rows 56 ms against 25 ms; at 64 rows 3.3 ms against 2.4). So the layer also keeps the
 blocks as GGUF stores them (4-bit q two to a byte, float32 d and m: 0.75 bytes a weight) and, for
 `DENSE_ROWS` rows or more, multiplies densely: by a dense copy kept once where memory allows
-(`keep_dense_copies`: the default model's take 424 MB in float32), else by the blocks
-dequantized for that one product (0.8 ms for that shape). With fewer rows the 4-bit kernel runs.
+(`keep_dense_copies`: the default model's take 424 MB in float32, packed for oneDNN where it
+can: `engine.cpu_linear.pack_weight`), else by the blocks dequantized for that one product
+(0.8 ms for that shape). With fewer rows the 4-bit kernel runs.
 """
 
 from __future__ import annotations
-
-import os
 
 import numpy as np
 import torch
 from torch import nn
 
-from engine.cpu_linear import dense_linear
+from engine.cpu_linear import can_pack, copy_budget_bytes, dense_linear, pack_weight
 
 GROUP = 32
 DENSE_ROWS = 64  # rows from which dequantize-then-dense beats the 4-bit kernel (measured above)
@@ -64,7 +63,8 @@ class Int4Linear(nn.Module):
         self.register_buffer("nibbles", (blocks[..., :16] | (blocks[..., 16:] << 4)).contiguous())
         self.register_buffer("d", d.float().contiguous())
         self.register_buffer("m", m.float().contiguous())
-        self.dense: torch.Tensor | None = None  # W kept dense for many rows (keep_dense_copies)
+        # W kept dense for many rows (keep_dense_copies): float32 packed for oneDNN, or plain
+        self.dense: torch.Tensor | None = None
 
     def dense_weight(self, dtype: torch.dtype) -> torch.Tensor:
         """W [out, in] in `dtype`: d * q + m per block, from the GGUF's values."""
@@ -94,18 +94,18 @@ class Int4Linear(nn.Module):
 
 
 def keep_dense_copies(model: nn.Module, dtype: torch.dtype, budget_bytes: int | None = None) -> int:
-    """Give `model`'s 4-bit layers a dense copy in `dtype` for many-row products while their total
-    stays within `budget_bytes` (default: an eighth of the memory available now, 2 GiB at most);
-    the others dequantize per product. Returns the bytes kept."""
+    """Give `model`'s 4-bit layers a dense copy in `dtype` (float32 packed for oneDNN) for
+    many-row products while their total stays within `budget_bytes` (default:
+    `copy_budget_bytes()`); the others dequantize per product. Returns the bytes kept."""
     if budget_bytes is None:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        budget_bytes = min(2 << 30, available // 8)
+        budget_bytes = copy_budget_bytes()
     kept = 0
     for module in model.modules():
         if isinstance(module, Int4Linear):
             size = module.out_features * module.in_features * dtype.itemsize
             if kept + size > budget_bytes:
                 break
-            module.dense = module.dense_weight(dtype)
+            dense = module.dense_weight(dtype)
+            module.dense = pack_weight(dense) if can_pack(dense) else dense
             kept += size
     return kept

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.attention.kv_write import store_kv
-from engine.cpu_linear import use_onednn
+from engine.cpu_linear import copy_budget_bytes, use_onednn
 from engine.forward_batch import ForwardBatch
 from engine.int4_linear import Int4Linear, keep_dense_copies
 from engine.model_config import ModelConfig
@@ -261,9 +261,11 @@ class CausalLM(nn.Module):
             layer.mlp.fuse(q4.get((i, "mlp")) if int4 else None)
         self.q4_blocks = {}
         weight = self.lm_head.weight
+        budget = copy_budget_bytes() if weight.device.type == "cpu" else 0
         if int4:  # a prefill's many rows multiply densely (engine/int4_linear.py)
-            keep_dense_copies(self, weight.dtype)
-        use_onednn(self)  # float32 on a CPU: the dense products through oneDNN
+            budget -= keep_dense_copies(self, weight.dtype, budget)
+        # float32 on a CPU: the dense products through oneDNN, by packed weights within budget
+        use_onednn(self, pack_budget_bytes=budget)
         # flashinfer's kernels take half-precision activations (and RoPE these head sizes)
         kernels = weight.is_cuda and weight.dtype in (torch.bfloat16, torch.float16)
         for module in self.modules():

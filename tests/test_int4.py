@@ -78,7 +78,9 @@ def test_many_rows_multiply_by_the_exact_dequantized_weights(q4_tensors):
     per_product = layer(x)
     torch.testing.assert_close(per_product, want, rtol=1e-4, atol=1e-4)  # summation order
     assert keep_dense_copies(layer, torch.float32) == w.numel() * 4
-    assert torch.equal(layer.dense, w) and torch.equal(layer(x), per_product)
+    kept = layer.dense.to_dense() if layer.dense.is_mkldnn else layer.dense  # packed: oneDNN's
+    assert torch.equal(kept, w)
+    torch.testing.assert_close(layer(x), per_product, rtol=1e-4, atol=1e-4)
     few = layer(x[: KEPT_DENSE_ROWS - 1])  # the 4-bit kernel: bfloat16 scales and output
     assert not torch.equal(few, want[: KEPT_DENSE_ROWS - 1])
     assert ((few - want[: KEPT_DENSE_ROWS - 1]).norm() / want.norm()) < 1e-2
@@ -90,7 +92,11 @@ def test_the_default_model_in_bfloat16_runs_4_bit_and_answers_right():
     with cpu_engine(dtype="bfloat16", kv_memory_gb=0.1) as eng:
         mlp = eng.model.model.layers[0].mlp
         assert isinstance(mlp.gate_up_proj, Int4Linear) and isinstance(mlp.down_proj, Int4Linear)
-        question = [{"role": "user", "content": "What is the capital of France?"}]
+        # its first token's margin is 1.5-1.6 nats in float32 and bfloat16 (the bare question's
+        # is 0.08 in float32 and a tie in bfloat16: a coin toss for a test)
+        question = [
+            {"role": "user", "content": "What is the capital of France? Answer in one word."}
+        ]
         r = eng.chat(question, max_tokens=12, temperature=0)  # greedy: no sampled miss
         assert "Paris" in r.text
     with cpu_engine(
