@@ -12,7 +12,10 @@ Configurations, one engine each, in one run:
     device+host+prefetch  device and host, the prefetcher promoting returning conversations
                  (each client's requests carry its session id; use --think-s; not run by default)
 
-Printed per configuration: duration, requests/s, TTFT p50/p90 (all rounds and rounds >= 2),
+With `--kv-cache-dtypes auto,fp8_e4m3` every configuration runs once per KV page dtype (float8
+pages: the same GiB hold twice the tokens), named e.g. `device+host fp8_e4m3`.
+
+Printed per configuration: the tokens the device tier holds, duration, requests/s, TTFT p50/p90 (all rounds and rounds >= 2),
 cached fraction by tier, preemptions, the run's floor (`run_floor`: prefill FLOPs at the
 measured bf16 matmul peak + decode steps at the weight-read floor, as many as the device tier
 forces + the KV decode reads + host-loaded KV at the measured pinned H2D bandwidth) with the
@@ -294,6 +297,9 @@ def main() -> int:
     p.add_argument("--host-memory-gb", type=float, default=32.0, help="host tier")
     p.add_argument("--max-running", type=int, default=32)
     p.add_argument("--configs", default="off,device,device+host,+remote")
+    p.add_argument(
+        "--kv-cache-dtypes", default="auto", help="comma-separated; each config runs per dtype"
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if not torch.cuda.is_available():
@@ -304,7 +310,10 @@ def main() -> int:
     floors = measure_floors(torch.device("cuda"))
     torch.cuda.empty_cache()
     rows = []
-    for name in args.configs.split(","):
+    dtypes = args.kv_cache_dtypes.split(",")
+    runs = [(c, d) for d in dtypes for c in args.configs.split(",")]
+    for config, kv_dtype in runs:
+        name = config if len(dtypes) == 1 else f"{config} {kv_dtype}"
         tmp = tempfile.mkdtemp(prefix="radixkv-multiturn-")
         options = dict(
             device="cuda",
@@ -313,8 +322,9 @@ def main() -> int:
             remote_url=Path(tmp, "tier").as_uri(),
             max_running=args.max_running,
             max_batch_tokens=8192,
+            kv_cache_dtype=kv_dtype,
         )
-        options.update(CONFIGS[name])
+        options.update(CONFIGS[config])
         eng = Engine(args.model, **options)
         layout = eng.cache.layout
         w_bytes = weight_bytes(eng.model)
@@ -328,6 +338,7 @@ def main() -> int:
         duration = time.perf_counter() - t
         rows.append(summarize(name, records, duration, eng, floors, w_bytes, layout, args))
         rows[-1]["time"] = st = times.report(duration)
+        rows[-1]["device_tokens"] = eng.cache.config.device_pages * layout.page_size
         print(
             f"{'':>12}  engine thread: forward {st['forward_s']['prefill']:.1f} s in "
             f"{st['steps']['prefill']} steps with prompt tokens ({st['prefill_tokens']:,}), "
@@ -345,13 +356,13 @@ def main() -> int:
         torch.cuda.empty_cache()
     by = {r["config"]: r for r in rows}
     print(
-        "\n| config | duration s | req/s | TTFT p50 / p90 ms | rounds >= 2 p50 / p90 ms | cached device / host / remote | preemptions | floor s | x floor |"
+        "\n| config | device tier tokens | duration s | req/s | TTFT p50 / p90 ms | rounds >= 2 p50 / p90 ms | cached device / host / remote | preemptions | floor s | x floor |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         c = r["cached_fraction"]
         print(
-            f"| {r['config']} | {r['duration_s']:.1f} | {r['requests_per_s']:.2f} | {r['ttft_p50_ms']:.0f} / "
+            f"| {r['config']} | {r['device_tokens']:,} | {r['duration_s']:.1f} | {r['requests_per_s']:.2f} | {r['ttft_p50_ms']:.0f} / "
             f"{r['ttft_p90_ms']:.0f} | {r['ttft_p50_round2plus_ms']:.0f} / {r['ttft_p90_round2plus_ms']:.0f} | "
             f"{c['device']:.0%} / {c['host']:.0%} / {c['remote']:.0%} | {r['preemptions']} | "
             f"{r['floor_s']:.1f} | {r['ratio_to_floor']:.2f} |"
@@ -360,6 +371,15 @@ def main() -> int:
         print(
             f"\ndevice+host vs device-only: {by['device+host']['requests_per_s'] / by['device']['requests_per_s']:.2f}x requests/s"
         )
+    for config in args.configs.split(","):
+        for other in dtypes[1:]:
+            a, b = by.get(f"{config} {dtypes[0]}"), by.get(f"{config} {other}")
+            if a and b:
+                print(
+                    f"{config}: {other} vs {dtypes[0]} pages: {b['requests_per_s'] / a['requests_per_s']:.2f}x "
+                    f"requests/s, TTFT p50 {b['ttft_p50_ms']:.0f} vs {a['ttft_p50_ms']:.0f} ms, "
+                    f"{b['device_tokens'] / a['device_tokens']:.2f}x the tokens on the device"
+                )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "floors": floors, "rows": rows}, f, indent=2)

@@ -9,7 +9,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from engine.attention.kv_write import FP8, kv_cache_dtype, to_kv  # noqa: E402
+from engine.attention.kv_write import FP8, check_fp8_capability, kv_cache_dtype, to_kv  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from radixkv import DEVICE, Engine  # noqa: E402
 from tests.tiny_model import gb, save_tiny_llama  # noqa: E402
@@ -69,6 +69,7 @@ def test_engines_with_other_kv_pages_never_read_each_others(tiny, tmp_path):
 def test_bad_kv_dtypes_are_refused():
     with pytest.raises(ValueError, match="kv_cache_dtype"):
         EngineConfig(kv_cache_dtype="fp4")
-    with pytest.raises(ValueError, match="CPU only"):
-        kv_cache_dtype("fp8_e4m3", torch.bfloat16, torch.device("cuda"))
+    with pytest.raises(ValueError, match="compute capability 8.9 or newer, this one is 8.0"):
+        check_fp8_capability((8, 0))  # an A100: no float8 conversions
+    check_fp8_capability((9, 0))  # an H100 or H200
     assert kv_cache_dtype("auto", torch.bfloat16, torch.device("cuda")) == torch.bfloat16

@@ -96,6 +96,17 @@ def test_fused_rope_and_kv_write_equal_rope_then_the_index_put():
         untouched = torch.ones(P, PS, dtype=torch.bool)
         untouched[pages, offs] = False
         assert not got[:, :, :, :, :].permute(0, 2, 1, 3, 4)[untouched].any()
+        # float8 pages: saturated at +-448 like the index_put path (a plain cast gives NaN)
+        from engine.attention.kv_write import FP8
+        big = qkv.clone()
+        big[:, (HQ + HKV) * D :] *= 1000  # v far past float8's range
+        want8 = torch.zeros(P, 2, PS, HKV, D, dtype=FP8)
+        store_kv(want8, pages, offs, kr, big[:, (HQ + HKV) * D :].view(T, HKV, D))
+        got8 = torch.zeros_like(want8)
+        rope_store_kv(big, pos, table, got8, pages, offs, HQ, HKV, D)
+        assert not got8.float().isnan().any() and got8.float().abs().max() == 448
+        assert torch.equal(got8[:, 1].float(), want8[:, 1].float())
+        assert (got8[:, 0].float() - want8[:, 0].float()).abs().max() <= 0.5  # fp8 steps
         """
     )
 

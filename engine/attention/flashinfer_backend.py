@@ -59,7 +59,12 @@ class FlashInferPagedAttention:
         self.pool = pool
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         workspace = torch.empty(workspace_mb << 20, dtype=torch.uint8, device=pool.device)
-        self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
+        # float8 pages with bfloat16 queries: FA2 (the Hopper kernel that `auto` picks takes
+        # them only in float8 too); decode takes them in either kernel
+        fp8 = pool.data.dtype.itemsize == 1
+        self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+            workspace, "NHD", **({"backend": "fa2"} if fp8 else {})
+        )
         self._short_extend = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
             workspace, "NHD", backend="fa2"
         )

@@ -14,7 +14,7 @@ does both: one program per (token, head) rotates a q head in place, or rotates a
 The model runs it for batches of at most `FUSED_ROPE_KV_TOKENS` (`engine/llama.py`) when the
 Triton kernels are on (`triton_kernels`, auto on CUDA). `benchmarks/gpu_small_kernels.py`
 measures it against the two kernels it replaces; the tests check its arithmetic in Triton's
-CPU interpreter.
+CPU interpreter. Into float8 pages it saturates K and V at +-448 as `kv_write.to_kv` does.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from engine.attention.kv_write import FP8, FP8_MAX
 
 
 @triton.jit
@@ -40,6 +42,7 @@ def _rope_store_kv(
     HQ: tl.constexpr,
     HKV: tl.constexpr,
     D: tl.constexpr,
+    KV_MAX: tl.constexpr,  # float8 pages: K and V saturated at +-KV_MAX (0: no clamp)
 ):
     t = tl.program_id(0)
     h = tl.program_id(1)  # [0, HQ): a q head; [HQ, HQ + HKV): a k head and its v head
@@ -60,10 +63,15 @@ def _rope_store_kv(
         page = tl.load(page_ptr + t).to(tl.int64)
         slot = tl.load(off_ptr + t).to(tl.int64)
         dst = kv_ptr + page * stride_page + slot * stride_slot + kh * stride_head
-        tl.store(dst + half, r1.to(kv_ptr.dtype.element_ty))
-        tl.store(dst + D // 2 + half, r2.to(kv_ptr.dtype.element_ty))
         full = tl.arange(0, D)
-        v = tl.load(row + (HQ + HKV + kh) * D + full)
+        v = tl.load(row + (HQ + HKV + kh) * D + full).to(tl.float32)
+        k1, k2 = r1.to(tl.float32), r2.to(tl.float32)
+        if KV_MAX > 0:  # as kv_write.to_kv: a plain cast would make larger values NaN
+            k1 = tl.minimum(tl.maximum(k1, -KV_MAX), KV_MAX)
+            k2 = tl.minimum(tl.maximum(k2, -KV_MAX), KV_MAX)
+            v = tl.minimum(tl.maximum(v, -KV_MAX), KV_MAX)
+        tl.store(dst + half, k1.to(kv_ptr.dtype.element_ty))
+        tl.store(dst + D // 2 + half, k2.to(kv_ptr.dtype.element_ty))
         tl.store(dst + stride_kv + full, v.to(kv_ptr.dtype.element_ty))
 
 
@@ -107,4 +115,5 @@ def rope_store_kv(
         HQ=num_q_heads,
         HKV=num_kv_heads,
         D=head_dim,
+        KV_MAX=FP8_MAX if kv.dtype == FP8 else 0.0,
     )

@@ -7,7 +7,8 @@ otherwise K and V are written apart.
 
 FP8 pages (`--kv-cache-dtype fp8_e4m3`): K and V are stored as float8 e4m3 unscaled (scale 1,
 the scheme vLLM uses when no scales are calibrated), saturated at +-448 (a plain cast would
-make larger values NaN); attention upcasts on read. The scheme is part of the cache namespace
+make larger values NaN); attention upcasts on read (the torch backend on a CPU, flashinfer's
+kernels on a GPU, whose fused RoPE-and-store kernel saturates the same way). The scheme is part of the cache namespace
 (`kv_scheme`), so an engine with other pages never reads these.
 """
 
@@ -32,11 +33,19 @@ def kv_cache_dtype(setting: str, model_dtype: torch.dtype, device: torch.device)
     if setting not in KV_DTYPE_NAMES:
         raise ValueError(f"kv_cache_dtype must be auto or one of {', '.join(KV_DTYPE_NAMES)}")
     dtype = KV_DTYPE_NAMES[setting]
-    if dtype == FP8 and device.type != "cpu":
-        raise ValueError(
-            "kv_cache_dtype fp8_e4m3 runs on a CPU only for now (the GPU kernels take bf16 pages)"
-        )
+    if dtype == FP8 and device.type == "cuda":
+        check_fp8_capability(torch.cuda.get_device_capability(device))
     return dtype
+
+
+def check_fp8_capability(capability: tuple[int, int]) -> None:
+    """float8 pages on a GPU need its float8 conversions (compute capability 8.9: Ada, Hopper)."""
+    if tuple(capability) < (8, 9):
+        major, minor = capability
+        raise ValueError(
+            f"kv_cache_dtype fp8_e4m3 needs a GPU of compute capability 8.9 or newer, "
+            f"this one is {major}.{minor}"
+        )
 
 
 def kv_scheme(dtype: torch.dtype) -> str:
