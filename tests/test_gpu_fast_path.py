@@ -251,3 +251,35 @@ def test_start_up_warms_the_eager_kernels_on_the_scratch_page_only(small_llama):
         first = eng.generate([prompt], max_tokens=16, ignore_eos=True)[0].token_ids
         eng.cache.evict(DEVICE, pool.num_pages)
         assert eng.generate([prompt], max_tokens=16, ignore_eos=True)[0].token_ids == first
+
+
+def test_a_long_prompt_prefills_in_chunks_over_its_prefix(tmp_path):
+    """A 9,418-token prompt in 2,048-token chunks (each after the first over a cached prefix,
+    llama-3-8b's head sizes): on an H100 flashinfer's Hopper prefill kernel faulted on such
+    chunks (2026-12-07), so they run FA2; the first token is the torch backend's."""
+    import transformers
+
+    torch.manual_seed(7)
+    cfg = transformers.LlamaConfig(
+        vocab_size=1024,
+        hidden_size=1024,
+        intermediate_size=1024,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=16384,
+        initializer_range=0.05,
+    )  # fmt: skip  (head_dim 128 as llama-3-8b's, group of 4)
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(tmp_path)
+    prompt = torch.randint(1, 1024, (9418,), generator=torch.Generator().manual_seed(1)).tolist()
+    first = {}
+    for attention in ("flashinfer", "torch"):
+        with _engine(
+            tmp_path, attention=attention, kv_memory_gb=0.5, max_batch_tokens=2048,
+            check_integrity=True,
+        ) as eng:  # fmt: skip
+            out = eng.generate([prompt], max_tokens=4, ignore_eos=True)[0]
+            torch.cuda.synchronize()
+            assert len(out.token_ids) == 4
+            first[attention] = out.token_ids[0]
+    assert first["flashinfer"] == first["torch"]

@@ -81,3 +81,38 @@ def test_an_fp8_engine_decodes_in_graphs_with_the_eager_tokens(tmp_path):
             runs[graphs] = [r.token_ids for r in out]
     assert all(len(t) == 64 for t in runs[True])
     assert runs[True] == runs[False]
+
+
+def test_the_fused_rope_store_writes_fp8_pages_as_to_kv_does():
+    """The Triton RoPE-and-store kernel on the GPU (its float8 cast rounds as the hardware
+    does; the CPU interpreter's does not): K within one float8 step of RoPE then `to_kv`, V
+    saturated and rounded exactly as `to_kv`, nothing written outside the token's slots."""
+    pytest.importorskip("triton")
+    from engine.attention.fused_rope_kv import rope_store_kv
+    from engine.attention.kv_write import FP8, store_kv
+    from engine.rope import apply_rotary
+
+    g = torch.Generator().manual_seed(0)
+    t, hq, hkv, d, pages, ps = 5, 8, 2, 128, 6, 16
+    qkv = torch.randn(t, (hq + 2 * hkv) * d, generator=g).to("cuda", torch.bfloat16)
+    qkv[:, (hq + hkv) * d :] *= 300  # part of V past float8's +-448
+    pos = torch.tensor([0, 9, 100, 517, 4095], device="cuda")
+    inv = 1.0 / (10000 ** (torch.arange(0, d, 2, device="cuda").float() / d))
+    angles = torch.arange(4096, device="cuda").float()[:, None] * inv[None]
+    table = torch.cat((angles.cos(), angles.sin()), -1)
+    cos, sin = (torch.cat((f(angles[pos]),) * 2, -1) for f in (torch.cos, torch.sin))
+    out_pages = torch.tensor([2, 4, 0, 5, 1], device="cuda")
+    offs = torch.tensor([1, 15, 2, 0, 7], device="cuda")
+    k = qkv.float()[:, hq * d : (hq + hkv) * d].view(t, hkv, d)
+    v = qkv[:, (hq + hkv) * d :].view(t, hkv, d)
+    want = torch.zeros(pages, 2, ps, hkv, d, dtype=FP8, device="cuda")
+    store_kv(want, out_pages, offs, apply_rotary(k, cos, sin).to(torch.bfloat16), v)
+    got = torch.zeros_like(want)
+    rope_store_kv(qkv.clone(), pos, table, got, out_pages, offs, hq, hkv, d)
+    g8, w8 = got.float(), want.float()
+    assert not g8.isnan().any() and g8.abs().max() == 448
+    assert torch.equal(g8[:, 1], w8[:, 1])  # V: a cast, no arithmetic
+    assert ((g8[:, 0] - w8[:, 0]).abs() <= w8[:, 0].abs() / 8 + 2.0**-9).all()  # K: one step
+    written = torch.zeros(pages, ps, dtype=torch.bool, device="cuda")
+    written[out_pages, offs] = True
+    assert not g8.permute(0, 2, 1, 3, 4)[~written].any()

@@ -3,8 +3,8 @@ dim] is flashinfer's single-tensor NHD layout, so kernels read the device pool i
 
 `prepare(batch)` plans once per forward (page tables -> CSR indptr/indices); each layer then
 runs over the pool, where the model has written its new K/V. A batch of pure decodes uses the
-decode kernel; anything with a prefill chunk uses a prefill kernel (FA2 for short extends, see
-`SHORT_EXTEND_TOKENS`), which also serves decodes mixed in.
+decode kernel; anything with a prefill chunk uses a prefill kernel (FA2 for short extends and for
+any over a cached prefix, see `SHORT_EXTEND_TOKENS`), which also serves decodes mixed in.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ def decode_tensor_cores(num_heads: int, num_kv_heads: int, choice: bool | None =
 # faster one for long new sequences). The short-extend CUDA graphs run FA2 too, so a graph and
 # the eager path it stands in for run one kernel.
 SHORT_EXTEND_TOKENS = 256
+# Any extend over a cached prefix runs FA2 too: on an H100 (2026-12-07, flashinfer 0.5.3) the
+# Hopper kernel that `auto` picks faulted (an illegal address, reported at the next cuBLAS call)
+# on the third 2,048-token chunk of a 9,418-token prompt and on a 40,160-token one, while FA2
+# ran both (and the torch backend, and 8,192-token chunks); the Hopper kernel is kept for
+# prefills with no cached prefix (a prompt's first chunk), where it ran clean and is faster.
 
 
 class FlashInferPagedAttention:
@@ -65,7 +70,7 @@ class FlashInferPagedAttention:
         self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
             workspace, "NHD", **({"backend": "fa2"} if fp8 else {})
         )
-        self._short_extend = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
+        self._fa2 = flashinfer.BatchPrefillWithPagedKVCacheWrapper(  # short or over a prefix
             workspace, "NHD", backend="fa2"
         )
         self._decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
@@ -88,8 +93,8 @@ class FlashInferPagedAttention:
             qo = torch.tensor([0, *batch.extend_lens], dtype=torch.int32).cumsum(
                 0, dtype=torch.int32
             )
-            short = sum(batch.extend_lens) <= SHORT_EXTEND_TOKENS
-            wrapper = self._short_extend if short else self._prefill
+            fa2 = sum(batch.extend_lens) <= SHORT_EXTEND_TOKENS or any(batch.prefix_lens)
+            wrapper = self._fa2 if fa2 else self._prefill
             wrapper.plan(qo, *pages_args, causal=True, **dtypes)
         self._planned = (batch, wrapper)
 
