@@ -33,7 +33,7 @@ free -g | head -2 >> "$LOG"; df -h /tmp | tail -1 >> "$LOG"
 if [ "${GPU_CHECK_TESTS:-1}" != 0 ]; then
   step "pytest -m gpu"
   timeout "${GPU_CHECK_TESTS_S:-200}" python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider tests/test_gpu_tiers.py \
-    tests/test_gpu_attention.py tests/test_gpu_fast_path.py tests/test_engine.py >> "$LOG" 2>&1
+    tests/test_gpu_attention.py tests/test_gpu_fast_path.py tests/test_gpu_fp8.py tests/test_engine.py >> "$LOG" 2>&1
   step "pytest rc $?"
 fi
 if [ "${GPU_CHECK_ENGINE:-1}" != 0 ]; then
