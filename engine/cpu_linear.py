@@ -9,10 +9,11 @@ round: at 1,048 rows torch's BLAS product was 7-20% faster on every shape, so fr
 rows on the product goes there, unless the weight is packed.
 
 A packed weight (`pack_weight`: reordered once into oneDNN's blocked layout, the values
-unchanged) is faster than both at every row count: over the default model's 30 layers of
-distinct weights (2-core EPYC, 2026-12-07) 42 against 57-62 ms at 8 rows, 267 against 293-310 at
-131, 1,714-1,900 against 2,136-2,239 at 1,048 (blocked for 16 to 1,024 rows alike; for 1 row it
-is slower). Same float32 arithmetic; only the summation order differs.
+unchanged) is faster than both from 8 rows on and level at 1: over the default model's 30 layers
+of distinct weights (2-core EPYC, 2026-12-07) 42 against 57-62 ms at 8 rows, 267 against 293-310
+at 131, 1,714-1,900 against 2,136-2,239 at 1,048, 32.0 against 32.3 at 1 (blocked for 16 to
+1,024 rows it ran alike; blocked for 1 row, slower). Same float32 arithmetic; only the
+summation order differs.
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ otherwise K and V are written apart.
 FP8 pages (`--kv-cache-dtype fp8_e4m3`): K and V are stored as float8 e4m3 unscaled (scale 1,
 the scheme vLLM uses when no scales are calibrated), saturated at +-448 (a plain cast would
 make larger values NaN); attention upcasts on read (the torch backend on a CPU, flashinfer's
-kernels on a GPU, whose fused RoPE-and-store kernel saturates the same way). The scheme is part of the cache namespace
-(`kv_scheme`), so an engine with other pages never reads these.
+kernels on a GPU, where the fused RoPE-and-store kernel saturates the same way). The scheme is
+part of the cache namespace (`kv_scheme`), so an engine with other pages never reads these.
 """
 
 from __future__ import annotations
