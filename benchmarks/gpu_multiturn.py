@@ -19,8 +19,9 @@ Printed per configuration: the tokens the device tier holds, duration, requests/
 p50/p90 (all rounds and rounds >= 2), cached fraction by tier, preemptions, the run's floor
 (`run_floor`: prefill FLOPs at the measured bf16 matmul peak + decode steps at the weight-read
 floor, as many as the device tier forces + the KV decode reads + host-loaded KV at the measured
-pinned H2D bandwidth) with the ratio to it, where the engine thread's time went (`StepTimes`), and with a remote tier its pages
-not written (write backlog full), failed writes and how often it was marked down.
+pinned H2D bandwidth) with the ratio to it, where the engine thread's time went (`StepTimes`),
+and with a remote tier its pages not written (write backlog full), failed writes and how often
+it was marked down.
 
     python benchmarks/gpu_multiturn.py [--clients 32] [--rounds 4] [--doc-tokens 4000] ...
 """
