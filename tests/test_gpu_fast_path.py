@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine.attention.flashinfer_backend import flashinfer_available
+from tests.tiny_model import GPU_LLAMA, save_llama
 
 pytestmark = [
     pytest.mark.gpu,
@@ -18,21 +19,8 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def small_llama(tmp_path_factory):
     """A random Llama with flashinfer-sized heads (64), saved as a Hugging Face directory."""
-    import transformers
-
     path = tmp_path_factory.mktemp("gpu-llama")
-    torch.manual_seed(5)
-    cfg = transformers.LlamaConfig(
-        vocab_size=512,
-        hidden_size=512,
-        intermediate_size=1024,
-        num_hidden_layers=3,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        initializer_range=0.05,
-    )
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(path)
+    save_llama(path, 5, **GPU_LLAMA, num_hidden_layers=3, max_position_embeddings=2048)
     return path
 
 
@@ -257,20 +245,9 @@ def test_a_long_prompt_prefills_in_chunks_over_its_prefix(tmp_path):
     """A 9,418-token prompt in 2,048-token chunks (each after the first over a cached prefix,
     llama-3-8b's head sizes): on an H100 flashinfer's Hopper prefill kernel faulted on such
     chunks (2026-12-07), so they run FA2; the first token is the torch backend's."""
-    import transformers
-
-    torch.manual_seed(7)
-    cfg = transformers.LlamaConfig(
-        vocab_size=1024,
-        hidden_size=1024,
-        intermediate_size=1024,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=2,
-        max_position_embeddings=16384,
-        initializer_range=0.05,
-    )  # fmt: skip  (head_dim 128 as llama-3-8b's, group of 4)
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(tmp_path)
+    # head_dim 128 as llama-3-8b's, a query group of 4
+    config = {**GPU_LLAMA, "vocab_size": 1024, "hidden_size": 1024, "intermediate_size": 1024}
+    save_llama(tmp_path, 7, **config, num_hidden_layers=2, max_position_embeddings=16384)
     prompt = torch.randint(1, 1024, (9418,), generator=torch.Generator().manual_seed(1)).tolist()
     first = {}
     for attention in ("flashinfer", "torch"):

@@ -55,18 +55,11 @@ def test_flashinfer_over_fp8_pages_matches_the_reference_and_stays_near_bf16():
 def test_an_fp8_engine_decodes_in_graphs_with_the_eager_tokens(tmp_path):
     """Graphs (flashinfer's decode over float8 pages, the fused RoPE-and-store saturating into
     them) against the eager path: the same tokens over 64 steps, pages owned once."""
-    import transformers
-
     from engine.attention.kv_write import FP8
     from radixkv import Engine
+    from tests.tiny_model import GPU_LLAMA, save_llama
 
-    torch.manual_seed(5)
-    cfg = transformers.LlamaConfig(
-        vocab_size=512, hidden_size=512, intermediate_size=1024, num_hidden_layers=2,
-        num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=1024,
-        initializer_range=0.05,
-    )  # fmt: skip
-    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(tmp_path)
+    save_llama(tmp_path, 5, **GPU_LLAMA, num_hidden_layers=2, max_position_embeddings=1024)
     prompts = [[(7 * i + j) % 500 + 1 for j in range(30 + 11 * i)] for i in range(3)]
     runs = {}
     for graphs in (True, False):

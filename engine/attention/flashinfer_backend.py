@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from engine.attention.kv_write import FP8
 from engine.attention.page_csr import page_csr
 from engine.forward_batch import ForwardBatch
 from storage import DevicePool
@@ -64,14 +65,15 @@ class FlashInferPagedAttention:
         self.pool = pool
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         workspace = torch.empty(workspace_mb << 20, dtype=torch.uint8, device=pool.device)
-        # float8 pages with bfloat16 queries: FA2 (the Hopper kernel that `auto` picks takes
-        # them only in float8 too); decode takes them in either kernel
-        fp8 = pool.data.dtype.itemsize == 1
-        self._prefill = flashinfer.BatchPrefillWithPagedKVCacheWrapper(
-            workspace, "NHD", **({"backend": "fa2"} if fp8 else {})
-        )
         self._fa2 = flashinfer.BatchPrefillWithPagedKVCacheWrapper(  # short or over a prefix
             workspace, "NHD", backend="fa2"
+        )
+        # float8 pages with bfloat16 queries: FA2 for every prefill (the Hopper kernel that
+        # `auto` picks takes them only with float8 queries too); decode takes them in either
+        self._prefill = (
+            self._fa2
+            if pool.data.dtype == FP8
+            else flashinfer.BatchPrefillWithPagedKVCacheWrapper(workspace, "NHD")
         )
         self._decode = flashinfer.BatchDecodeWithPagedKVCacheWrapper(
             workspace,
