@@ -9,7 +9,7 @@
 # It writes under $OUT (at most 8 files come back): check.log (every step's output, in order),
 # gpu_engine.json, gpu_kv_fp8.json, replay.json, and the flashinfer JIT cache split into fi_cache.tgz.part*
 # (under 16 MB each).
-# Steps, each skipped when its variable is 0: GPU_CHECK_TESTS (pytest -m gpu), GPU_CHECK_ENGINE
+# Steps, each skipped when its variable is 0: GPU_CHECK_TESTS (pytest -m gpu over GPU_CHECK_TEST_FILES, default the GPU test files), GPU_CHECK_ENGINE
 # (benchmarks/gpu_engine.py --skip-hf), GPU_CHECK_FP8 (benchmarks/gpu_kv_fp8.py), then the trace replay through the engine with
 # GPU_CHECK_REPLAY's arguments (empty: none) in what is left of GPU_CHECK_SECONDS (default 560; the replay needs a call of its own);
 # GPU_CHECK_TESTS_S, GPU_CHECK_ENGINE_S and GPU_CHECK_FP8_S bound the first three (200, 300, 150 s: on an H100 on 2026-12-07
@@ -32,8 +32,10 @@ nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv >> "$LOG" 2>&1
 free -g | head -2 >> "$LOG"; df -h /tmp | tail -1 >> "$LOG"
 if [ "${GPU_CHECK_TESTS:-1}" != 0 ]; then
   step "pytest -m gpu"
-  timeout "${GPU_CHECK_TESTS_S:-200}" python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider tests/test_gpu_tiers.py \
-    tests/test_gpu_attention.py tests/test_gpu_fast_path.py tests/test_gpu_fp8.py tests/test_engine.py >> "$LOG" 2>&1
+  # shellcheck disable=SC2086  # a list of files
+  timeout "${GPU_CHECK_TESTS_S:-200}" python3 -m pytest -m gpu -q -rfEs -p no:cacheprovider \
+    ${GPU_CHECK_TEST_FILES:-tests/test_gpu_tiers.py tests/test_gpu_attention.py tests/test_gpu_fast_path.py \
+    tests/test_gpu_fp8.py tests/test_engine.py} >> "$LOG" 2>&1
   step "pytest rc $?"
 fi
 if [ "${GPU_CHECK_ENGINE:-1}" != 0 ]; then

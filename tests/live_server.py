@@ -3,7 +3,6 @@ also look at the engine behind it)."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from contextlib import contextmanager
@@ -11,12 +10,7 @@ from contextlib import contextmanager
 import uvicorn
 
 from engine.http.app import build_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from radixkv.bench.local_server import free_port
 
 
 @contextmanager

