@@ -7,8 +7,9 @@ first token's time), end to end a generate of `--tokens` (32) new tokens; transf
 `model(ids, logits_to_keep=1)` and `generate` on the same prompts (equal lengths: no padding).
 Each figure is the best of `--repeats` runs, the two sides alternating, so a noisy machine
 slows both alike. Beside them: the prefill's floor, its matmul FLOPs (2 x weights x tokens)
-over this machine's float32 matmul peak, measured in the same run (a 1,048 x 3,072 x 576
-product, the default model's widest, best of 20).
+over this machine's matmul peak in the engine's dtype (bfloat16 where the CPU has it natively,
+else float32), measured in the same run (a 1,048 x 3,072 x 576 product, the default model's
+widest, best of 20).
 
     python benchmarks/cpu_prefill.py [--threads N] [--tokens 32] [--repeats 3] [--json PATH]
 """
@@ -25,9 +26,10 @@ import torch
 PROMPT = 131
 
 
-def matmul_gflops() -> float:
-    """float32 matmul peak: the default model's widest product at a prefill's rows, best of 20."""
-    x, w = torch.randn(1048, 576), torch.randn(3072, 576)
+def matmul_gflops(dtype: torch.dtype = torch.float32) -> float:
+    """Matmul peak in `dtype`: the default model's widest product at a prefill's rows, best of
+    20."""
+    x, w = torch.randn(1048, 576, dtype=dtype), torch.randn(3072, 576, dtype=dtype)
     torch.nn.functional.linear(x, w)
     best = min(_timed(lambda: torch.nn.functional.linear(x, w)) for _ in range(20))
     return 2 * 1048 * 3072 * 576 / best / 1e9
@@ -53,9 +55,14 @@ def main() -> int:
     import transformers
 
     from engine.default_model import GGUF_NAME, default_model_path
+    from engine.model_loader import cpu_has_native_bf16
     from radixkv import Engine
 
-    peak = matmul_gflops()
+    # the floor is at the peak of the dtype the engine computes in: bfloat16 where the CPU
+    # multiplies it natively (dtype=auto), else float32
+    dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    peak = matmul_gflops(dtype)
+    fp32_peak = peak if dtype == torch.float32 else matmul_gflops()
     path = default_model_path()
     hf = transformers.AutoModelForCausalLM.from_pretrained(
         path.parent, gguf_file=GGUF_NAME, dtype=torch.float32
@@ -104,7 +111,8 @@ def main() -> int:
     eng.close()
     print(
         f"\n({torch.get_num_threads()} threads; {PROMPT}-token prompts; best of {args.repeats}; "
-        f"floor: matmul FLOPs / the measured float32 peak {peak:.0f} GFLOP/s)"
+        f"floor: matmul FLOPs / the measured {str(dtype).removeprefix('torch.')} peak "
+        f"{peak:.0f} GFLOP/s, the engine's dtype here; float32 peak {fp32_peak:.0f})"
     )
     print("| batch | prefill ms | floor | transformers | speed-up | end to end ms | transformers "
           "| speed-up |")  # fmt: skip
@@ -118,7 +126,7 @@ def main() -> int:
         )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"matmul_gflops": peak, "rows": rows}, f, indent=2)
+            json.dump({"matmul_gflops": peak, "fp32_gflops": fp32_peak, "rows": rows}, f, indent=2)
     return 0
 
 
