@@ -10,7 +10,7 @@
 # gpu_engine.json, gpu_kv_fp8.json, replay.json, and the flashinfer JIT cache split into fi_cache.tgz.part*
 # (under 16 MB each).
 # Steps, each skipped when its variable is 0: GPU_CHECK_TESTS (pytest -m gpu over GPU_CHECK_TEST_FILES, default the GPU test files), GPU_CHECK_ENGINE
-# (benchmarks/gpu_engine.py --skip-hf), GPU_CHECK_FP8 (benchmarks/gpu_kv_fp8.py), then the trace replay through the engine with
+# (benchmarks/gpu_engine.py with GPU_CHECK_ENGINE_ARGS, default --skip-hf), GPU_CHECK_FP8 (benchmarks/gpu_kv_fp8.py), then the trace replay through the engine with
 # GPU_CHECK_REPLAY's arguments (empty: none) in what is left of GPU_CHECK_SECONDS (default 560; the replay needs a call of its own);
 # GPU_CHECK_TESTS_S, GPU_CHECK_ENGINE_S and GPU_CHECK_FP8_S bound the first three (200, 300, 150 s: on an H100 on 2026-12-07
 # the GPU tests took over 110 s with the kernels compiled, gpu_engine over 200).
@@ -39,8 +39,10 @@ if [ "${GPU_CHECK_TESTS:-1}" != 0 ]; then
   step "pytest rc $?"
 fi
 if [ "${GPU_CHECK_ENGINE:-1}" != 0 ]; then
-  step "gpu_engine.py --skip-hf"
-  timeout "${GPU_CHECK_ENGINE_S:-300}" python3 benchmarks/gpu_engine.py --skip-hf --json "$OUT/gpu_engine.json" >> "$LOG" 2>&1
+  step "gpu_engine.py ${GPU_CHECK_ENGINE_ARGS:=--skip-hf}"
+  # shellcheck disable=SC2086  # the arguments are meant to split
+  timeout "${GPU_CHECK_ENGINE_S:-300}" python3 benchmarks/gpu_engine.py $GPU_CHECK_ENGINE_ARGS \
+    --json "$OUT/gpu_engine.json" >> "$LOG" 2>&1
   step "gpu_engine rc $?"
 fi
 if [ "${GPU_CHECK_FP8:-1}" != 0 ]; then
