@@ -11,7 +11,8 @@ over this machine's matmul peak in the engine's dtype (bfloat16 where the CPU ha
 else float32), measured in the same run (a 1,048 x 3,072 x 576 product, the default model's
 widest, best of 20).
 
-    python benchmarks/cpu_prefill.py [--threads N] [--tokens 32] [--repeats 3] [--json PATH]
+    python benchmarks/cpu_prefill.py [--threads N] [--tokens 32] [--repeats 3] [--dtype auto]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--tokens", type=int, default=32, help="new tokens end to end")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="the engine's dtype (auto: bfloat16 where the CPU has it natively, else float32)",
+    )
     p.add_argument("--json", default=None)
     args = p.parse_args()
     if args.threads:
@@ -60,7 +67,10 @@ def main() -> int:
 
     # the floor is at the peak of the dtype the engine computes in: bfloat16 where the CPU
     # multiplies it natively (dtype=auto), else float32
-    dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    if args.dtype == "auto":
+        dtype = torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+    else:
+        dtype = getattr(torch, args.dtype)
     peak = matmul_gflops(dtype)
     fp32_peak = peak if dtype == torch.float32 else matmul_gflops()
     path = default_model_path()
@@ -71,7 +81,9 @@ def main() -> int:
         m.weight.numel() for m in hf.modules() if isinstance(m, torch.nn.Linear)
     )  # the lm_head included: it runs for the last token only (counted for one row)
     lm_head = hf.lm_head.weight.numel()
-    eng = Engine(device="cpu", host_memory_gb=0, remote_url=None, prefix_caching=False)
+    eng = Engine(
+        device="cpu", dtype=args.dtype, host_memory_gb=0, remote_url=None, prefix_caching=False
+    )
     rng = torch.Generator().manual_seed(0)
     rows = {}
     n = args.tokens
