@@ -95,3 +95,26 @@ def test_engine_and_simulator_hit_rates_agree_with_a_remote_tier(tmp_path):
     for tier in ("device", "host", "remote"):
         assert abs(engine["hit_rate_by_tier"][tier] - sim["hit_rate_by_tier"][tier]) <= 0.01
     assert sim["hit_rate_by_tier"]["host"] > 0 and sim["hit_rate_by_tier"]["remote"] > 0
+
+
+def test_a_deadline_stops_submission_and_the_figures_cover_what_was_sent(tmp_path):
+    """`--deadline-s`: a timed replay whose arrivals span 4 s, cut at 1 s, submits only what was
+    due by then, finishes all of it, and prices the floor over those requests' span."""
+    save_tiny_llama(tmp_path, max_positions=4096)
+    requests = conversations(40)  # one every 100 ms
+    out = engine_replay(
+        requests,
+        ReplaySpec(16, 240, 0, 0, "lru"),
+        EngineReplaySpec(mode="timed", max_output=2, deadline_s=1.0),
+        page_bytes=PAGE_BYTES,
+        progress=False,
+        model=str(tmp_path),
+        device="cpu",
+        floors=GPU,
+    )
+    sent = out["submitted"]
+    assert 1 <= sent < 40 and out["requests"] == sent and out["failed"] == 0
+    # the floor is at least the submitted requests' span, not the whole trace's 3.9 s
+    assert (sent - 1) * 0.1 <= out["floor_s"] < 3.9
+    with pytest.raises(ValueError, match="deadline"):
+        EngineReplaySpec(deadline_s=0)

@@ -53,12 +53,18 @@ class EngineReplaySpec:
     rate_scale: float = 1.0  # timed: seconds between requests = the trace's x this
     max_output: int = 64  # output tokens per request at most (the trace's length otherwise)
     ttft_bound_ms: float = 2000.0  # the report's share of requests within this TTFT
+    # no request is submitted after this many seconds of the replay (the ones running finish;
+    # the figures, the simulator's and the floor cover the submitted ones): a run that must end
+    # within a time limit reports what it did instead of nothing
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not self.rate_scale > 0 or self.max_output < 1 or not self.ttft_bound_ms > 0:
             raise ValueError("--rate-scale and --ttft-bound-ms must be > 0, --max-output >= 1")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError(f"--deadline-s must be > 0, got {self.deadline_s}")
 
 
 def engine_replay(
@@ -73,7 +79,8 @@ def engine_replay(
 ) -> dict:
     """Run the trace through an `Engine` with exactly `cache`'s pages per tier (a fresh file
     store as the remote tier); returns hit rates by tier, TTFT and TPOT percentiles, req/s and,
-    given the GPU's measured `floors`, the least time the run's work takes (`floor_s`)."""
+    given the GPU's measured `floors`, the least time the run's work takes (`floor_s`), over
+    the first `submitted` requests (all of them unless `run.deadline_s` cut the replay short)."""
     from tqdm import tqdm
 
     from radixkv import Engine
@@ -100,16 +107,18 @@ def engine_replay(
             assert (tiers.device_pages, tiers.host_pages) == (cache.device_pages, cache.host_pages)
             blocks = BlockTokens(eng.core.model.config.vocab_size)
             prompts = [blocks.prompt(r) for r in requests]
-            done, duration = _drive(eng, requests, prompts, run, progress, tqdm)
-            out = _summary(done, duration, run)
+            done, duration, submitted = _drive(eng, requests, prompts, run, progress, tqdm)
+            out = _summary(done, duration, run) | {"submitted": submitted}
             if floors is not None:
-                out.update(_floor(eng, done, run, floors, duration, requests))
+                out.update(_floor(eng, done, run, floors, duration, requests[:submitted]))
             return out
         finally:
             eng.close()
 
 
-def _drive(eng, requests, prompts, run: EngineReplaySpec, progress: bool, tqdm) -> dict:
+def _drive(eng, requests, prompts, run: EngineReplaySpec, progress: bool, tqdm) -> tuple:
+    """Submit the requests as `run.mode` says and step the engine until they finish; returns
+    (request, finished at) pairs, the wall time and how many were submitted."""
     t0_ms = requests[0].timestamp_ms if requests else 0
     due = [
         (r.timestamp_ms - t0_ms) / 1e3 * run.rate_scale if run.mode == "timed" else 0.0
@@ -120,10 +129,14 @@ def _drive(eng, requests, prompts, run: EngineReplaySpec, progress: bool, tqdm) 
     done: list[tuple] = []  # (request, finished at)
     bar = tqdm(total=len(requests), desc=f"engine {run.mode}", unit="req", disable=not progress)
     start = time.perf_counter()
-    nxt = 0
-    while nxt < len(requests) or live:
+    nxt, last = 0, len(requests)  # last: where submission stops (cut at the deadline)
+    while nxt < last or live:
         now = time.perf_counter() - start
-        while nxt < len(requests) and (
+        if run.deadline_s is not None and now >= run.deadline_s and last > nxt:
+            last = nxt
+            bar.total = last
+            bar.refresh()
+        while nxt < last and (
             (run.mode == "sequential" and not live)
             or (run.mode != "sequential" and due[nxt] <= now)
         ):
@@ -132,7 +145,8 @@ def _drive(eng, requests, prompts, run: EngineReplaySpec, progress: bool, tqdm) 
             live.append(eng.submit(prompts[nxt], max_tokens=outputs[nxt], ignore_eos=True))
             nxt += 1
         if not live:
-            time.sleep(max(0.0, min(due[nxt] - now, 0.05)))
+            if nxt < last:
+                time.sleep(max(0.0, min(due[nxt] - now, 0.05)))
             continue
         eng.step()
         t = time.perf_counter()
@@ -146,7 +160,7 @@ def _drive(eng, requests, prompts, run: EngineReplaySpec, progress: bool, tqdm) 
         live = still
     duration = time.perf_counter() - start
     bar.close()
-    return done, duration
+    return done, duration, nxt
 
 
 def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration: float, requests):

@@ -37,6 +37,14 @@ def add_engine_flags(t) -> None:
     g.add_argument("--max-output", type=int, default=64, help="output tokens per request at most")
     g.add_argument("--ttft-bound-ms", type=float, default=2000.0)
     g.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="submit no request after this many seconds of each configuration's replay (the "
+        "figures and the simulator's then cover the ones submitted): for a run that must end in "
+        "time",
+    )
+    g.add_argument(
         "--max-batch-tokens",
         type=int,
         default=None,
@@ -86,7 +94,9 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
     wanted = args.configs.split(",")
     if not wanted or set(wanted) - set(CONFIGS):
         raise ValueError(f"--configs takes some of {', '.join(CONFIGS)}, got {args.configs!r}")
-    run = EngineReplaySpec(args.mode, args.rate_scale, args.max_output, args.ttft_bound_ms)
+    run = EngineReplaySpec(
+        args.mode, args.rate_scale, args.max_output, args.ttft_bound_ms, args.deadline_s
+    )
     options = {"model": args.model, "device": args.device}
     for name in ("remote_load_margin", "max_batch_tokens", "overlap_schedule"):
         if getattr(args, name) is not None:
@@ -138,10 +148,11 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
             )
         spec = ReplaySpec(args.page_size, dev, host, remote, args.policy.split(",")[0])
         eng = engine_replay(runnable, spec, run, page_bytes=page_bytes, floors=floors, **options)
-        sim = simulate(runnable, spec, cost)
+        sim = simulate(runnable[: eng["submitted"]], spec, cost)
         rows[name] = {
             "tokens": {t: pages[t] * args.page_size for t in TIERS},
             "skipped_too_long": len(requests) - len(runnable),
+            "cut_at_deadline": len(runnable) - eng["submitted"],
             "engine": eng,
             "simulator": sim,
         }
@@ -173,7 +184,12 @@ def format_engine_table(rows: dict, run: EngineReplaySpec) -> str:
         by = " ".join(
             f"{x} {e['hit_rate_by_tier'][x]:.2%}/{s['hit_rate_by_tier'][x]:.2%}" for x in TIERS
         )
-        lines.append(f"{'':<20}engine/simulator by tier: {by}; {r['skipped_too_long']} too long")
+        cut = r.get("cut_at_deadline", 0)
+        lines.append(
+            f"{'':<20}engine/simulator by tier: {by}; {e['requests']:,} requests, "
+            f"{r['skipped_too_long']} too long"
+            + (f", {cut:,} not sent by the deadline" if cut else "")
+        )
         if "ttft_ms" in s:
             m = s["ttft_ms"]
             lines.append(
