@@ -20,6 +20,7 @@ import torch
 
 from engine.attention.flashinfer_backend import decode_tensor_cores
 from engine.attention.page_csr import page_csr
+from engine.attention.plan_fence import PlanFence
 from engine.forward_batch import ForwardBatch, to_device
 from engine.llama import CausalLM
 from storage import DevicePool
@@ -139,7 +140,7 @@ class DecodeGraphs:
         self.heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
         self.tensor_cores = decode_tensor_cores(cfg.num_heads, cfg.num_kv_heads, tensor_cores)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._planned: torch.cuda.Event | None = None  # after the latest plan's copies
+        self._fence = PlanFence(dev)
         self.wrappers: dict[int, object] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         mempool = torch.cuda.graph_pool_handle()
@@ -188,17 +189,16 @@ class DecodeGraphs:
     def _plan(self, bs: int, kv_lens: list[int], tables: list[list[int]]) -> None:
         """Page tables of the real rows, then padded rows on the scratch page. Nothing here
         waits for the GPU (the engine plans step N+1 while step N runs): the tables reach the
-        device through pinned memory on the stream, and the one wait is for the previous plan's
-        copy of flashinfer's pinned split table, which this plan rewrites; that copy ran before
-        the previous step's kernels, so it is long done whenever the step before was read."""
+        device through pinned memory on the stream, and the one wait is the fence's
+        (`engine/attention/plan_fence.py`): for the previous plan's copy of this wrapper's
+        pinned split table, which this plan rewrites."""
         pad = bs - len(kv_lens)
         indptr, indices, last = page_csr(
             [*kv_lens, *[1] * pad], [*tables, *[[self.pool.scratch_page]] * pad], self.page_size
         )
         num_heads, num_kv_heads, head_dim = self.heads
-        if self._planned is not None:
-            self._planned.synchronize()
-        self.wrappers[bs].plan(
+        self._fence.plan(
+            self.wrappers[bs],
             torch.from_numpy(indptr).pin_memory(),
             to_device(indices, self.pool.device),
             torch.from_numpy(last).pin_memory(),
@@ -209,8 +209,6 @@ class DecodeGraphs:
             q_data_type=self.q_dtype,
             kv_data_type=self.kv_dtype,
         )
-        self._planned = torch.cuda.Event()
-        self._planned.record(torch.cuda.current_stream(self.pool.device))
 
     def run(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [num_sequences, vocab] of a decode batch, by graph replay."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from engine.attention.page_csr import page_csr
+from engine.attention.plan_fence import PlanFence
 from engine.cuda_graph import CaptureCost, GraphAttention, StaticBatch, capture_forward
 from engine.forward_batch import ForwardBatch
 from engine.llama import CausalLM
@@ -65,6 +66,7 @@ class ExtendGraphs:
         self.kv_dtype, self.q_dtype = pool.data.dtype, model.lm_head.weight.dtype
         self.heads = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._fence = PlanFence(dev)
         self.wrappers: dict[int, object] = {}
         self.outputs: dict[int, torch.Tensor] = {}
         mempool = torch.cuda.graph_pool_handle()
@@ -118,7 +120,8 @@ class ExtendGraphs:
             [prefix + n, pad], [table, [self.pool.scratch_page] * -(-pad // ps)], ps
         )
         num_heads, num_kv_heads, head_dim = self.heads
-        self.wrappers[size].plan(
+        self._fence.plan(
+            self.wrappers[size],
             torch.tensor([0, n, size + 1], dtype=torch.int32),
             torch.from_numpy(indptr),
             torch.from_numpy(indices),

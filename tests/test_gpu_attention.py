@@ -30,3 +30,35 @@ def test_flashinfer_matches_reference_on_mixed_and_decode_batches():
         got = model(ForwardBatch.build(batch, 16, "cuda"), fi)
         assert ((got - want).norm() / want.norm()).item() < 2e-2
         assert torch.equal(got.argmax(-1), want.argmax(-1))
+
+
+def test_a_second_plan_of_one_wrapper_waits_for_the_first_plans_copy():
+    """flashinfer's plan() copies its work split from a pinned host buffer to the GPU on the
+    stream; a second plan of the same wrapper must not rewrite that buffer before the copy ran
+    (engine/attention/plan_fence.py). The stream is held busy, then two chunks over different
+    cached prefixes are planned and run back to back, as a prompt's middle prefill chunks are;
+    each must equal the same chunk planned and run alone."""
+    from engine.attention.flashinfer_backend import FlashInferPagedAttention
+    from engine.forward_batch import ForwardBatch
+    from storage import DevicePool, KVLayout
+
+    torch.manual_seed(0)
+    heads, kv_heads, dim, ps = 32, 8, 128, 16
+    pool = DevicePool(KVLayout(1, kv_heads, dim, ps, torch.bfloat16), 1024, "cuda")
+    pool.data.normal_()
+    fi = FlashInferPagedAttention(pool, heads, kv_heads, dim)
+    chunks = [  # (new tokens, cached prefix, pages): split KV over long prefixes, unlike shapes
+        ([1] * 512, 6000, list(range(0, 408))),
+        ([1] * 96, 9000, list(range(1023, 450, -1))),
+    ]
+    batches = [ForwardBatch.build([c], ps, "cuda") for c in chunks]
+    qs = [torch.randn(len(c[0]), heads, dim, device="cuda", dtype=torch.bfloat16) for c in chunks]
+    alone = []
+    for q, b in zip(qs, batches, strict=True):
+        alone.append(fi.forward(0, q, b).clone())
+        torch.cuda.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # about a second of a busy stream: the copies wait behind it
+    raced = [fi.forward(0, q, b) for q, b in zip(qs, batches, strict=True)]
+    torch.cuda.synchronize()
+    for got, want in zip(raced, alone, strict=True):
+        assert torch.equal(got, want)

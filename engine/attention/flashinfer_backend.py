@@ -13,6 +13,7 @@ import torch
 
 from engine.attention.kv_write import FP8
 from engine.attention.page_csr import page_csr
+from engine.attention.plan_fence import PlanFence
 from engine.forward_batch import ForwardBatch
 from storage import DevicePool
 
@@ -44,6 +45,10 @@ SHORT_EXTEND_TOKENS = 256
 # on the third 2,048-token chunk of a 9,418-token prompt and on a 40,160-token one, while FA2
 # ran both (and the torch backend, and 8,192-token chunks); the Hopper kernel is kept for
 # prefills with no cached prefix (a prompt's first chunk), where it ran clean and is faster.
+# Later the same night the fault came back with FA2 on a trace's replay, and its likely cause
+# was found in the planning, not the kernel: two plans of one wrapper in flight at once (see
+# engine/attention/plan_fence.py, now fencing every plan). So the Hopper kernel may not have been
+# at fault; it stays off over a prefix until a replay with the fence has run on an H100.
 
 
 class FlashInferPagedAttention:
@@ -81,6 +86,7 @@ class FlashInferPagedAttention:
             use_tensor_cores=decode_tensor_cores(num_heads, num_kv_heads, tensor_cores),
         )
         self._planned: tuple[ForwardBatch, object] | None = None  # held: ids of freed batches recur
+        self._fence = PlanFence(pool.device)
 
     def prepare(self, batch: ForwardBatch, q_dtype: torch.dtype) -> None:
         ps = batch.page_size
@@ -89,7 +95,7 @@ class FlashInferPagedAttention:
         pages_args = (indptr, indices, last, self.num_heads, self.num_kv_heads, self.head_dim, ps)
         dtypes = dict(q_data_type=q_dtype, kv_data_type=self.pool.data.dtype)
         if all(e == 1 for e in batch.extend_lens):
-            self._decode.plan(*pages_args, **dtypes)
+            self._fence.plan(self._decode, *pages_args, **dtypes)
             wrapper = self._decode
         else:
             qo = torch.tensor([0, *batch.extend_lens], dtype=torch.int32).cumsum(
@@ -97,7 +103,7 @@ class FlashInferPagedAttention:
             )
             fa2 = sum(batch.extend_lens) <= SHORT_EXTEND_TOKENS or any(batch.prefix_lens)
             wrapper = self._fa2 if fa2 else self._prefill
-            wrapper.plan(qo, *pages_args, causal=True, **dtypes)
+            self._fence.plan(wrapper, qo, *pages_args, causal=True, **dtypes)
         self._planned = (batch, wrapper)
 
     def forward(self, layer: int, q: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
