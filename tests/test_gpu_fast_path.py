@@ -243,8 +243,9 @@ def test_start_up_warms_the_eager_kernels_on_the_scratch_page_only(small_llama):
 
 def test_a_long_prompt_prefills_in_chunks_over_its_prefix(tmp_path):
     """A 9,418-token prompt in 2,048-token chunks (each after the first over a cached prefix,
-    llama-3-8b's head sizes): on an H100 flashinfer's Hopper prefill kernel faulted on such
-    chunks (2026-12-07), so they run FA2; the first token is the torch backend's."""
+    llama-3-8b's head sizes): on an H100 such a prompt faulted on its third chunk (2026-12-07),
+    likely two plans of one wrapper in flight (engine/attention/plan_fence.py; the race itself
+    is tested in test_gpu_attention.py); the first token is the torch backend's."""
     # head_dim 128 as llama-3-8b's, a query group of 4
     config = {**GPU_LLAMA, "vocab_size": 1024, "hidden_size": 1024, "intermediate_size": 1024}
     save_llama(tmp_path, 7, **config, num_hidden_layers=2, max_position_embeddings=16384)
