@@ -40,15 +40,12 @@ def decode_tensor_cores(num_heads: int, num_kv_heads: int, choice: bool | None =
 # faster one for long new sequences). The short-extend CUDA graphs run FA2 too, so a graph and
 # the eager path it stands in for run one kernel.
 SHORT_EXTEND_TOKENS = 256
-# Any extend over a cached prefix runs FA2 too: on an H100 (2026-12-07, flashinfer 0.5.3) the
-# Hopper kernel that `auto` picks faulted (an illegal address, reported at the next cuBLAS call)
-# on the third 2,048-token chunk of a 9,418-token prompt and on a 40,160-token one, while FA2
-# ran both (and the torch backend, and 8,192-token chunks); the Hopper kernel is kept for
-# prefills with no cached prefix (a prompt's first chunk), where it ran clean and is faster.
-# Later the same night the fault came back with FA2 on a trace's replay, and its likely cause
-# was found in the planning, not the kernel: two plans of one wrapper in flight at once (see
-# engine/attention/plan_fence.py, now fencing every plan). So the Hopper kernel may not have been
-# at fault; it stays off over a prefix until a replay with the fence has run on an H100.
+# Any extend over a cached prefix runs FA2 too. On an H100 (2026-12-07, flashinfer 0.5.3) the
+# Hopper kernel that `auto` picks faulted on such chunks (the third 2,048-token chunk of a
+# 9,418-token prompt) while FA2 ran them; the likelier cause was found later in the planning
+# (two plans of one wrapper in flight, now prevented by engine/attention/plan_fence.py), and a
+# replay with FA2 faulted the same way before the fence. This routing stays until a replay with
+# the fence has run the Hopper kernel over a prefix on an H100; a prompt's first chunk keeps it.
 
 
 class FlashInferPagedAttention:
