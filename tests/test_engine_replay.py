@@ -72,6 +72,13 @@ def _both(tmp_path, spec: ReplaySpec) -> tuple[dict, dict]:
     loaded = engine["hit_rate_by_tier"]["host"] + engine["hit_rate_by_tier"]["remote"]
     assert (parts["loads"] > 0) == (loaded > 0)
     assert engine["ratio_to_floor"] == pytest.approx(engine["seconds"] / engine["floor_s"])
+    loaded_rate = engine["hit_rate_by_tier"]["host"] + engine["hit_rate_by_tier"]["remote"]
+    rows = engine["per_request"]  # each request's figures, in submission (= trace) order
+    assert rows["prompt"] == [r.input_length for r in requests]
+    cached, loaded = sum(rows["cached"]), sum(rows["loaded"])
+    assert cached / sum(rows["prompt"]) == pytest.approx(engine["token_hit_rate"])
+    assert loaded / sum(rows["prompt"]) == pytest.approx(loaded_rate) and loaded <= cached
+    assert all(t > 0 for t in rows["ttft_s"]) and rows["arrival_s"] == sorted(rows["arrival_s"])
     return engine, simulate(requests, spec)
 
 

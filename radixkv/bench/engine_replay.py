@@ -227,7 +227,35 @@ def _summary(done: list[tuple], duration: float, run: EngineReplaySpec) -> dict:
         "requests_per_s": len(done) / duration,
         "within_ttft_bound": sum(t * 1e3 <= run.ttft_bound_ms for t in ttft) / max(len(ttft), 1),
         "seconds": duration,
+        "per_request": _per_request(done),
     }
+
+
+def _per_request(done: list[tuple]) -> dict:
+    """Each request's figures, in submission order, for fitting a cost model to the engine:
+    columns `prompt` (tokens), `cached` (hit tokens, every tier), `loaded` (of them, from host
+    or remote), `arrival_s` (since the first arrival), `ttft_s`, `output` (tokens)."""
+    rows = sorted(done, key=lambda d: d[0].arrival)
+    t0 = rows[0][0].arrival if rows else 0.0
+    cols = ("prompt", "cached", "loaded", "arrival_s", "ttft_s", "output")
+    out: dict[str, list] = {c: [] for c in cols}
+    for r, _ in rows:
+        hit = r.cached_by_tier
+        ttft = None if r.first_token_at is None else round(r.first_token_at - r.arrival, 6)
+        for c, v in zip(
+            cols,
+            (
+                len(r.prompt_ids),
+                sum(hit.values()),
+                hit["host"] + hit["remote"],
+                round(r.arrival - t0, 6),
+                ttft,
+                len(r.output_ids),
+            ),
+            strict=True,
+        ):
+            out[c].append(v)
+    return out
 
 
 def simulate(requests: list[TraceRequest], cache: ReplaySpec, cost=None) -> dict:
