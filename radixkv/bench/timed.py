@@ -10,11 +10,14 @@ does: the turn lasts as long as the longer of the two. So
     remote_done = max(arrival, remote_free) + latency + remote_bytes / remote_bw
     start       = max(arrival, gpu_free)
     load_done   = max(start, h2d_free, remote_done) + load_bytes / h2d_bw
-    TTFT        = max(start + uncached_tokens / prefill_tokens_per_s, load_done) - arrival
+    compute     = uncached / prefill_tokens_per_s + (prompt² - cached²) / 2 / attention_pairs_per_s
+    TTFT        = max(start + compute, load_done) - arrival
 
 A prefetcher may use the host->device link while it is idle before the next turn needs it
 (`idle_tokens` / `book`): what it moves to the device before a turn is not loaded in it.
-Decode steps are not charged (the replay has no batching); outputs matter only through the next
+The second term of `compute` is attention over the prompt: each new token attends to every
+token before it, (prompt² - cached²) / 2 (query, key) pairs, which the first term's flat rate
+leaves out (off by default; `fit_prefill` measures both from an engine's replay). Decode steps are not charged (the replay has no batching); outputs matter only through the next
 turn's prompt, which the trace already holds. The defaults are this engine's own measurements on
 an H200 with llama-3-8b shapes (benchmarks/gpu_engine.py: prefill 41,889 tokens/s, pinned
 host->device 50.7 GB/s; KV 128 KiB a token); the remote link's are a flag's.
@@ -40,16 +43,69 @@ class CostModel:
     remote_latency_ms: float = 1.0
     time_scale: float = 1.0  # multiplies the trace's timestamps (2: half the arrival rate)
     remote_measured: bool = False  # a read's fixed cost: the real store's time for it (above)
+    attention_pairs_per_s: float = math.inf  # prefill's attention term (above); inf: not charged
 
     def __post_init__(self) -> None:
         for name in ("prefill_tokens_per_s", "h2d_gbps", "remote_gbps", "time_scale"):
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"{name.replace('_', '-')} must be a positive number, got {v}")
+        if not self.attention_pairs_per_s > 0:
+            raise ValueError(f"attention-pairs-per-s must be > 0, got {self.attention_pairs_per_s}")
         if self.kv_bytes_per_token <= 0:
             raise ValueError("kv-bytes-per-token must be positive")
         if not (self.remote_latency_ms >= 0 and math.isfinite(self.remote_latency_ms)):
             raise ValueError("remote-latency-ms must be >= 0")
+
+    def prefill_s(self, prompt: int, uncached: int) -> float:
+        """Seconds to prefill the last `uncached` of `prompt` tokens (module doc)."""
+        cached = prompt - uncached
+        pairs = (prompt * prompt - cached * cached) / 2
+        return uncached / self.prefill_tokens_per_s + pairs / self.attention_pairs_per_s
+
+
+def fit_prefill(rows: dict, *, min_rows: int = 8) -> dict | None:
+    """`prefill_tokens_per_s` and `attention_pairs_per_s` fitted (least squares, both terms
+    kept positive) to an engine replay's `per_request` figures: the requests that loaded
+    nothing and arrived to an idle engine (after every earlier request's first token), whose
+    TTFT is their prefill alone. None with fewer than `min_rows` such requests."""
+    import numpy as np
+
+    busy_until, xs, ys = 0.0, [], []
+    for p, c, loaded, at, ttft in zip(
+        rows["prompt"],
+        rows["cached"],
+        rows["loaded"],
+        rows["arrival_s"],
+        rows["ttft_s"],
+        strict=False,
+    ):
+        if ttft is None:
+            continue
+        if not loaded and at >= busy_until and p > c:
+            xs.append((p - c, (p * p - c * c) / 2))
+            ys.append(ttft)
+        busy_until = max(busy_until, at + ttft)
+    if len(xs) < min_rows:
+        return None
+    a, y = np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64)
+    both = np.linalg.lstsq(a, y, rcond=None)[0]
+    if (both <= 0).any():  # one term alone (two unknowns: the least squares kept >= 0)
+        ones = [
+            np.array([a[:, k] @ y / (a[:, k] @ a[:, k]) if k == j else 0.0 for k in (0, 1)])
+            for j in (0, 1)
+        ]
+        both = min(ones, key=lambda w: float(((a @ w - y) ** 2).sum()))
+    per_token, per_pair = (float(w) for w in both)
+    if per_pair * a[:, 1].max() < 1e-3 * y.max():  # under 0.1% of the longest: no term
+        per_token, per_pair = float(a[:, 0] @ y / (a[:, 0] @ a[:, 0])), 0.0
+    if per_token <= 0:
+        return None
+    return {
+        "prefill_tokens_per_s": 1 / per_token,
+        "attention_pairs_per_s": 1 / per_pair if per_pair > 0 else math.inf,
+        "requests": len(xs),
+    }
 
 
 @dataclass
@@ -101,12 +157,16 @@ class ServingClock:
         uncached_tokens: int,
         load_tokens: int = 0,
         remote_done_s: float | None = None,
+        prompt_tokens: int | None = None,
     ) -> float:
-        """A request's turn: compute `uncached_tokens`, load `load_tokens` host->device (after
-        its remote part is on host at `remote_done_s`); returns its TTFT."""
+        """A request's turn: compute `uncached_tokens` (the last of its `prompt_tokens`, default
+        all of them), load `load_tokens` host->device (after its remote part is on host at
+        `remote_done_s`); returns its TTFT."""
         start = self.turn_start(arrival_s)
         self.queued_s += start - arrival_s
-        compute_done = start + uncached_tokens / self.cost.prefill_tokens_per_s
+        compute_done = start + self.cost.prefill_s(
+            prompt_tokens or uncached_tokens, uncached_tokens
+        )
         end = compute_done
         if load_tokens:
             load_start = max(start, self.h2d_free, remote_done_s or start)

@@ -246,11 +246,11 @@ def replay(
                 skipped += 1
                 cache.unlock(m.last_node)
                 if served is not None:
-                    served.serve(arrival[i], len(tokens))
+                    served.serve(arrival[i], len(tokens), prompt_tokens=len(tokens))
                 continue
             if served is not None:
                 uncached = len(tokens) - m.device_tokens - m.host_tokens
-                served.serve(arrival[i], uncached, m.host_tokens, remote_done)
+                served.serve(arrival[i], uncached, m.host_tokens, remote_done, len(tokens))
             t3 = clock()
             cache.insert(tokens, device_pages + new)
             cache.unlock(m.last_node)
