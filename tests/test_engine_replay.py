@@ -5,6 +5,7 @@ size gives the same token hit rate, with device, host and remote tiers all in pl
 from __future__ import annotations
 
 import random
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,9 +14,12 @@ pytest.importorskip("transformers")
 from radixkv.bench.engine_replay import (  # noqa: E402
     BlockTokens,
     EngineReplaySpec,
+    busy_seconds,
     engine_replay,
     simulate,
 )
+from radixkv.bench.engine_replay_command import calibrated  # noqa: E402
+from radixkv.bench.timed import CostModel  # noqa: E402
 from radixkv.bench.trace_replay import ReplaySpec  # noqa: E402
 from radixkv.bench.tracefile import BLOCK, TraceRequest  # noqa: E402
 from tests.tiny_model import PAGE_BYTES, save_tiny_llama  # noqa: E402
@@ -79,7 +83,25 @@ def _both(tmp_path, spec: ReplaySpec) -> tuple[dict, dict]:
     assert cached / sum(rows["prompt"]) == pytest.approx(engine["token_hit_rate"])
     assert loaded / sum(rows["prompt"]) == pytest.approx(loaded_rate) and loaded <= cached
     assert all(t > 0 for t in rows["ttft_s"]) and rows["arrival_s"] == sorted(rows["arrival_s"])
+    assert all(
+        a + t <= f
+        for a, t, f in zip(rows["arrival_s"], rows["ttft_s"], rows["finish_s"], strict=True)
+    )
+    assert 0 < engine["busy_s"] <= engine["seconds"]
+    # the timed model at the engine's measured speed charges the requests' prefills exactly
+    # the time the engine had work (the floor's FLOPs at `prefill_efficiency` of the peak)
+    model = calibrated(CostModel(), engine, GPU)
+    charged = sum(
+        model.prefill_s(p, p - c) for p, c in zip(rows["prompt"], rows["cached"], strict=True)
+    )
+    assert charged == pytest.approx(engine["busy_s"], rel=1e-9)
     return engine, simulate(requests, spec)
+
+
+def test_busy_time_is_the_union_of_the_requests_spans():
+    done = [(SimpleNamespace(arrival=a), end) for a, end in ((0, 2), (1, 3), (5, 6), (5.5, 5.8))]
+    assert busy_seconds(done) == pytest.approx(3 + 1)
+    assert busy_seconds([]) == 0
 
 
 @pytest.mark.parametrize(

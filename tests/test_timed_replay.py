@@ -8,7 +8,7 @@ import json
 import pytest
 
 from radixkv.bench.__main__ import main
-from radixkv.bench.timed import CostModel, ServingClock, fit_prefill
+from radixkv.bench.timed import CostModel, ServingClock
 from tests.test_trace_replay import write_trace
 
 COST = CostModel(
@@ -49,33 +49,6 @@ def test_attention_term_charges_the_new_tokens_pairs_with_all_before_them():
     assert clock.serve(100.0, 2000) == pytest.approx(2.0 + 2.0)  # no prompt given: all new
     with pytest.raises(ValueError, match="attention-pairs-per-s"):
         CostModel(attention_pairs_per_s=0)
-
-
-def test_fit_recovers_the_prefill_terms_from_requests_that_ran_alone():
-    """Requests with known costs (5,000 tokens/s, 2e8 pairs/s) arriving to an idle engine are
-    fitted back; one that queued or loaded from host is left out of the fit."""
-    truth = CostModel(prefill_tokens_per_s=5000.0, attention_pairs_per_s=2e8)
-    rows = {k: [] for k in ("prompt", "cached", "loaded", "arrival_s", "ttft_s", "output")}
-    at = 0.0
-    for i in range(12):
-        p, c = 1000 + 1500 * i, (i % 3) * 512
-        for k, v in zip(rows, (p, c, 0, at, truth.prefill_s(p, p - c), 1), strict=True):
-            rows[k].append(v)
-        at += 60.0
-    for k, v in zip(rows, (9000, 0, 0, at - 60.0 + 0.1, 99.0, 1), strict=True):  # queued
-        rows[k].append(v)
-    for k, v in zip(rows, (9000, 4096, 4096, at + 500, 77.0, 1), strict=True):  # loaded
-        rows[k].append(v)
-    fit = fit_prefill(rows)
-    assert fit["requests"] == 12
-    assert fit["prefill_tokens_per_s"] == pytest.approx(5000.0, rel=1e-6)
-    assert fit["attention_pairs_per_s"] == pytest.approx(2e8, rel=1e-6)
-    flat = {k: v[:12] for k, v in rows.items()}  # no attention term in the figures: inf
-    flat["ttft_s"] = [(p - c) / 4000 for p, c in zip(flat["prompt"], flat["cached"], strict=True)]
-    fit = fit_prefill(flat)
-    assert fit["prefill_tokens_per_s"] == pytest.approx(4000.0)
-    assert fit["attention_pairs_per_s"] == float("inf")
-    assert fit_prefill({k: v[:5] for k, v in rows.items()}) is None  # too few to fit
 
 
 def test_prefetches_use_only_the_link_time_before_the_next_turn():

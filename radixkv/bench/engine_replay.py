@@ -168,9 +168,10 @@ def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration
     are every output token one after another when requests run one at a time, else at least the
     longest output and at least the output tokens / the most requests the device tier holds at
     once. A timed run also takes at least its arrivals' span."""
-    from radixkv.bench.floors import Work, weight_bytes, work_floor
+    from radixkv.bench.floors import Work, prefill_flops, weight_bytes, work_floor
 
     cfg, layout = eng.model.config, eng.cache.layout
+    attn_dim = cfg.num_heads * cfg.head_dim
     work = [
         Work(
             len(r.prompt_ids),
@@ -191,7 +192,7 @@ def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration
     parts = work_floor(
         work,
         num_layers=cfg.num_layers,
-        attn_dim=cfg.num_heads * cfg.head_dim,
+        attn_dim=attn_dim,
         w_bytes=weight_bytes(eng.model),
         kv_bytes_per_token=layout.page_bytes / layout.page_size,
         floors=floors,
@@ -201,7 +202,18 @@ def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration
     if run.mode == "timed" and requests:
         span = (requests[-1].timestamp_ms - requests[0].timestamp_ms) / 1e3 * run.rate_scale
         floor = max(floor, span)
-    return {"floor_s": floor, "floor_parts_s": parts, "ratio_to_floor": duration / max(floor, 1e-9)}
+    per_token, per_pair = prefill_flops(
+        w_bytes=weight_bytes(eng.model), num_layers=cfg.num_layers, attn_dim=attn_dim
+    )
+    return {
+        "floor_s": floor,
+        "floor_parts_s": parts,
+        "ratio_to_floor": duration / max(floor, 1e-9),
+        # the prefill floor over the time the engine had work: the share of the matmul peak its
+        # whole busy time (decode included) comes to, as prefill
+        "prefill_efficiency": parts["prefill"] / max(busy_seconds(done), 1e-9),
+        "prefill_flops": {"per_token": per_token, "per_pair": per_pair},
+    }
 
 
 def _summary(done: list[tuple], duration: float, run: EngineReplaySpec) -> dict:
@@ -227,19 +239,31 @@ def _summary(done: list[tuple], duration: float, run: EngineReplaySpec) -> dict:
         "requests_per_s": len(done) / duration,
         "within_ttft_bound": sum(t * 1e3 <= run.ttft_bound_ms for t in ttft) / max(len(ttft), 1),
         "seconds": duration,
+        "busy_s": busy_seconds(done),
         "per_request": _per_request(done),
     }
 
 
+def busy_seconds(done: list[tuple]) -> float:
+    """How long the engine had work: the union of the requests' [arrival, finish] spans (the
+    gaps of a timed run where nothing was in flight are left out)."""
+    busy, reach = 0.0, -math.inf
+    for start, end in sorted((r.arrival, end) for r, end in done):
+        if end > reach:
+            busy += end - max(start, reach)
+            reach = end
+    return busy
+
+
 def _per_request(done: list[tuple]) -> dict:
-    """Each request's figures, in submission order, for fitting a cost model to the engine:
-    columns `prompt` (tokens), `cached` (hit tokens, every tier), `loaded` (of them, from host
-    or remote), `arrival_s` (since the first arrival), `ttft_s`, `output` (tokens)."""
+    """Each request's figures, in submission order: columns `prompt` (tokens), `cached` (hit
+    tokens, every tier), `loaded` (of them, from host or remote), `arrival_s` and `finish_s`
+    (since the first arrival), `ttft_s`, `output` (tokens)."""
     rows = sorted(done, key=lambda d: d[0].arrival)
     t0 = rows[0][0].arrival if rows else 0.0
-    cols = ("prompt", "cached", "loaded", "arrival_s", "ttft_s", "output")
+    cols = ("prompt", "cached", "loaded", "arrival_s", "finish_s", "ttft_s", "output")
     out: dict[str, list] = {c: [] for c in cols}
-    for r, _ in rows:
+    for r, end in rows:
         hit = r.cached_by_tier
         ttft = None if r.first_token_at is None else round(r.first_token_at - r.arrival, 6)
         for c, v in zip(
@@ -249,6 +273,7 @@ def _per_request(done: list[tuple]) -> dict:
                 sum(hit.values()),
                 hit["host"] + hit["remote"],
                 round(r.arrival - t0, 6),
+                round(end - t0, 6),
                 ttft,
                 len(r.output_ids),
             ),

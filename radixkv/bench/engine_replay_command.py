@@ -18,7 +18,7 @@ from radixkv.bench.engine_replay import (
     fitting,
     simulate,
 )
-from radixkv.bench.timed import fit_prefill
+from radixkv.bench.timed import CostModel
 from radixkv.bench.trace_replay import ReplaySpec
 from radixkv.bench.tracefile import TraceRequest
 
@@ -117,8 +117,6 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
     cost = None
     if run.mode == "timed":  # the simulator's clock beside the engine's: its own defaults (an
         # H200's llama-3-8b figures), this model's KV size and this GPU's measured link
-        from radixkv.bench.timed import CostModel
-
         h2d = {"h2d_gbps": floors["h2d_pinned_gbps"]} if floors else {}
         per_token = page_bytes // args.page_size
         cost = CostModel(kv_bytes_per_token=per_token, time_scale=run.rate_scale, **h2d)
@@ -151,11 +149,15 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
         spec = ReplaySpec(args.page_size, dev, host, remote, args.policy.split(",")[0])
         eng = engine_replay(runnable, spec, run, page_bytes=page_bytes, floors=floors, **options)
         sim = simulate(runnable[: eng["submitted"]], spec, cost)
-        fit = fit_prefill(eng["per_request"]) if cost is not None else None
-        if fit is not None:  # the model again with the prefill terms this engine showed
-            terms = {k: fit[k] for k in ("prefill_tokens_per_s", "attention_pairs_per_s")}
-            refit = simulate(runnable[: eng["submitted"]], spec, replace(cost, **terms))
-            sim["fitted"] = fit | {"ttft_ms": refit["ttft_ms"]}
+        if cost is not None and "prefill_efficiency" in eng:  # the model at the engine's speed
+            measured = calibrated(cost, eng, floors)
+            again = simulate(runnable[: eng["submitted"]], spec, measured)
+            sim["calibrated"] = {
+                "prefill_efficiency": eng["prefill_efficiency"],
+                "prefill_tokens_per_s": measured.prefill_tokens_per_s,
+                "attention_pairs_per_s": measured.attention_pairs_per_s,
+                "ttft_ms": again["ttft_ms"],
+            }
         rows[name] = {
             "tokens": {t: pages[t] * args.page_size for t in TIERS},
             "skipped_too_long": len(requests) - len(runnable),
@@ -166,6 +168,20 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
         print(format_engine_table({name: rows[name]}, run), flush=True)
     print(format_engine_table(rows, run))
     return {"floors": floors, "configurations": rows}
+
+
+def calibrated(cost: CostModel, eng: dict, floors: dict) -> CostModel:
+    """`cost` with prefill at the speed the engine showed: both prefill terms at its
+    `prefill_efficiency` (the run's prefill floor over the time it had work) of the measured
+    matmul peak. The model has no decode, so the engine's whole busy time goes to prefill; the
+    FLOPs per token and per attention pair are the floor's (`radixkv.bench.floors`)."""
+    flops = eng["prefill_efficiency"] * floors["matmul_tflops"] * 1e12  # per second
+    per = eng["prefill_flops"]
+    return replace(
+        cost,
+        prefill_tokens_per_s=flops / per["per_token"],
+        attention_pairs_per_s=flops / per["per_pair"],
+    )
 
 
 def format_engine_table(rows: dict, run: EngineReplaySpec) -> str:
@@ -203,13 +219,14 @@ def format_engine_table(rows: dict, run: EngineReplaySpec) -> str:
                 f"{'':<20}simulator's modelled TTFT p50/p90/p99 {m['p50']:,.0f}/{m['p90']:,.0f}/"
                 f"{m['p99']:,.0f} ms (engine's p50 / model's: {q['p50'] / max(m['p50'], 1e-9):.2f}x)"
             )
-        if "fitted" in s:
-            f, m = s["fitted"], s["fitted"]["ttft_ms"]
+        if "calibrated" in s:
+            c, m = s["calibrated"], s["calibrated"]["ttft_ms"]
             lines.append(
-                f"{'':<20}with prefill fitted to {f['requests']} requests that ran alone "
-                f"({f['prefill_tokens_per_s']:,.0f} tokens/s, {f['attention_pairs_per_s']:.3g} "
-                f"attention pairs/s): p50/p90/p99 {m['p50']:,.0f}/{m['p90']:,.0f}/{m['p99']:,.0f}"
-                f" ms (engine's p50 / model's: {q['p50'] / max(m['p50'], 1e-9):.2f}x)"
+                f"{'':<20}at the engine's measured speed ({c['prefill_efficiency']:.0%} of the "
+                f"matmul peak: {c['prefill_tokens_per_s']:,.0f} tokens/s and "
+                f"{c['attention_pairs_per_s']:.3g} attention pairs/s): p50/p90/p99 "
+                f"{m['p50']:,.0f}/{m['p90']:,.0f}/{m['p99']:,.0f} ms (engine's p50 / model's: "
+                f"{q['p50'] / max(m['p50'], 1e-9):.2f}x)"
             )
     lines.append(
         f"mode {run.mode}; TTFT/TPOT in ms; 'in bound': TTFT within {run.ttft_bound_ms:,.0f} ms; "

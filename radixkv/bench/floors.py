@@ -79,6 +79,13 @@ class Work:
     output: int
 
 
+def prefill_flops(*, w_bytes: int, num_layers: int, attn_dim: int) -> tuple[float, float]:
+    """Prefill's FLOPs per computed token (2 x parameters; bf16: parameters = bytes / 2) and per
+    (query, key) pair of causal attention, all layers: c cached tokens of a p-token prompt leave
+    (p^2 - c^2) / 2 pairs to compute."""
+    return 2 * (w_bytes / 2), 4.0 * num_layers * attn_dim
+
+
 def work_floor(
     work: list[Work],
     *,
@@ -90,10 +97,9 @@ def work_floor(
     decode_steps: int,
 ) -> dict:
     """The least seconds `work` takes on the GPU `floors` describes, by part (module doc)."""
+    per_token, per_pair = prefill_flops(w_bytes=w_bytes, num_layers=num_layers, attn_dim=attn_dim)
     flops = sum(
-        2 * (w_bytes / 2) * (w.prompt - w.cached)  # bf16: parameters = bytes / 2
-        + 4 * num_layers * attn_dim * (w.prompt**2 - w.cached**2) / 2
-        for w in work
+        per_token * (w.prompt - w.cached) + per_pair * (w.prompt**2 - w.cached**2) / 2 for w in work
     )
     kv_read = sum(w.output * (w.prompt + w.output / 2) * kv_bytes_per_token for w in work)
     hbm = floors["hbm_gbps"] * 1e9

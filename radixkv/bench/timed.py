@@ -17,10 +17,13 @@ A prefetcher may use the host->device link while it is idle before the next turn
 (`idle_tokens` / `book`): what it moves to the device before a turn is not loaded in it.
 The second term of `compute` is attention over the prompt: each new token attends to every
 token before it, (prompt² - cached²) / 2 (query, key) pairs, which the first term's flat rate
-leaves out (off by default; `fit_prefill` measures both from an engine's replay). Decode steps are not charged (the replay has no batching); outputs matter only through the next
-turn's prompt, which the trace already holds. The defaults are this engine's own measurements on
-an H200 with llama-3-8b shapes (benchmarks/gpu_engine.py: prefill 41,889 tokens/s, pinned
-host->device 50.7 GB/s; KV 128 KiB a token); the remote link's are a flag's.
+leaves out (off by default). Decode steps are not charged (the replay has no batching); outputs
+matter only through the next turn's prompt, which the trace already holds. The defaults are
+this engine's own measurements on an H200 with llama-3-8b shapes and a 4K prompt
+(benchmarks/gpu_engine.py: prefill 41,889 tokens/s, pinned host->device 50.7 GB/s; KV 128 KiB a
+token); the remote link's are a flag's. On long prompts they are far off: `trace --engine
+--mode timed` models its run a second time with both terms set from the engine's measured
+speed (`radixkv.bench.engine_replay_command.calibrated`).
 
 With `remote_measured`, a remote read's fixed cost is not the `remote_latency_ms` flag but what
 the replay's real store took for that very read (its calls, per-page keys, the codec's checks:
@@ -62,50 +65,6 @@ class CostModel:
         cached = prompt - uncached
         pairs = (prompt * prompt - cached * cached) / 2
         return uncached / self.prefill_tokens_per_s + pairs / self.attention_pairs_per_s
-
-
-def fit_prefill(rows: dict, *, min_rows: int = 8) -> dict | None:
-    """`prefill_tokens_per_s` and `attention_pairs_per_s` fitted (least squares, both terms
-    kept positive) to an engine replay's `per_request` figures: the requests that loaded
-    nothing and arrived to an idle engine (after every earlier request's first token), whose
-    TTFT is their prefill alone. None with fewer than `min_rows` such requests."""
-    import numpy as np
-
-    busy_until, xs, ys = 0.0, [], []
-    for p, c, loaded, at, ttft in zip(
-        rows["prompt"],
-        rows["cached"],
-        rows["loaded"],
-        rows["arrival_s"],
-        rows["ttft_s"],
-        strict=False,
-    ):
-        if ttft is None:
-            continue
-        if not loaded and at >= busy_until and p > c:
-            xs.append((p - c, (p * p - c * c) / 2))
-            ys.append(ttft)
-        busy_until = max(busy_until, at + ttft)
-    if len(xs) < min_rows:
-        return None
-    a, y = np.array(xs, dtype=np.float64), np.array(ys, dtype=np.float64)
-    both = np.linalg.lstsq(a, y, rcond=None)[0]
-    if (both <= 0).any():  # one term alone (two unknowns: the least squares kept >= 0)
-        ones = [
-            np.array([a[:, k] @ y / (a[:, k] @ a[:, k]) if k == j else 0.0 for k in (0, 1)])
-            for j in (0, 1)
-        ]
-        both = min(ones, key=lambda w: float(((a @ w - y) ** 2).sum()))
-    per_token, per_pair = (float(w) for w in both)
-    if per_pair * a[:, 1].max() < 1e-3 * y.max():  # under 0.1% of the longest: no term
-        per_token, per_pair = float(a[:, 0] @ y / (a[:, 0] @ a[:, 0])), 0.0
-    if per_token <= 0:
-        return None
-    return {
-        "prefill_tokens_per_s": 1 / per_token,
-        "attention_pairs_per_s": 1 / per_pair if per_pair > 0 else math.inf,
-        "requests": len(xs),
-    }
 
 
 @dataclass
