@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -59,6 +60,7 @@ def _trace_command(args: argparse.Namespace) -> int:
 
         cost = CostModel(
             prefill_tokens_per_s=args.prefill_tokens_per_s,
+            attention_pairs_per_s=args.attention_pairs_per_s,
             kv_bytes_per_token=args.kv_bytes_per_token,
             h2d_gbps=args.h2d_gbps,
             remote_gbps=args.remote_gbps,
@@ -117,8 +119,13 @@ def _trace_command(args: argparse.Namespace) -> int:
         first_timed = first["timed"]
         print(
             f"\nmodelled TTFT (ms) at {len(requests) / max(1e-9, first_timed['simulated_seconds']):.2f}"
-            f" req/s (time scale {cost.time_scale}); prefill {cost.prefill_tokens_per_s:,.0f} tok/s,"
-            f" host->device {cost.h2d_gbps} GB/s, remote {cost.remote_gbps} GB/s"
+            f" req/s (time scale {cost.time_scale}); prefill {cost.prefill_tokens_per_s:,.0f} tok/s"
+            + (
+                f" + {cost.attention_pairs_per_s:.3g} attention pairs/s,"
+                if math.isfinite(cost.attention_pairs_per_s)
+                else ","
+            )
+            + f" host->device {cost.h2d_gbps} GB/s, remote {cost.remote_gbps} GB/s"
         )
         print(
             f"{'policy':<18}{'p50':>9}{'p90':>9}{'p99':>9}{'mean':>9}{'queued':>9}{'gpu busy':>9}"
@@ -301,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     timed.add_argument("--timed", action="store_true", help="model each request's TTFT")
     timed.add_argument("--time-scale", type=float, default=1.0, help="x the trace's timestamps")
     timed.add_argument("--prefill-tokens-per-s", type=float, default=41_889.0)
+    timed.add_argument(
+        "--attention-pairs-per-s",
+        type=float,
+        default=float("inf"),
+        help="prefill's attention term: (query, key) token pairs a second, all layers (default: "
+        "not charged; `trace --engine --mode timed` prints the engine's measured value)",
+    )
     timed.add_argument("--kv-bytes-per-token", type=int, default=131_072)
     timed.add_argument("--h2d-gbps", type=float, default=50.7, help="host -> device GB/s")
     timed.add_argument("--remote-gbps", type=float, default=10.0, help="remote -> host GB/s")
