@@ -62,3 +62,37 @@ def test_a_second_plan_of_one_wrapper_waits_for_the_first_plans_copy():
     torch.cuda.synchronize()
     for got, want in zip(raced, alone, strict=True):
         assert torch.equal(got, want)
+
+
+def test_the_hopper_kernel_over_a_prefix_gives_fa2s_chunks():
+    """`prefix_kernel="auto"` (flashinfer's Hopper kernel on an H100/H200) runs a prompt's
+    chunks over its cached prefix, planned back to back on a busy stream as the engine runs
+    them, and each equals FA2's (the default) to bf16 rounding; a kernel name it does not know
+    is refused."""
+    from engine.attention.flashinfer_backend import FlashInferPagedAttention
+    from engine.forward_batch import ForwardBatch
+    from storage import DevicePool, KVLayout
+
+    torch.manual_seed(0)
+    heads, kv_heads, dim, ps, chunk = 32, 8, 128, 16, 2048
+    pool = DevicePool(KVLayout(1, kv_heads, dim, ps, torch.bfloat16), 1024, "cuda")
+    pool.data.normal_()
+    table = torch.randperm(1024).tolist()
+    qs = [torch.randn(chunk, heads, dim, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+    outs = {}
+    for kernel in ("fa2", "auto"):
+        fi = FlashInferPagedAttention(pool, heads, kv_heads, dim, prefix_kernel=kernel)
+        batches = [
+            ForwardBatch.build(
+                [([1] * chunk, i * chunk, table[: (i + 1) * chunk // ps])], ps, "cuda"
+            )
+            for i in range(4)
+        ]
+        torch.cuda.synchronize()
+        torch.cuda._sleep(1_000_000_000)
+        outs[kernel] = [fi.forward(0, q, b) for q, b in zip(qs, batches, strict=True)]
+        torch.cuda.synchronize()
+    for got, want in zip(outs["auto"], outs["fa2"], strict=True):
+        assert ((got.float() - want.float()).norm() / want.float().norm()).item() < 2e-2
+    with pytest.raises(ValueError, match="prefix_kernel"):
+        FlashInferPagedAttention(pool, heads, kv_heads, dim, prefix_kernel="fa3")

@@ -3,8 +3,9 @@ dim] is flashinfer's single-tensor NHD layout, so kernels read the device pool i
 
 `prepare(batch)` plans once per forward (page tables -> CSR indptr/indices); each layer then
 runs over the pool, where the model has written its new K/V. A batch of pure decodes uses the
-decode kernel; anything with a prefill chunk uses a prefill kernel (FA2 for short extends and for
-any over a cached prefix, see `SHORT_EXTEND_TOKENS`), which also serves decodes mixed in.
+decode kernel; anything with a prefill chunk uses a prefill kernel (FA2 for short extends and, by
+default, for any over a cached prefix: see `SHORT_EXTEND_TOKENS`), which also serves decodes
+mixed in.
 """
 
 from __future__ import annotations
@@ -40,12 +41,13 @@ def decode_tensor_cores(num_heads: int, num_kv_heads: int, choice: bool | None =
 # faster one for long new sequences). The short-extend CUDA graphs run FA2 too, so a graph and
 # the eager path it stands in for run one kernel.
 SHORT_EXTEND_TOKENS = 256
-# Any extend over a cached prefix runs FA2 too. On an H100 (2026-12-07, flashinfer 0.5.3) the
-# Hopper kernel that `auto` picks faulted on such chunks (the third 2,048-token chunk of a
-# 9,418-token prompt) while FA2 ran them; the likelier cause was found later in the planning
-# (two plans of one wrapper in flight, now prevented by engine/attention/plan_fence.py), and a
-# replay with FA2 faulted the same way before the fence. This routing stays until a replay with
-# the fence has run the Hopper kernel over a prefix on an H100; a prompt's first chunk keeps it.
+# Any extend over a cached prefix runs FA2 too by default (`prefix_kernel="fa2"`). On an H100
+# (2026-12-07, flashinfer 0.5.3) the Hopper kernel that `auto` picks faulted on such chunks
+# while FA2 ran them; the cause was the planning race engine/attention/plan_fence.py now
+# prevents (a replay with FA2 faulted the same way before the fence, and ran clean after it).
+# `prefix_kernel="auto"` gives those chunks the Hopper kernel; benchmarks/gpu_prefix_attention.py
+# checks it against FA2 and times both: the default changes when it has run on an H100.
+PREFIX_KERNELS = ("fa2", "auto")
 
 
 class FlashInferPagedAttention:
@@ -57,13 +59,21 @@ class FlashInferPagedAttention:
         head_dim: int,
         workspace_mb: int = 256,
         tensor_cores: bool | None = None,
+        prefix_kernel: str = "fa2",
     ) -> None:
         """`tensor_cores`: decode with flashinfer's tensor-core (prefill-style) kernel; None
-        picks it by `decode_tensor_cores`."""
+        picks it by `decode_tensor_cores`. `prefix_kernel`: the prefill kernel of an extend
+        longer than `SHORT_EXTEND_TOKENS` over a cached prefix (`PREFIX_KERNELS`, comment
+        above)."""
         import flashinfer
 
         if pool.device.type != "cuda":
             raise ValueError("the flashinfer backend needs the device pool on a CUDA device")
+        if prefix_kernel not in PREFIX_KERNELS:
+            raise ValueError(
+                f"prefix_kernel must be one of {PREFIX_KERNELS}, got {prefix_kernel!r}"
+            )
+        self.prefix_kernel = prefix_kernel
         self.pool = pool
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         workspace = torch.empty(workspace_mb << 20, dtype=torch.uint8, device=pool.device)
@@ -98,7 +108,9 @@ class FlashInferPagedAttention:
             qo = torch.tensor([0, *batch.extend_lens], dtype=torch.int32).cumsum(
                 0, dtype=torch.int32
             )
-            fa2 = sum(batch.extend_lens) <= SHORT_EXTEND_TOKENS or any(batch.prefix_lens)
+            fa2 = sum(batch.extend_lens) <= SHORT_EXTEND_TOKENS or (
+                self.prefix_kernel == "fa2" and any(batch.prefix_lens)
+            )
             wrapper = self._fa2 if fa2 else self._prefill
             self._fence.plan(wrapper, qo, *pages_args, causal=True, **dtypes)
         self._planned = (batch, wrapper)

@@ -8,10 +8,11 @@ when the stream reaches it, after the kernels queued before it. The engine plans
 step N runs (overlap scheduling), and a prompt's middle prefill chunks sample nothing, so
 nothing waits for the GPU between them: a second `plan()` of the same wrapper could rewrite the
 pinned buffer before the first plan's copy ran, and the first step's kernels would then read the
-second step's split with the first step's pages. On an H100 (2026-12-07) this is the likely
-cause (not yet confirmed on a GPU) of what a conversation trace's replay hit at 2,048- and
-4,096-token chunks: an illegal memory access or a stalled step after about ten requests (the
-torch backend, which plans nothing, ran the same requests clean).
+second step's split with the first step's pages. On an H100 (2026-12-07) this is what a
+conversation trace's replay hit at 2,048- and 4,096-token chunks: an illegal memory access or a
+stalled step after about ten requests. With the fence the same replay ran 479 requests clean
+(2026-12-08), and tests/test_gpu_attention.py holds a busy stream and checks two chunks planned
+back to back against each alone.
 """
 
 from __future__ import annotations
