@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from engine.attention.flashinfer_backend import PREFIX_KERNELS
 from engine.attention.kv_write import KV_DTYPE_NAMES
 from engine.generation_defaults import parse_overrides
 from radixkv.cache.config import (
@@ -73,6 +74,11 @@ class EngineConfig:
     )
     attention: str = _opt(
         "auto", "attention backend: auto (flashinfer on GPU if installed), torch, flashinfer"
+    )
+    prefix_attention_kernel: str = _opt(
+        "fa2",
+        "flashinfer's kernel for a prefill chunk over a cached prefix: fa2, or auto (the Hopper "
+        "kernel on an H100/H200; benchmarks/gpu_prefix_attention.py compares them)",
     )
     page_size: int = _opt(
         16, "tokens per KV page: the unit that is cached and shared", "--block-size"
@@ -273,6 +279,8 @@ class EngineConfig:
             raise bad("kv_cache_dtype", f"must be one of {', '.join(KV_DTYPES)}")
         if self.attention not in ATTENTION:
             raise bad("attention", f"must be one of {', '.join(ATTENTION)}")
+        if self.prefix_attention_kernel not in PREFIX_KERNELS:
+            raise bad("prefix_attention_kernel", f"must be one of {', '.join(PREFIX_KERNELS)}")
         if not isinstance(self.device, str) or not self.device:
             raise bad("device", "must be a device name such as cuda or cpu")
         for name in (

@@ -158,7 +158,12 @@ class EngineCore:
         """The attention backend, CUDA graphs where they apply, the model runner, and on a GPU
         every eager kernel compiled and loaded before the first request."""
         config = self.config
-        backend, attention = make_backend(config.attention, self.cache.device_pool, self.model)
+        backend, attention = make_backend(
+            config.attention,
+            self.cache.device_pool,
+            self.model,
+            prefix_kernel=config.prefix_attention_kernel,
+        )
         graphs = []
         if config.cuda_graph and attention == "flashinfer":
             from engine.cuda_graph import DecodeGraphs  # needs CUDA and flashinfer

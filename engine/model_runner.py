@@ -28,15 +28,18 @@ from storage import DevicePool
 log = logging.getLogger(__name__)
 
 
-def make_backend(kind: str, pool: DevicePool, model: CausalLM):
-    """The attention backend by name (`auto`: flashinfer on CUDA when installed, else torch)."""
+def make_backend(kind: str, pool: DevicePool, model: CausalLM, prefix_kernel: str = "fa2"):
+    """The attention backend by name (`auto`: flashinfer on CUDA when installed, else torch);
+    `prefix_kernel`: flashinfer's kernel for a prefill chunk over a cached prefix."""
     cfg = model.config
     if kind == "auto":
         kind = "flashinfer" if pool.device.type == "cuda" and flashinfer_available() else "torch"
     if kind not in ("torch", "flashinfer"):
         raise ValueError(f"attention must be auto, torch or flashinfer, got {kind!r}")
-    cls = FlashInferPagedAttention if kind == "flashinfer" else TorchPagedAttention
-    return cls(pool, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim), kind
+    shape = (pool, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+    if kind == "flashinfer":
+        return FlashInferPagedAttention(*shape, prefix_kernel=prefix_kernel), kind
+    return TorchPagedAttention(*shape), kind
 
 
 class ModelRunner:

@@ -59,6 +59,13 @@ def add_engine_flags(t) -> None:
         help="the engine's overlap schedule (default: its own, on for CUDA)",
     )
     g.add_argument(
+        "--prefix-attention-kernel",
+        choices=("fa2", "auto"),
+        default=None,
+        help="flashinfer's kernel for a prefill chunk over a cached prefix (default: the "
+        "engine's own, fa2)",
+    )
+    g.add_argument(
         "--configs",
         default=",".join(CONFIGS),
         help=f"which configurations to run, comma-separated (of {', '.join(CONFIGS)})",
@@ -100,7 +107,12 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
         args.mode, args.rate_scale, args.max_output, args.ttft_bound_ms, args.deadline_s
     )
     options = {"model": args.model, "device": args.device}
-    for name in ("remote_load_margin", "max_batch_tokens", "overlap_schedule"):
+    for name in (
+        "remote_load_margin",
+        "max_batch_tokens",
+        "overlap_schedule",
+        "prefix_attention_kernel",
+    ):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
     # a probe for the page size, the context and the GPU's floors (0.5 GB: room for its warm-up)
