@@ -7,9 +7,10 @@
 # then run `bash benchmarks/gpu_check.sh` there, carrying .whl and .traces (and fi_cache.tgz.part*
 # from an earlier call, if any: untarred into ~/.cache, it skips flashinfer's kernel compile).
 # It writes under $OUT (at most 8 files come back): check.log (every step's output, in order),
-# gpu_engine.json, gpu_kv_fp8.json, replay.json, and the flashinfer JIT cache split into fi_cache.tgz.part*
-# (under 16 MB each).
-# Steps, each skipped when its variable is 0: GPU_CHECK_TESTS (pytest -m gpu over GPU_CHECK_TEST_FILES, default the GPU test files), GPU_CHECK_ENGINE
+# prefix_attention.json, gpu_engine.json, gpu_kv_fp8.json, replay.json, and the flashinfer JIT cache split
+# into fi_cache.tgz.part* (under 16 MB each).
+# Steps, each skipped when its variable is 0: GPU_CHECK_TESTS (pytest -m gpu over GPU_CHECK_TEST_FILES, default
+# the GPU test files), GPU_CHECK_PREFIX (benchmarks/gpu_prefix_attention.py, bound GPU_CHECK_PREFIX_S, 120 s), GPU_CHECK_ENGINE
 # (benchmarks/gpu_engine.py with GPU_CHECK_ENGINE_ARGS, default --skip-hf), GPU_CHECK_FP8 (benchmarks/gpu_kv_fp8.py), then the trace replay through the engine with
 # GPU_CHECK_REPLAY's arguments (empty: none) in what is left of GPU_CHECK_SECONDS (default 560; the replay needs a call of its own);
 # GPU_CHECK_TESTS_S, GPU_CHECK_ENGINE_S and GPU_CHECK_FP8_S bound the first three (200, 300, 150 s: on an H100 on 2026-12-07
@@ -37,6 +38,12 @@ if [ "${GPU_CHECK_TESTS:-1}" != 0 ]; then
     ${GPU_CHECK_TEST_FILES:-tests/test_gpu_tiers.py tests/test_gpu_attention.py tests/test_gpu_fast_path.py \
     tests/test_gpu_fp8.py tests/test_engine.py} >> "$LOG" 2>&1
   step "pytest rc $?"
+fi
+if [ "${GPU_CHECK_PREFIX:-1}" != 0 ]; then
+  step "gpu_prefix_attention.py"
+  timeout "${GPU_CHECK_PREFIX_S:-120}" python3 benchmarks/gpu_prefix_attention.py \
+    --json "$OUT/prefix_attention.json" >> "$LOG" 2>&1
+  step "gpu_prefix_attention rc $?"
 fi
 if [ "${GPU_CHECK_ENGINE:-1}" != 0 ]; then
   step "gpu_engine.py ${GPU_CHECK_ENGINE_ARGS:=--skip-hf}"
