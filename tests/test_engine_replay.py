@@ -55,7 +55,7 @@ def test_block_tokens_are_equal_for_equal_ids_and_cut_to_length():
     assert all(0 < t < 101 for t in a + b)
 
 
-def _both(tmp_path, spec: ReplaySpec) -> tuple[dict, dict]:
+def _both(tmp_path, spec: ReplaySpec, **engine_options) -> tuple[dict, dict]:
     save_tiny_llama(tmp_path, max_positions=4096)
     requests = conversations(40)
     engine = engine_replay(
@@ -69,6 +69,7 @@ def _both(tmp_path, spec: ReplaySpec) -> tuple[dict, dict]:
         remote_load_margin=0.0,  # the simulator always loads a remote hit
         check_integrity=True,
         floors=GPU,
+        **engine_options,
     )
     assert engine["failed"] == 0 and engine["requests"] == 40
     parts = engine["floor_parts_s"]  # the run's work priced at GPU's figures
@@ -113,6 +114,19 @@ def test_engine_and_simulator_hit_rates_agree_on_device_and_host(tmp_path, polic
     for tier in ("device", "host"):
         assert abs(engine["hit_rate_by_tier"][tier] - sim["hit_rate_by_tier"][tier]) <= 0.01
     assert host == 0 or sim["hit_rate_by_tier"]["host"] > 0  # the host tier was in play
+
+
+def test_the_simulator_caches_a_prompt_in_the_engines_prefill_chunks(tmp_path):
+    """The engine hands a prompt's pages to the tree after every prefill chunk, so a long prompt
+    is a chain of nodes whose tail leaves a tier before its head; the simulator given the same
+    chunk (`prefill_chunk`) keeps the same tokens by tier."""
+    spec = ReplaySpec(16, 240, 480, 20000, "lru", prefill_chunk=256)
+    engine, sim = _both(tmp_path, spec, max_batch_tokens=256)
+    for tier in ("device", "host", "remote"):
+        assert abs(engine["hit_rate_by_tier"][tier] - sim["hit_rate_by_tier"][tier]) <= 0.01
+    assert sim["hit_rate_by_tier"]["host"] > 0 and sim["hit_rate_by_tier"]["remote"] > 0
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        _both(tmp_path, spec, max_batch_tokens=512)
 
 
 def test_engine_and_simulator_hit_rates_agree_with_a_remote_tier(tmp_path):

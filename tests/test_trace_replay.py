@@ -174,3 +174,21 @@ def test_sampled_conversations_keep_whole_conversations_and_their_reuse():
     assert sample_conversations(reqs, 1) is reqs
     with pytest.raises(ValueError, match="sample-conversations"):
         sample_conversations(reqs, 0)
+
+
+def test_a_prompt_cached_in_chunks_is_written_to_remote_whole():
+    """`prefill_chunk`: each chunk's node is written a tier down before the next chunk (as the
+    engine's store writes while the next chunk computes), so none is shed: a prompt evicted from
+    device and host by six others is found whole on remote, chunked or not."""
+    first = TraceRequest(0, 2048, 1, (1, 2, 3, 4))
+    others = [TraceRequest(0, 2048, 1, tuple(range(100 + 10 * i, 104 + 10 * i))) for i in range(6)]
+    for chunk in (0, 512, 1024):
+        r = replay(
+            [first, *others, first],
+            ReplaySpec(16, 128, 256, 10000, "lru", prefill_chunk=chunk),
+            progress=False,
+        )
+        assert r["hits_per_request"][-1] == [0, 0, 2048], chunk
+        assert r["pages_moved"]["host_to_remote"] == 7 * 128
+    with pytest.raises(ValueError, match="prefill-chunk"):
+        ReplaySpec(16, 128, 256, 0, "lru", prefill_chunk=-1)

@@ -81,6 +81,7 @@ def _trace_command(args: argparse.Namespace) -> int:
             args.write_policy,
             args.remote_url,
             args.remote_admission,
+            prefill_chunk=args.max_batch_tokens or 0,
         )
         for pf in (False, True) if args.prefetch else (False,):
             results[policy + (" +prefetch" if pf else "")] = replay(

@@ -105,6 +105,12 @@ def engine_replay(
         try:
             tiers = eng.cache.config
             assert (tiers.device_pages, tiers.host_pages) == (cache.device_pages, cache.host_pages)
+            chunk = eng.core.config.max_batch_tokens
+            if cache.prefill_chunk not in (0, chunk):
+                raise ValueError(
+                    f"the simulator's prefill chunk ({cache.prefill_chunk}) is not the engine's "
+                    f"max_batch_tokens ({chunk})"
+                )
             blocks = BlockTokens(eng.core.model.config.vocab_size)
             prompts = [blocks.prompt(r) for r in requests]
             done, duration, submitted = _drive(eng, requests, prompts, run, progress, tqdm)

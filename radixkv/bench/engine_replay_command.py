@@ -50,7 +50,9 @@ def add_engine_flags(t) -> None:
         "--max-batch-tokens",
         type=int,
         default=None,
-        help="the engine's tokens per forward step (prefill chunk); default: the engine's own",
+        help="the engine's tokens per forward step (prefill chunk; the simulator then caches "
+        "each prompt in chunks of it, as the engine does); default: the engine's own with "
+        "--engine, whole prompts in the simulator alone",
     )
     g.add_argument(
         "--overlap-schedule",
@@ -118,6 +120,7 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
     # a probe for the page size, the context and the GPU's floors (0.5 GB: room for its warm-up)
     probe = Engine(kv_memory_gb=0.5, host_memory_gb=0, remote_url="none", **options)
     page_bytes, context = probe.cache.layout.page_bytes, probe.core.context_length
+    chunk = probe.core.config.max_batch_tokens  # the simulator caches prompts as the engine does
     page_bytes = page_bytes * args.page_size // probe.cache.page_size
     limits = machine_limits(probe, page_bytes)
     floors = None
@@ -158,7 +161,9 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
                 f"({dev * args.page_size:,} tokens): raise --device-frac or --limit, or use a "
                 "longer-context model"
             )
-        spec = ReplaySpec(args.page_size, dev, host, remote, args.policy.split(",")[0])
+        spec = ReplaySpec(
+            args.page_size, dev, host, remote, args.policy.split(",")[0], prefill_chunk=chunk
+        )
         eng = engine_replay(runnable, spec, run, page_bytes=page_bytes, floors=floors, **options)
         sim = simulate(runnable[: eng["submitted"]], spec, cost)
         if cost is not None and "prefill_efficiency" in eng:  # the model at the engine's speed

@@ -52,8 +52,14 @@ class ReplaySpec:
     write_policy: str = "write_through"
     remote_url: str | None = None  # a store for the remote tier; default: a fresh file store
     remote_admission: float = 0.0  # CacheConfig.remote_admission
+    # the engine caches a prompt's computed pages after every prefill chunk of this many new
+    # tokens (its max_batch_tokens), so a long prompt is a chain of nodes whose tail is evicted
+    # before its head; 0: each prompt inserted whole, one node
+    prefill_chunk: int = 0
 
     def __post_init__(self) -> None:
+        if self.prefill_chunk < 0:
+            raise ValueError(f"--prefill-chunk must be >= 0, got {self.prefill_chunk}")
         if self.page_size <= 0 or BLOCK % self.page_size:
             raise ValueError(
                 f"--page-size must divide the trace's {BLOCK}-token blocks, got {self.page_size}"
@@ -147,6 +153,7 @@ def replay(
     )
     ps = spec.page_size
     hit = [0, 0, 0]
+    per_request: list[list[int]] = []  # each request's hit tokens by tier, in trace order
     total = skipped = 0
     timings = dict.fromkeys(TIMED, 0.0)
     clock = time.perf_counter
@@ -233,6 +240,7 @@ def replay(
             mine = [m.device_tokens, m.host_tokens - fetched, fetched]
             for t in (DEVICE, HOST, REMOTE):
                 hit[t] += mine[t]
+            per_request.append(mine)
             cache.lock(m.last_node)
             cache.release_prefetch(ticket)  # its pages are locked by the request now
             if expect is not None:
@@ -252,7 +260,14 @@ def replay(
                 uncached = len(tokens) - m.device_tokens - m.host_tokens
                 served.serve(arrival[i], uncached, m.host_tokens, remote_done, len(tokens))
             t3 = clock()
-            cache.insert(tokens, device_pages + new)
+            pages = device_pages + new
+            if spec.prefill_chunk:  # as the engine: cached after each chunk past the hit, and
+                # written a tier down while the next chunk computes
+                step, start = spec.prefill_chunk, len(device_pages) * ps
+                for end in range(start + step, len(tokens), step):
+                    cache.insert(tokens[: end // ps * ps], pages[: end // ps])
+                    cache.wait_idle()
+            cache.insert(tokens, pages)
             cache.unlock(m.last_node)
             cache.wait_idle()  # its write-through to the remote tier
             t4 = clock()
@@ -294,6 +309,7 @@ def replay(
             zip(("device", "host", "remote"), cache.counters.evicted_pages, strict=True)
         ),
         "requests_too_long_for_device": skipped,
+        "hits_per_request": per_request,  # [device, host, remote] tokens
         "timings_us_per_request": {k: 1e6 * v / n for k, v in timings.items()},
         "replay_seconds": sum(timings.values()),
         "final_integrity": integrity,
