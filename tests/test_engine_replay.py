@@ -89,6 +89,8 @@ def _both(tmp_path, spec: ReplaySpec, **engine_options) -> tuple[dict, dict]:
         for a, t, f in zip(rows["arrival_s"], rows["ttft_s"], rows["finish_s"], strict=True)
     )
     assert 0 < engine["busy_s"] <= engine["seconds"]
+    moved = engine["cache_counters"]["pages_moved"]  # the engine's own cache counters
+    assert (moved["device_to_host"] > 0) == (spec.host_pages > 0)
     # the timed model at the engine's measured speed charges the requests' prefills exactly
     # the time the engine had work (the floor's FLOPs at `prefill_efficiency` of the peak)
     model = calibrated(CostModel(), engine, GPU)

@@ -114,7 +114,11 @@ def engine_replay(
             blocks = BlockTokens(eng.core.model.config.vocab_size)
             prompts = [blocks.prompt(r) for r in requests]
             done, duration, submitted = _drive(eng, requests, prompts, run, progress, tqdm)
-            out = _summary(done, duration, run) | {"submitted": submitted}
+            report = eng.core.cache_report()  # this thread steps the engine: it owns the core
+            out = _summary(done, duration, run) | {
+                "submitted": submitted,
+                "cache_counters": report["counters"] | {"pages_moved": report["pages_moved"]},
+            }
             if floors is not None:
                 out.update(_floor(eng, done, run, floors, duration, requests[:submitted]))
             return out
