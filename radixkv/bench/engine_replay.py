@@ -181,7 +181,7 @@ def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration
     from radixkv.bench.floors import Work, prefill_flops, weight_bytes, work_floor
 
     cfg, layout = eng.model.config, eng.cache.layout
-    attn_dim = cfg.num_heads * cfg.head_dim
+    attn_dim, w_bytes = cfg.num_heads * cfg.head_dim, weight_bytes(eng.model)
     work = [
         Work(
             len(r.prompt_ids),
@@ -203,7 +203,7 @@ def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration
         work,
         num_layers=cfg.num_layers,
         attn_dim=attn_dim,
-        w_bytes=weight_bytes(eng.model),
+        w_bytes=w_bytes,
         kv_bytes_per_token=layout.page_bytes / layout.page_size,
         floors=floors,
         decode_steps=steps,
@@ -213,7 +213,7 @@ def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration
         span = (requests[-1].timestamp_ms - requests[0].timestamp_ms) / 1e3 * run.rate_scale
         floor = max(floor, span)
     per_token, per_pair = prefill_flops(
-        w_bytes=weight_bytes(eng.model), num_layers=cfg.num_layers, attn_dim=attn_dim
+        w_bytes=w_bytes, num_layers=cfg.num_layers, attn_dim=attn_dim
     )
     return {
         "floor_s": floor,
