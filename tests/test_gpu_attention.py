@@ -32,6 +32,20 @@ def test_flashinfer_matches_reference_on_mixed_and_decode_batches():
         assert torch.equal(got.argmax(-1), want.argmax(-1))
 
 
+LLAMA_ATTENTION = (32, 8, 128, 16)  # llama-3-8b's query heads, KV heads, head dim; page size
+
+
+def _random_layer_pool():
+    """One layer of llama-3-8b-shaped bfloat16 KV pages (1,024 pages), random (seed 0)."""
+    from storage import DevicePool, KVLayout
+
+    torch.manual_seed(0)
+    _, kv_heads, dim, ps = LLAMA_ATTENTION
+    pool = DevicePool(KVLayout(1, kv_heads, dim, ps, torch.bfloat16), 1024, "cuda")
+    pool.data.normal_()
+    return pool
+
+
 def test_a_second_plan_of_one_wrapper_waits_for_the_first_plans_copy():
     """flashinfer's plan() copies its work split from a pinned host buffer to the GPU on the
     stream; a second plan of the same wrapper must not rewrite that buffer before the copy ran
@@ -40,12 +54,9 @@ def test_a_second_plan_of_one_wrapper_waits_for_the_first_plans_copy():
     each must equal the same chunk planned and run alone."""
     from engine.attention.flashinfer_backend import FlashInferPagedAttention
     from engine.forward_batch import ForwardBatch
-    from storage import DevicePool, KVLayout
 
-    torch.manual_seed(0)
-    heads, kv_heads, dim, ps = 32, 8, 128, 16
-    pool = DevicePool(KVLayout(1, kv_heads, dim, ps, torch.bfloat16), 1024, "cuda")
-    pool.data.normal_()
+    heads, kv_heads, dim, ps = LLAMA_ATTENTION
+    pool = _random_layer_pool()
     fi = FlashInferPagedAttention(pool, heads, kv_heads, dim)
     chunks = [  # (new tokens, cached prefix, pages): split KV over long prefixes, unlike shapes
         ([1] * 512, 6000, list(range(0, 408))),
@@ -71,12 +82,9 @@ def test_the_hopper_kernel_over_a_prefix_gives_fa2s_chunks():
     is refused."""
     from engine.attention.flashinfer_backend import FlashInferPagedAttention
     from engine.forward_batch import ForwardBatch
-    from storage import DevicePool, KVLayout
 
-    torch.manual_seed(0)
-    heads, kv_heads, dim, ps, chunk = 32, 8, 128, 16, 2048
-    pool = DevicePool(KVLayout(1, kv_heads, dim, ps, torch.bfloat16), 1024, "cuda")
-    pool.data.normal_()
+    (heads, kv_heads, dim, ps), chunk = LLAMA_ATTENTION, 2048
+    pool = _random_layer_pool()
     table = torch.randperm(1024).tolist()
     qs = [torch.randn(chunk, heads, dim, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
     outs = {}

@@ -120,7 +120,9 @@ def engine_replay(
                 "cache_counters": report["counters"] | {"pages_moved": report["pages_moved"]},
             }
             if floors is not None:
-                out.update(_floor(eng, done, run, floors, duration, requests[:submitted]))
+                out.update(
+                    _floor(eng, done, run, floors, duration, requests[:submitted], out["busy_s"])
+                )
             return out
         finally:
             eng.close()
@@ -173,11 +175,20 @@ def _drive(eng, requests, prompts, run: EngineReplaySpec, progress: bool, tqdm) 
     return done, duration, nxt
 
 
-def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration: float, requests):
+def _floor(
+    eng,
+    done: list[tuple],
+    run: EngineReplaySpec,
+    floors: dict,
+    duration: float,
+    requests,
+    busy_s: float,
+):
     """The least time this run's work takes on this GPU (`radixkv.bench.floors`): decode steps
     are every output token one after another when requests run one at a time, else at least the
     longest output and at least the output tokens / the most requests the device tier holds at
-    once. A timed run also takes at least its arrivals' span."""
+    once. A timed run also takes at least its arrivals' span. `busy_s`: how long the engine had
+    work (`busy_seconds`), over which the prefill floor gives `prefill_efficiency`."""
     from radixkv.bench.floors import Work, prefill_flops, weight_bytes, work_floor
 
     cfg, layout = eng.model.config, eng.cache.layout
@@ -221,7 +232,7 @@ def _floor(eng, done: list[tuple], run: EngineReplaySpec, floors: dict, duration
         "ratio_to_floor": duration / max(floor, 1e-9),
         # the prefill floor over the time the engine had work: the share of the matmul peak its
         # whole busy time (decode included) comes to, as prefill
-        "prefill_efficiency": parts["prefill"] / max(busy_seconds(done), 1e-9),
+        "prefill_efficiency": parts["prefill"] / max(busy_s, 1e-9),
         "prefill_flops": {"per_token": per_token, "per_pair": per_pair},
     }
 
