@@ -68,16 +68,37 @@ def test_chunk_ids_chain_prefixes():
 
 
 def test_adaptive_policy_takes_from_the_recent_queues_past_their_target():
-    """Queues: 0 recent and likely dead, 1 recent, 2 frequent; `heads` are last accesses."""
+    """Queues: 0 recent and likely dead, 1 recent, 2 frequent; `heads` are last accesses. The
+    target `p` is a share of the tier (here 10%), held against the evictable tokens' share."""
     policy = AdaptivePolicy(dueling=False)
     policy.configure(1000)
     policy.p = 100
-    assert policy.pick([50, 100, 500], [3, 2, 1]) == 1  # recent above its target: its older head
+    assert policy.pick([50, 100, 500], [3, 2, 1]) == 1  # recent 23% > 10%: its older head
     assert policy.pick([50, 100, 500], [2, 3, 1]) == 0
-    assert policy.pick([30, 50, 500], [3, 2, 1]) == 2
+    assert policy.pick([30, 30, 600], [3, 2, 1]) == 2  # recent 9%: the frequent queue
     assert policy.pick([0, 0, 500], [None, None, 1]) == 2
     assert policy.pick([10, 0, 0], [1, None, None]) == 0
     assert policy.pick([0, 10, 0], [None, 1, None]) == 1
+
+
+def test_adaptive_policy_holds_its_target_against_the_evictable_share():
+    """Only leaves are evictable: a tier of chunk chains has few evictable tokens. 30 recent
+    tokens of 200 evictable are 15%, above a 10% target, though far below its 100 tokens."""
+    policy = AdaptivePolicy(dueling=False)
+    policy.configure(1000)
+    policy.p = 100
+    assert policy.pick([0, 30, 170], [None, 2, 1]) == 1
+    assert policy.pick([0, 15, 185], [None, 2, 1]) == 2  # 7.5%
+
+
+def test_adaptive_policy_counts_a_likely_dead_recent_head_older():
+    """Within the recent queues the workload rule holds in ARC's mode too."""
+    policy = AdaptivePolicy(dueling=False)
+    policy.configure(1000)
+    assert policy.pick([50, 50, 0], [5, 2, None]) == 1  # no eviction age yet: plain LRU
+    policy.workload.age = 10.0
+    assert policy.pick([50, 50, 0], [5, 2, None]) == 0  # 5 - 10 is older than 2
+    assert policy.pick([50, 50, 0], [13, 2, None]) == 1
 
 
 def test_adaptive_policy_in_lru_mode_counts_a_likely_dead_head_older():

@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from engine.config import EngineConfig
 from radixkv.bench.__main__ import main
 from radixkv.bench.trace_replay import ReplaySpec, capacities, replay
 from radixkv.bench.tracefile import (
@@ -128,6 +129,11 @@ def test_cli_writes_the_promised_json(tmp_path, capsys):
         assert key in r
     assert set(r["hit_rate_by_tier"]) == {"device", "host", "remote"}
     assert "never evicts" in capsys.readouterr().out
+    # prompts are cached in the engine's own prefill chunks unless told otherwise
+    assert r["prefill_chunk"] == EngineConfig().max_batch_tokens
+    base = ["trace", "--trace", str(trace), "--json", str(out), "--quiet", "--no-bound"]
+    assert main([*base, "--max-batch-tokens", "0"]) == 0
+    assert json.loads(out.read_text())["prefill_chunk"] == 0
 
 
 @pytest.mark.parametrize(

@@ -46,6 +46,11 @@ def _trace_command(args: argparse.Namespace) -> int:
     dev, host, remote = capacities(
         unique, args.page_size, args.device_frac, args.host_frac, args.remote_frac
     )
+    chunk = args.max_batch_tokens
+    if chunk is None:  # the engine's own: the simulator caches prompts as the engine does
+        from engine.config import EngineConfig
+
+        chunk = EngineConfig.__dataclass_fields__["max_batch_tokens"].default
     total = sum(r.input_length for r in requests)
     ceiling = ceiling_hit_tokens(requests, args.page_size) / total
     print(
@@ -81,7 +86,7 @@ def _trace_command(args: argparse.Namespace) -> int:
             args.write_policy,
             args.remote_url,
             args.remote_admission,
-            prefill_chunk=args.max_batch_tokens or 0,
+            prefill_chunk=chunk,
         )
         for pf in (False, True) if args.prefetch else (False,):
             results[policy + (" +prefetch" if pf else "")] = replay(
@@ -97,7 +102,14 @@ def _trace_command(args: argparse.Namespace) -> int:
         bound = replay(
             requests,
             ReplaySpec(
-                args.page_size, dev, host, remote, "lru", args.write_policy, args.remote_url
+                args.page_size,
+                dev,
+                host,
+                remote,
+                "lru",
+                args.write_policy,
+                args.remote_url,
+                prefill_chunk=chunk,
             ),
             oracle=NextUseOracle(requests),
             progress=not args.quiet,
@@ -158,6 +170,7 @@ def _trace_command(args: argparse.Namespace) -> int:
         "unique_tokens": unique,
         "page_size": args.page_size,
         "capacity_pages": {"device": dev, "host": host, "remote": remote},
+        "prefill_chunk": chunk,  # prompts cached in chunks of this many tokens (0: whole)
         "write_policy": args.write_policy,
         **{
             k: first[k]

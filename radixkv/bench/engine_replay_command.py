@@ -50,9 +50,9 @@ def add_engine_flags(t) -> None:
         "--max-batch-tokens",
         type=int,
         default=None,
-        help="the engine's tokens per forward step (prefill chunk; the simulator then caches "
-        "each prompt in chunks of it, as the engine does); default: the engine's own with "
-        "--engine, whole prompts in the simulator alone",
+        help="the engine's tokens per forward step (prefill chunk); the simulator caches each "
+        "prompt in chunks of it, as the engine does (default: the engine's own, 2,048); 0, in "
+        "the simulator alone, caches each prompt whole (the tables before 2026-12-08)",
     )
     g.add_argument(
         "--overlap-schedule",

@@ -11,9 +11,13 @@ Three queues, LRU inside each:
     queue 2 (frequent)             nodes reused at least once, or re-inserted while remembered
                                    as evicted
 
-Evictions take from the recent queues (the older of their two heads: LRU over both) while they
-hold more than their target share `p` (in tokens), else from the frequent one. The target adapts
-from ghosts: signatures of recently evicted nodes, up to two tiers' worth of tokens per queue.
+Evictions take from the recent queues (the older of their two heads, a likely-dead one counted
+older by the tier's eviction age: the `workload` rule) while they hold more than their target
+share `p` of the tier, else from the frequent one. Only leaves are evictable, so the queues'
+sizes are evictable tokens: the target is compared as a share of those (a prompt cached in the
+engine's prefill chunks is a chain whose evictable part is its last chunk, so evictable tokens
+are far fewer than the tier's). The target adapts from ghosts: signatures of recently evicted
+nodes, up to two tiers' worth of tokens per queue.
 A node re-inserted (recomputed) while its signature is a ghost of the recent queues says they
 were too small: p grows; a ghost of the frequent queue says the opposite: p shrinks. Each step
 is the node's size, scaled by the ratio of the two ghost lists as in ARC.
@@ -78,8 +82,8 @@ class AdaptivePolicy(EvictionPolicy):
         self.ghost_factor = ghost_factor
         self.duel: PolicyDuel | None = None  # made by configure(), once the tier's size is known
         self.workload = WorkloadAwarePolicy()  # the LRU side's dead-tail rule and eviction age
-        self.p = 0.0  # target tokens of the recent queue
-        self.capacity = 0  # evictable tokens last seen (all queues)
+        self.p = 0.0  # target tokens of the recent queues, of the tier's `capacity`
+        self.capacity = 0  # the tier's tokens (`configure`)
         self.ghosts: tuple[OrderedDict, OrderedDict] = (OrderedDict(), OrderedDict())
         self.ghost_tokens = [0, 0]
         # signatures re-inserted while ghosts, oldest first; capped, because a node may leave the
@@ -118,6 +122,7 @@ class AdaptivePolicy(EvictionPolicy):
 
     def configure(self, capacity_tokens: int) -> None:
         """A tier of no tokens (an absent host or remote tier) runs no shadows."""
+        self.capacity = capacity_tokens
         if self.dueling and capacity_tokens > 0:
             self.duel = PolicyDuel(capacity_tokens, **self.duel_options)
 
@@ -130,7 +135,6 @@ class AdaptivePolicy(EvictionPolicy):
             self.duel.observe(chunk_ids)
 
     def pick(self, sizes: list[int], heads: list[object | None]) -> int:
-        self.capacity = sum(sizes)
         if self.duel is not None and not self.duel.adaptive:
             # LRU over the three queues; a likely-dead head counted older (the workload rule)
             # while LRU's shadow leads by WORKLOAD_LEAD: where the two run nearly even the duel
@@ -138,9 +142,12 @@ class AdaptivePolicy(EvictionPolicy):
             lru, arc = self.duel.score
             demoted = self.workload.demotion() if lru > WORKLOAD_LEAD * arc else 0.0
             return _oldest((0, 1, 2), sizes, heads, demoted)
-        recent = sizes[0] + sizes[1]
-        if recent and (recent > self.p or not sizes[2]):
-            return _oldest((0, 1), sizes, heads)  # LRU across the two recent queues
+        # the target as a share of the evictable tokens (module doc); taking p in tokens against
+        # evictable tokens cost 2 points on the synthetic trace's chunk chains (docs/benchmarks.md)
+        recent, evictable = sizes[0] + sizes[1], sum(sizes)
+        if recent and (recent * self.capacity > self.p * evictable or not sizes[2]):
+            # LRU across the two recent queues, likely-dead heads counted older
+            return _oldest((0, 1), sizes, heads, self.workload.demotion())
         return 2
 
     def on_evict(self, node: TreeNode) -> None:
