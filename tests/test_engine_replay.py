@@ -16,6 +16,7 @@ from radixkv.bench.engine_replay import (  # noqa: E402
     EngineReplaySpec,
     busy_seconds,
     engine_replay,
+    hit_differences,
     simulate,
 )
 from radixkv.bench.engine_replay_command import calibrated  # noqa: E402
@@ -101,6 +102,18 @@ def _both(tmp_path, spec: ReplaySpec, **engine_options) -> tuple[dict, dict]:
     return engine, simulate(requests, spec)
 
 
+def test_hit_differences_name_the_requests_and_the_tokens_either_way():
+    d = hit_differences([0, 512, 1024, 64], [0, 0, 1536, 64], show=1)
+    assert d == {
+        "requests": 2,
+        "engine_more_tokens": 512,
+        "engine_fewer_tokens": 512,
+        "first": [[1, 512, 0]],
+    }
+    with pytest.raises(ValueError, match="3 engine requests against 2"):
+        hit_differences([0, 0, 0], [0, 0])
+
+
 def test_busy_time_is_the_union_of_the_requests_spans():
     done = [(SimpleNamespace(arrival=a), end) for a, end in ((0, 2), (1, 3), (5, 6), (5.5, 5.8))]
     assert busy_seconds(done) == pytest.approx(3 + 1)
@@ -126,6 +139,9 @@ def test_the_simulator_caches_a_prompt_in_the_engines_prefill_chunks(tmp_path):
     engine, sim = _both(tmp_path, spec, max_batch_tokens=256)
     for tier in ("device", "host", "remote"):
         assert abs(engine["hit_rate_by_tier"][tier] - sim["hit_rate_by_tier"][tier]) <= 0.01
+    # request by request (the replay's table names how many differ)
+    differ = hit_differences(engine["per_request"]["cached"], sim["per_request"])
+    assert differ["requests"] == 0, differ
     assert sim["hit_rate_by_tier"]["host"] > 0 and sim["hit_rate_by_tier"]["remote"] > 0
     with pytest.raises(ValueError, match="max_batch_tokens"):
         _both(tmp_path, spec, max_batch_tokens=512)

@@ -280,7 +280,7 @@ def _per_request(done: list[tuple]) -> dict:
     """Each request's figures, in submission order: columns `prompt` (tokens), `cached` (hit
     tokens, every tier), `loaded` (of them, from host or remote), `arrival_s` and `finish_s`
     (since the first arrival), `ttft_s`, `output` (tokens)."""
-    rows = sorted(done, key=lambda d: d[0].arrival)
+    rows = sorted(done, key=lambda d: d[0].rid)  # ids are given in submission order
     t0 = rows[0][0].arrival if rows else 0.0
     cols = ("prompt", "cached", "loaded", "arrival_s", "finish_s", "ttft_s", "output")
     out: dict[str, list] = {c: [] for c in cols}
@@ -308,10 +308,33 @@ def simulate(requests: list[TraceRequest], cache: ReplaySpec, cost=None) -> dict
     """The simulator at the same capacities: its hit rates and, given a `CostModel`, its
     modelled TTFT percentiles (ms)."""
     r = replay(requests, cache, progress=False, cost=cost)
-    out = {"token_hit_rate": r["token_hit_rate"], "hit_rate_by_tier": r["hit_rate_by_tier"]}
+    out = {
+        "token_hit_rate": r["token_hit_rate"],
+        "hit_rate_by_tier": r["hit_rate_by_tier"],
+        "per_request": [sum(hits) for hits in r["hits_per_request"]],  # hit tokens, every tier
+    }
     if cost is not None:
         out["ttft_ms"] = r["timed"]["ttft_ms"]
     return out
+
+
+def hit_differences(engine_hits: list[int], simulator_hits: list[int], show: int = 10) -> dict:
+    """Where the engine's and the simulator's hits (tokens, every tier, in submission order)
+    differ: how many requests, the tokens the engine hit more and fewer in all, and the first
+    `show` of them as [index, engine, simulator]."""
+    if len(engine_hits) != len(simulator_hits):
+        raise ValueError(f"{len(engine_hits)} engine requests against {len(simulator_hits)}")
+    diff = [
+        (i, e, s)
+        for i, (e, s) in enumerate(zip(engine_hits, simulator_hits, strict=True))
+        if e != s
+    ]
+    return {
+        "requests": len(diff),
+        "engine_more_tokens": sum(e - s for _, e, s in diff if e > s),
+        "engine_fewer_tokens": sum(s - e for _, e, s in diff if e < s),
+        "first": [list(d) for d in diff[:show]],
+    }
 
 
 def fitting(

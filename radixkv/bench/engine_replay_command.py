@@ -16,6 +16,7 @@ from radixkv.bench.engine_replay import (
     EngineReplaySpec,
     engine_replay,
     fitting,
+    hit_differences,
     simulate,
 )
 from radixkv.bench.timed import CostModel
@@ -181,6 +182,7 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
             "cut_at_deadline": len(runnable) - eng["submitted"],
             "engine": eng,
             "simulator": sim,
+            "differences": hit_differences(eng["per_request"]["cached"], sim["per_request"]),
         }
         print(format_engine_table({name: rows[name]}, run), flush=True)
     print(format_engine_table(rows, run))
@@ -230,6 +232,13 @@ def format_engine_table(rows: dict, run: EngineReplaySpec) -> str:
             f"{r['skipped_too_long']} too long"
             + (f", {cut:,} not sent by the deadline" if cut else "")
         )
+        d = r.get("differences")
+        if d and d["requests"]:
+            lines.append(
+                f"{'':<20}{d['requests']:,} requests hit other tokens than in the simulator: the "
+                f"engine {d['engine_more_tokens']:,} more, {d['engine_fewer_tokens']:,} fewer "
+                "(JSON: differences.first, [request, engine, simulator])"
+            )
         if "ttft_ms" in s:
             m = s["ttft_ms"]
             lines.append(
