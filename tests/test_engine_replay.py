@@ -4,6 +4,7 @@ size gives the same token hit rate, with device, host and remote tiers all in pl
 
 from __future__ import annotations
 
+import json
 import random
 from types import SimpleNamespace
 
@@ -11,6 +12,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from radixkv.bench.__main__ import main as bench_main  # noqa: E402
 from radixkv.bench.engine_replay import (  # noqa: E402
     BlockTokens,
     EngineReplaySpec,
@@ -179,3 +181,38 @@ def test_a_deadline_stops_submission_and_the_figures_cover_what_was_sent(tmp_pat
     assert (sent - 1) * 0.1 <= out["floor_s"] < 3.9
     with pytest.raises(ValueError, match="deadline"):
         EngineReplaySpec(deadline_s=0)
+
+
+def test_the_trace_command_replays_through_the_engine_and_writes_its_table(tmp_path, capsys):
+    """`python -m radixkv.bench trace --engine` end to end on the CPU: two configurations, the
+    table with the simulator beside the engine, and the JSON the GPU runs are read from."""
+    model, trace, out = tmp_path / "model", tmp_path / "t.jsonl", tmp_path / "r.json"
+    save_tiny_llama(model, max_positions=4096)
+    trace.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "timestamp": r.timestamp_ms,
+                    "input_length": r.input_length,
+                    "output_length": r.output_length,
+                    "hash_ids": list(r.hash_ids),
+                }
+            )
+            + "\n"
+            for r in conversations(12)
+        )
+    )
+    args = ["trace", "--engine", "--model", str(model), "--device", "cpu", "--trace", str(trace)]
+    args += ["--mode", "sequential", "--device-frac", "0.5", "--host-frac", "0.5"]
+    args += ["--max-output", "2", "--configs", "device,device+host", "--json", str(out)]
+    assert bench_main([*args, "--quiet", "--remote-load-margin", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("engine/simulator by tier") >= 2 and "device+host" in printed
+    rows = json.loads(out.read_text())["configurations"]
+    assert set(rows) == {"device", "device+host"}
+    for row in rows.values():
+        engine, sim = row["engine"], row["simulator"]
+        assert engine["failed"] == 0 and engine["requests"] == len(sim["per_request"])
+        assert row["differences"]["requests"] == 0, row["differences"]
+        assert engine["token_hit_rate"] == pytest.approx(sim["token_hit_rate"])
+    assert rows["device+host"]["tokens"]["host"] > 0 == rows["device"]["tokens"]["host"]
