@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -27,6 +30,7 @@ from radixkv.bench.trace_replay import ReplaySpec  # noqa: E402
 from radixkv.bench.tracefile import BLOCK, TraceRequest  # noqa: E402
 from tests.tiny_model import PAGE_BYTES, save_tiny_llama  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
 # a made-up GPU's measured figures (radixkv.bench.floors.measure_floors' keys)
 GPU = {"hbm_gbps": 3000.0, "matmul_tflops": 800.0, "h2d_pinned_gbps": 50.0}
 
@@ -216,3 +220,20 @@ def test_the_trace_command_replays_through_the_engine_and_writes_its_table(tmp_p
         assert row["differences"]["requests"] == 0, row["differences"]
         assert engine["token_hit_rate"] == pytest.approx(sim["token_hit_rate"])
     assert rows["device+host"]["tokens"]["host"] > 0 == rows["device"]["tokens"]["host"]
+    # one table from runs of one configuration each (benchmarks/replay_table.py)
+    whole = json.loads(out.read_text())
+    assert whole["command"].startswith("python -m radixkv.bench trace --engine")
+    assert whole["run"]["mode"] == "sequential"
+    parts = []
+    for name in rows:
+        part = tmp_path / f"{name}.json"
+        part.write_text(json.dumps(whole | {"configurations": {name: rows[name]}}))
+        parts.append(str(part))
+    table = [sys.executable, str(ROOT / "benchmarks" / "replay_table.py")]
+    merged = subprocess.run([*table, *parts, "--markdown"], capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr
+    assert (
+        merged.stdout.count("engine/simulator by tier") == 2 and "| device+host |" in merged.stdout
+    )
+    twice = subprocess.run([*table, parts[0], parts[0]], capture_output=True, text=True)
+    assert twice.returncode == 2 and "in an earlier file too" in twice.stderr

@@ -356,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     _add_multiturn(sub)
     add_fleet_command(sub)
     args = parser.parse_args(argv)
+    args.command_line = "python -m radixkv.bench " + shlex.join(
+        sys.argv[1:] if argv is None else argv
+    )
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "multiturn":

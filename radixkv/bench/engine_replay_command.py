@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from radixkv.bench.engine_replay import (
     CONFIGS,
@@ -186,7 +186,12 @@ def engine_trace_command(args, requests: list[TraceRequest], unique: int) -> dic
         }
         print(format_engine_table({name: rows[name]}, run), flush=True)
     print(format_engine_table(rows, run))
-    return {"floors": floors, "configurations": rows}
+    return {
+        "command": getattr(args, "command_line", None),  # what reproduces this run
+        "run": asdict(run),
+        "floors": floors,
+        "configurations": rows,
+    }
 
 
 def calibrated(cost: CostModel, eng: dict, floors: dict) -> CostModel:
