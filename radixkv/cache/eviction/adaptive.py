@@ -81,7 +81,7 @@ class AdaptivePolicy(EvictionPolicy):
         self.dueling, self.duel_options = dueling, duel_options
         self.ghost_factor = ghost_factor
         self.duel: PolicyDuel | None = None  # made by configure(), once the tier's size is known
-        self.workload = WorkloadAwarePolicy()  # the LRU side's dead-tail rule and eviction age
+        self.workload = WorkloadAwarePolicy()  # the dead-tail rule and the eviction age
         self.p = 0.0  # target tokens of the recent queues, of the tier's `capacity`
         self.capacity = 0  # the tier's tokens (`configure`)
         self.ghosts: tuple[OrderedDict, OrderedDict] = (OrderedDict(), OrderedDict())
