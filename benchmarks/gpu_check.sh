@@ -7,12 +7,12 @@
 # then run `bash benchmarks/gpu_check.sh` there, carrying .whl and .traces (and fi_cache.tgz.part*
 # from an earlier call, if any: untarred into ~/.cache, it skips flashinfer's kernel compile).
 # It writes under $OUT (at most 8 files come back): check.log (every step's output, in order),
-# prefix_attention.json, gpu_engine.json, gpu_kv_fp8.json, replay.json, and the flashinfer JIT cache split
+# prefix_attention.json, gpu_engine.json, gpu_kv_fp8.json, replay.json (replay2.json ... for more), the flashinfer JIT cache split
 # into fi_cache.tgz.part* (under 16 MB each).
 # Steps, each skipped when its variable is 0: GPU_CHECK_TESTS (pytest -m gpu over GPU_CHECK_TEST_FILES, default
 # the GPU test files), GPU_CHECK_PREFIX (benchmarks/gpu_prefix_attention.py, bound GPU_CHECK_PREFIX_S, 120 s), GPU_CHECK_ENGINE
 # (benchmarks/gpu_engine.py with GPU_CHECK_ENGINE_ARGS, default --skip-hf), GPU_CHECK_FP8 (benchmarks/gpu_kv_fp8.py), then the trace replay through the engine with
-# GPU_CHECK_REPLAY's arguments (empty: none) in what is left of GPU_CHECK_SECONDS (default 560; the replay needs a call of its own);
+# GPU_CHECK_REPLAY's arguments (empty: none; several separated by ';') in what is left of GPU_CHECK_SECONDS (default 560; the replay needs a call of its own);
 # GPU_CHECK_TESTS_S, GPU_CHECK_ENGINE_S and GPU_CHECK_FP8_S bound the first three (200, 300, 150 s: on an H100 on 2026-12-07
 # the GPU tests took over 110 s with the kernels compiled, gpu_engine over 200).
 set -u
@@ -57,13 +57,20 @@ if [ "${GPU_CHECK_FP8:-1}" != 0 ]; then
   timeout "${GPU_CHECK_FP8_S:-150}" python3 benchmarks/gpu_kv_fp8.py --json "$OUT/gpu_kv_fp8.json" >> "$LOG" 2>&1
   step "gpu_kv_fp8 rc $?"
 fi
-if [ -n "${GPU_CHECK_REPLAY:-}" ] && [ "$(left)" -gt 60 ]; then
-  step "trace replay: $GPU_CHECK_REPLAY"
+# GPU_CHECK_REPLAY may hold several replays' arguments separated by ';': they run one after
+# another (replay.json, replay2.json, ...), e.g. the same requests with two kernels side by side
+IFS=';' read -r -a REPLAYS <<< "${GPU_CHECK_REPLAY:-}"
+n=0
+for replay in "${REPLAYS[@]}"; do
+  [ -n "${replay// /}" ] || continue
+  n=$((n + 1)); json="$OUT/replay$([ $n -gt 1 ] && echo $n).json"
+  if [ "$(left)" -le 60 ]; then step "no time left for replay $n: $replay"; break; fi
+  step "trace replay $n: $replay"
   # shellcheck disable=SC2086  # the arguments are meant to split
   timeout "$(left)" python3 -m radixkv.bench trace --engine --model llama-3-8b --device cuda \
-    --quiet --json "$OUT/replay.json" $GPU_CHECK_REPLAY >> "$LOG" 2>&1
-  step "replay rc $?"
-fi
+    --quiet --json "$json" $replay >> "$LOG" 2>&1
+  step "replay $n rc $?"
+done
 # the kernels compiled by every step above, for the next fresh machine
 tar czf - -C ~/.cache flashinfer 2> /dev/null | split -b 15m - "$OUT/fi_cache.tgz.part"
 step "done"
