@@ -26,6 +26,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from radixkv import DEVICE, HOST, CacheConfig, CacheNamespace, HiRadixCache
 from radixkv.cache.config import PrefetchConfig
+from radixkv.cache.eviction.adaptive import AdaptivePolicy
 from storage import FileStore, OutOfPages, encode_page
 from tests.conftest import TINY, assert_pages_hold, write_pages
 
@@ -298,6 +299,13 @@ class CacheMachine(RuleBasedStateMachine):
             assert 0 <= pf.held_device_pages <= pf.config.device_share * cache.config.device_pages
             s = pf.stats
             assert sum(s.useful_pages) + sum(s.wasted_pages) <= sum(s.moved_pages)
+            for index in cache.evictor.indexes:  # the adaptive policy's state stays in bounds
+                policy = index.policy
+                if isinstance(policy, AdaptivePolicy):
+                    assert 0 <= policy.p <= policy.capacity  # a target within the tier
+                    for ghosts, tokens in zip(policy.ghosts, policy.ghost_tokens, strict=True):
+                        assert tokens == sum(ghosts.values())
+                        assert tokens <= max(policy.ghost_factor * policy.capacity, 1)
 
 
 CacheMachine.TestCase.settings = settings(
