@@ -26,6 +26,8 @@ from radixkv.bench.tracefile import TraceRequest
 
 def add_engine_flags(t) -> None:
     """`trace --engine`'s flags (the trace subcommand's own give the trace and the tiers)."""
+    from engine.attention.flashinfer_backend import PREFIX_KERNELS
+
     g = t.add_argument_group(
         "through the engine (--engine): the trace's requests run by a real Engine, device only, "
         "device+host and device+host+remote, each beside the simulator at the same capacities"
@@ -63,7 +65,7 @@ def add_engine_flags(t) -> None:
     )
     g.add_argument(
         "--prefix-attention-kernel",
-        choices=("fa2", "auto"),
+        choices=PREFIX_KERNELS,
         default=None,
         help="flashinfer's kernel for a prefill chunk over a cached prefix (default: the "
         "engine's own, fa2)",

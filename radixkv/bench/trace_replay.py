@@ -59,7 +59,9 @@ class ReplaySpec:
 
     def __post_init__(self) -> None:
         if self.prefill_chunk < 0:
-            raise ValueError(f"--prefill-chunk must be >= 0, got {self.prefill_chunk}")
+            raise ValueError(
+                f"prefill-chunk (`trace --max-batch-tokens`) must be >= 0, got {self.prefill_chunk}"
+            )
         if self.page_size <= 0 or BLOCK % self.page_size:
             raise ValueError(
                 f"--page-size must divide the trace's {BLOCK}-token blocks, got {self.page_size}"
